@@ -1,0 +1,146 @@
+-- core.sql: who the actor is, and the settings every area reads.
+-- Applied first; every other file in db/functions may rely on it.
+
+-- keen.actor_id: the user the current transaction acts as, or NULL.
+-- Who: anyone (policies call it). Raises: nothing; an empty or stale setting reads as NULL.
+CREATE OR REPLACE FUNCTION keen.actor_id()
+RETURNS uuid
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+    SELECT NULLIF(pg_catalog.current_setting('keen.actor_id', true), '')::uuid
+$$;
+REVOKE ALL ON FUNCTION keen.actor_id() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.actor_id() TO keen_app, keen_maintenance, keen_auth;
+COMMENT ON FUNCTION keen.actor_id() IS 'The acting user of this transaction (set by keen.act_as), or NULL.';
+
+-- keen.actor_is_admin: true only when the actor's own row in keen.users says is_admin and the
+-- account is active. No setting, GUC or parameter can make it true.
+-- Who: anyone (policies call it). Owned by keen_auth (BYPASSRLS) so that the users policy,
+-- which calls it, does not recurse. Raises: nothing.
+CREATE OR REPLACE FUNCTION keen.actor_is_admin()
+RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+    SELECT COALESCE(
+        (SELECT u.is_admin AND u.account_status = 'active'
+           FROM keen.users u
+          WHERE u.id = keen.actor_id()),
+        false)
+$$;
+ALTER FUNCTION keen.actor_is_admin() OWNER TO keen_auth;
+REVOKE ALL ON FUNCTION keen.actor_is_admin() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.actor_is_admin() TO keen_owner, keen_app, keen_maintenance;
+COMMENT ON FUNCTION keen.actor_is_admin() IS 'True only if the actor''s row in keen.users is an active admin.';
+
+-- keen.session_is_maintenance: true when the logged-in role is keen_maintenance or a role
+-- granted it directly. session_user cannot be changed by SET ROLE, so keen_app cannot pretend;
+-- a superuser is not counted (it owns DDL, not data: tests run as one and must see RLS).
+-- Who: anyone (policies call it). Raises: nothing.
+CREATE OR REPLACE FUNCTION keen.session_is_maintenance()
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+    SELECT session_user = 'keen_maintenance'
+        OR EXISTS (SELECT 1
+                     FROM pg_catalog.pg_auth_members m
+                    WHERE m.roleid = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = 'keen_maintenance')
+                      AND m.member = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = session_user))
+$$;
+REVOKE ALL ON FUNCTION keen.session_is_maintenance() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.session_is_maintenance() TO keen_app, keen_maintenance, keen_auth;
+COMMENT ON FUNCTION keen.session_is_maintenance() IS 'True when the login role is the maintenance role (cross-tenant jobs).';
+
+-- keen.actor_sees_all_tenants: admins and the maintenance role see every tenant's rows.
+-- Who: anyone (policies call it as (SELECT keen.actor_sees_all_tenants())). Raises: nothing.
+CREATE OR REPLACE FUNCTION keen.actor_sees_all_tenants()
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+    SELECT keen.actor_is_admin() OR keen.session_is_maintenance()
+$$;
+REVOKE ALL ON FUNCTION keen.actor_sees_all_tenants() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.actor_sees_all_tenants() TO keen_app, keen_maintenance, keen_auth;
+COMMENT ON FUNCTION keen.actor_sees_all_tenants() IS 'Admin actor or maintenance session: may see every tenant.';
+
+-- keen.act_as: makes p_user_id the actor for the rest of the current transaction only.
+-- Who: keen_app, keen_maintenance. Raises 28000 when the user does not exist or is not active.
+CREATE OR REPLACE FUNCTION keen.act_as(p_user_id uuid)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+BEGIN
+    IF p_user_id IS NULL OR NOT EXISTS (
+        SELECT 1 FROM keen.users u WHERE u.id = p_user_id AND u.account_status = 'active'
+    ) THEN
+        RAISE EXCEPTION 'no active user to act as'
+            USING ERRCODE = '28000';
+    END IF;
+    PERFORM pg_catalog.set_config('keen.actor_id', p_user_id::text, true);
+END
+$$;
+ALTER FUNCTION keen.act_as(uuid) OWNER TO keen_auth;
+REVOKE ALL ON FUNCTION keen.act_as(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.act_as(uuid) TO keen_owner, keen_app, keen_maintenance;
+COMMENT ON FUNCTION keen.act_as(uuid) IS 'Sets the actor for the current transaction; 28000 if the user is missing or inactive.';
+
+-- keen.setting_numeric: a numeric platform setting.
+-- Who: keen functions (owner) and keen_app. Raises 22023 for an unknown or non-numeric key.
+CREATE OR REPLACE FUNCTION keen.setting_numeric(p_key text)
+RETURNS numeric
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+DECLARE
+    v_value jsonb;
+BEGIN
+    SELECT s.value INTO v_value FROM keen.settings s WHERE s.key = p_key;
+    IF v_value IS NULL OR pg_catalog.jsonb_typeof(v_value) <> 'number' THEN
+        RAISE EXCEPTION 'setting % is missing or not a number', p_key
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN v_value::text::numeric;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.setting_numeric(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.setting_numeric(text) TO keen_app, keen_maintenance;
+COMMENT ON FUNCTION keen.setting_numeric(text) IS 'A numeric value from keen.settings; 22023 if missing.';
+
+-- keen.set_setting: an admin changes a platform setting (the markup multiplier, depth limits).
+-- Who: admin actor (42501 otherwise). Raises 22023 for an unknown key or a value of another
+-- JSON type than the current one, or a non-positive markup multiplier.
+CREATE OR REPLACE FUNCTION keen.set_setting(p_key text, p_value jsonb)
+RETURNS keen.settings
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+DECLARE
+    v_row keen.settings;
+BEGIN
+    IF NOT keen.actor_is_admin() THEN
+        RAISE EXCEPTION 'only an admin may change settings' USING ERRCODE = '42501';
+    END IF;
+    SELECT * INTO v_row FROM keen.settings s WHERE s.key = p_key FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown setting %', p_key USING ERRCODE = '22023';
+    END IF;
+    IF p_value IS NULL OR pg_catalog.jsonb_typeof(p_value) <> pg_catalog.jsonb_typeof(v_row.value) THEN
+        RAISE EXCEPTION 'setting % needs a % value', p_key, pg_catalog.jsonb_typeof(v_row.value)
+            USING ERRCODE = '22023';
+    END IF;
+    IF pg_catalog.jsonb_typeof(p_value) = 'number' AND p_value::text::numeric <= 0 THEN
+        RAISE EXCEPTION 'setting % must be positive', p_key USING ERRCODE = '22023';
+    END IF;
+    UPDATE keen.settings s SET value = p_value, updated_at = pg_catalog.now()
+     WHERE s.key = p_key
+    RETURNING * INTO v_row;
+    RETURN v_row;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.set_setting(text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.set_setting(text, jsonb) TO keen_app;
+COMMENT ON FUNCTION keen.set_setting(text, jsonb) IS 'Admin-only change of a platform setting.';

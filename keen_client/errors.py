@@ -1,0 +1,95 @@
+"""SQLSTATE -> exception, in one place (CONTRACT.md section 4)."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import psycopg
+
+
+class KeenError(Exception):
+    """Every keen-db error: carries the SQLSTATE and the server's message."""
+
+    def __init__(self, sqlstate: str | None, message: str):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"[{self.sqlstate}] {self.message}" if self.sqlstate else self.message
+
+
+class InsufficientCredits(KeenError):
+    """KN001: the balance (or the available balance) does not cover the charge."""
+
+
+class SpendingLimitExceeded(KeenError):
+    """KN002: a daily or monthly limit would be passed."""
+
+
+class ReservationError(KeenError):
+    """KN003: the reservation is not live (captured, released or expired)."""
+
+
+class SessionStateError(KeenError):
+    """KN004: session state or depth violation."""
+
+
+class IdempotencyConflict(KeenError):
+    """KN005: an idempotency key reused with different parameters."""
+
+
+class PermissionDenied(KeenError):
+    """42501: not allowed for this actor."""
+
+
+class NotFound(KeenError):
+    """P0002: not found, or another tenant's (the two are never told apart)."""
+
+
+class InvalidInput(KeenError):
+    """22023 (and the other data exceptions of class 22): invalid input."""
+
+
+class Conflict(KeenError):
+    """23505: duplicate."""
+
+
+class AuthenticationFailed(KeenError):
+    """28P01 / 28000: bad credentials, not authenticated or inactive."""
+
+
+SQLSTATE_EXCEPTIONS: dict[str, type[KeenError]] = {
+    "KN001": InsufficientCredits,
+    "KN002": SpendingLimitExceeded,
+    "KN003": ReservationError,
+    "KN004": SessionStateError,
+    "KN005": IdempotencyConflict,
+    "42501": PermissionDenied,
+    "P0002": NotFound,
+    "22023": InvalidInput,
+    "23505": Conflict,
+    "28P01": AuthenticationFailed,
+    "28000": AuthenticationFailed,
+}
+
+
+def from_psycopg(exc: psycopg.Error) -> KeenError:
+    """The keen exception for a database error; unknown SQLSTATEs become a plain KeenError
+    (class 22, data exceptions, become InvalidInput)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    diag = getattr(exc, "diag", None)
+    message = (diag.message_primary if diag is not None and diag.message_primary else str(exc)).strip()
+    cls = SQLSTATE_EXCEPTIONS.get(sqlstate or "")
+    if cls is None and sqlstate and sqlstate.startswith("22"):
+        cls = InvalidInput
+    return (cls or KeenError)(sqlstate, message)
+
+
+@contextmanager
+def mapped() -> Iterator[None]:
+    """Run a block, turning any psycopg error into its keen exception."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise from_psycopg(exc) from exc

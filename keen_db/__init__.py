@@ -1,0 +1,1 @@
+"""keen-db operations: the embedded cluster, migrations, seeds, doctor, backup, bench, demo."""

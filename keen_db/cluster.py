@@ -1,0 +1,211 @@
+"""The embedded PostgreSQL cluster under $KEEN_HOME, run as the `postgres` OS user.
+
+initdb and postgres refuse to run as root, so when we are root every server command goes
+through `runuser -u postgres`; the data, socket and log directories belong to that user.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from .config import Settings
+
+PG_BIN_CANDIDATES = ("/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin")
+SERVER_USER = "postgres"
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def pg_bin(name: str) -> str:
+    for d in PG_BIN_CANDIDATES:
+        p = Path(d) / name
+        if p.exists():
+            return str(p)
+    found = shutil.which(name)
+    if not found:
+        raise ClusterError(f"{name} not found: install postgresql-15 (make demo does)")
+    return found
+
+
+def _as_server_user(cmd: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["runuser", "-u", SERVER_USER, "--", *cmd]
+    return cmd
+
+
+def _server_uid_gid() -> tuple[int, int]:
+    if os.geteuid() != 0:
+        return os.geteuid(), os.getegid()
+    pw = pwd.getpwnam(SERVER_USER)
+    return pw.pw_uid, pw.pw_gid
+
+
+def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run(_as_server_user(cmd), capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise ClusterError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
+    return res
+
+
+def _check_reachable(path: Path) -> None:
+    """Every parent must be searchable by the server user, or postgres cannot open its files."""
+    if os.geteuid() != 0:
+        return
+    res = subprocess.run(["runuser", "-u", SERVER_USER, "--", "test", "-x", str(path)], capture_output=True)
+    if res.returncode != 0:
+        raise ClusterError(
+            f"the postgres user cannot reach {path}: a parent directory is not searchable by it; "
+            f"set KEEN_HOME to a path it can reach (e.g. /var/tmp/keen)"
+        )
+
+
+def _owned_dir(path: Path, mode: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    uid, gid = _server_uid_gid()
+    os.chown(path, uid, gid)
+    os.chmod(path, mode)
+
+
+def initialised(s: Settings) -> bool:
+    return (s.data_dir / "PG_VERSION").exists()
+
+
+def init(s: Settings) -> None:
+    """initdb (first time only) with scram authentication and our settings file."""
+    s.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(s.home, 0o711)
+    _check_reachable(s.home)
+    superuser_password = s.secret("postgres")
+    _owned_dir(s.data_dir, 0o700)
+    _owned_dir(s.run_dir, 0o755)
+    _owned_dir(s.log_file.parent, 0o755)
+    _owned_dir(s.wal_archive_dir, 0o700)
+    uid, gid = _server_uid_gid()
+    with tempfile.NamedTemporaryFile("w", dir=s.run_dir, delete=False) as fh:
+        fh.write(superuser_password + "\n")
+        pwfile = fh.name
+    os.chown(pwfile, uid, gid)
+    os.chmod(pwfile, 0o600)
+    try:
+        _run([pg_bin("initdb"), "-D", str(s.data_dir), "-U", SERVER_USER, "--auth=scram-sha-256",
+              f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C.UTF-8", "--data-checksums"])
+    finally:
+        os.unlink(pwfile)
+    conf = s.data_dir / "postgresql.conf"
+    with open(conf, "a") as fh:
+        fh.write("\ninclude_if_exists = 'keen.conf'\n")
+
+
+def write_conf(s: Settings) -> None:
+    """keen.conf: rewritten on every start so the port and paths follow the environment."""
+    archive = s.wal_archive_dir
+    text = f"""# written by keen-db up; edit KEEN_PORT / KEEN_HOME instead
+port = {s.port}
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '{s.run_dir}'
+max_connections = 200
+shared_buffers = 256MB
+synchronous_commit = on
+fsync = on
+full_page_writes = on
+wal_level = replica
+archive_mode = on
+archive_command = 'test ! -f {archive}/%f && cp %p {archive}/%f'
+archive_timeout = 60
+max_wal_senders = 4
+shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.track = all
+log_min_messages = warning
+log_line_prefix = '%m [%p] %u@%d '
+timezone = 'UTC'
+"""
+    path = s.data_dir / "keen.conf"
+    uid, gid = _server_uid_gid()
+    path.write_text(text)
+    os.chown(path, uid, gid)
+
+
+def running(s: Settings) -> bool:
+    if not initialised(s):
+        return False
+    return _run([pg_bin("pg_ctl"), "status", "-D", str(s.data_dir)], check=False).returncode == 0
+
+
+def _clear_stale_pid(s: Settings) -> None:
+    """After a crash postmaster.pid may name a dead process (or a reused pid): remove it."""
+    pidfile = s.data_dir / "postmaster.pid"
+    if not pidfile.exists():
+        return
+    try:
+        pid = int(pidfile.read_text().splitlines()[0])
+    except (ValueError, IndexError):
+        pidfile.unlink()
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        cmdline = ""
+    if "postgres" not in cmdline:
+        pidfile.unlink()
+
+
+def start(s: Settings, timeout: int = 60) -> None:
+    if running(s):
+        return
+    _clear_stale_pid(s)
+    write_conf(s)
+    res = _run([pg_bin("pg_ctl"), "start", "-D", str(s.data_dir), "-l", str(s.log_file), "-w",
+                "-t", str(timeout)], check=False)
+    if res.returncode != 0:
+        tail = ""
+        if s.log_file.exists():
+            tail = "\n".join(s.log_file.read_text(errors="replace").splitlines()[-15:])
+        raise ClusterError(f"postgres did not start: {res.stderr.strip() or res.stdout.strip()}\n{tail}")
+    wait_ready(s, timeout)
+
+
+def wait_ready(s: Settings, timeout: int = 60) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            with psycopg.connect(s.superuser_url("postgres"), connect_timeout=3):
+                return
+        except psycopg.OperationalError as exc:
+            last = exc
+            time.sleep(0.3)
+    raise ClusterError(f"postgres is not accepting connections: {last}")
+
+
+def stop(s: Settings, mode: str = "fast") -> bool:
+    if not running(s):
+        return False
+    _run([pg_bin("pg_ctl"), "stop", "-D", str(s.data_dir), "-m", mode, "-w"])
+    return True
+
+
+def ensure_database(s: Settings, name: str | None = None) -> None:
+    name = name or s.database
+    with psycopg.connect(s.superuser_url("postgres"), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def ensure_running(s: Settings) -> None:
+    """Create (once) and start the embedded cluster; a no-op when it already runs."""
+    if not s.embedded:
+        return
+    if not initialised(s):
+        init(s)
+    start(s)

@@ -1,0 +1,154 @@
+"""Migrations (yoyo), the repeatable files (functions, policies), role passwords and seeds."""
+from __future__ import annotations
+
+import hashlib
+import os
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from .config import DB_DIR, Settings
+
+SCHEMA_DIR = DB_DIR / "schema"
+LOGIN_ROLES = ("keen_app", "keen_maintenance")
+
+
+def repeatable_files() -> list[Path]:
+    """db/functions (core.sql first, then by name), then db/policies by name."""
+    functions = sorted((DB_DIR / "functions").glob("*.sql"), key=lambda p: (p.name != "core.sql", p.name))
+    policies = sorted((DB_DIR / "policies").glob("*.sql"))
+    return functions + policies
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def apply_repeatables(conn) -> list[str]:
+    """Re-apply every function and policy file in one transaction, record their checksums and
+    hand ownership of new functions to keen_owner (keen_auth keeps the ones given to it).
+    `conn` is a psycopg connection (yoyo passes its own)."""
+    applied = []
+    cur = conn.cursor()
+    # Bodies are checked by plpgsql_check (doctor, tests), so files need no particular order.
+    cur.execute("SET LOCAL check_function_bodies = off")
+    for path in repeatable_files():
+        rel = str(path.relative_to(DB_DIR))
+        cur.execute(path.read_text())
+        cur.execute(
+            "INSERT INTO keen.deployed_files (path, sha256) VALUES (%s, %s) "
+            "ON CONFLICT (path) DO UPDATE SET sha256 = EXCLUDED.sha256, applied_at = pg_catalog.now()",
+            (rel, file_sha256(path)),
+        )
+        applied.append(rel)
+    cur.execute(
+        "DELETE FROM keen.deployed_files WHERE NOT (path = ANY (%s))", (applied,)
+    )
+    cur.execute("""
+        DO $own$
+        DECLARE v_fn regprocedure;
+        BEGIN
+            FOR v_fn IN
+                SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+                 WHERE p.pronamespace = 'keen'::regnamespace
+                   AND pg_catalog.pg_get_userbyid(p.proowner) NOT IN ('keen_owner', 'keen_auth')
+                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                    WHERE d.objid = p.oid AND d.deptype = 'e')
+            LOOP
+                EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO keen_owner', v_fn);
+            END LOOP;
+        END
+        $own$""")
+    return applied
+
+
+def _yoyo_url(conninfo: str) -> str:
+    from urllib.parse import quote
+
+    p = conninfo_to_dict(conninfo)
+    auth = quote(p.get("user", ""), safe="")
+    if p.get("password"):
+        auth += ":" + quote(p["password"], safe="")
+    port = f":{p['port']}" if p.get("port") else ""
+    return f"postgresql+psycopg://{auth}@{p.get('host', '')}{port}/{p.get('dbname', '')}"
+
+
+def _backend(conninfo: str):
+    from yoyo import get_backend, read_migrations
+
+    return get_backend(_yoyo_url(conninfo)), read_migrations(str(SCHEMA_DIR))
+
+
+def migrate(superuser_conninfo: str) -> list[str]:
+    """Apply pending migrations, then the repeatables, always (yoyo only runs post-apply hooks
+    when something is pending). Returns the ids of the migrations applied."""
+    backend, migrations = _backend(superuser_conninfo)
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations_only(pending)
+        applied = [m.id for m in pending]
+    with psycopg.connect(superuser_conninfo) as conn:
+        apply_repeatables(conn)
+    return applied
+
+
+def rollback(superuser_conninfo: str, count: int | None = 1) -> list[str]:
+    """Roll back the last `count` migrations (all of them when None)."""
+    backend, migrations = _backend(superuser_conninfo)
+    with backend.lock():
+        todo = backend.to_rollback(migrations)
+        if count is not None:
+            todo = todo[:count]
+        backend.rollback_migrations(todo)
+        return [m.id for m in todo]
+
+
+def migration_status(superuser_conninfo: str) -> tuple[list[str], list[str]]:
+    """(applied ids, pending ids)."""
+    backend, migrations = _backend(superuser_conninfo)
+    pending = {m.id for m in backend.to_apply(migrations)}
+    return [m.id for m in migrations if m.id not in pending], sorted(pending)
+
+
+def set_role_passwords(s: Settings, superuser_conninfo: str) -> None:
+    with psycopg.connect(superuser_conninfo, autocommit=True) as conn:
+        for role in LOGIN_ROLES:
+            conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(s.secret(role, env=f"{role.upper()}_PASSWORD"))))
+
+
+def seed(superuser_conninfo: str) -> None:
+    """The admin user and its unlimited account, idempotently (db/seeds/*.sql)."""
+    markup_env = os.environ.get("CREDIT_MARKUP_MULTIPLIER")
+    markup = None
+    if markup_env:
+        try:
+            markup = Decimal(markup_env)
+        except InvalidOperation:
+            raise ValueError(f"CREDIT_MARKUP_MULTIPLIER={markup_env!r} is not a number") from None
+        if not markup.is_finite() or markup <= 0:
+            raise ValueError(f"CREDIT_MARKUP_MULTIPLIER={markup_env!r} must be a positive number")
+    params = {
+        "email": os.environ.get("ADMIN_EMAIL", "ahiya.butman@gmail.com"),
+        "username": os.environ.get("ADMIN_USERNAME", "ahiya_admin"),
+        "password": os.environ.get("ADMIN_PASSWORD", "2con-creator"),
+        "markup": markup,
+    }
+    with psycopg.connect(superuser_conninfo) as conn:
+        for path in sorted((DB_DIR / "seeds").glob("*.sql")):
+            conn.execute(path.read_text(), params)
+
+
+def deploy(s: Settings, database: str | None = None) -> list[str]:
+    """Everything `keen-db up` does after the server runs: database, migrations, roles, seed."""
+    from . import cluster
+
+    cluster.ensure_database(s, database)
+    url = s.superuser_url(database)
+    applied = migrate(url)
+    set_role_passwords(s, url)
+    seed(url)
+    return applied

@@ -1,0 +1,175 @@
+"""`keen-db doctor`: the shell-first validation. Each check returns (name, ok, detail)."""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import psycopg
+
+from . import cluster, deploy
+from .config import DB_DIR, Settings
+
+Check = Callable[[Settings, psycopg.Connection], tuple[bool, str]]
+
+
+def check_migrations(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    applied, pending = deploy.migration_status(s.superuser_url())
+    if pending:
+        return False, f"pending: {', '.join(pending)} (run keen-db migrate)"
+    return True, f"{len(applied)} applied"
+
+
+def check_repeatables(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    deployed = dict(conn.execute("SELECT path, sha256 FROM keen.deployed_files").fetchall())
+    drift = []
+    for path in deploy.repeatable_files():
+        rel = str(path.relative_to(DB_DIR))
+        if deployed.pop(rel, None) != deploy.file_sha256(path):
+            drift.append(rel)
+    drift += [f"{p} (no longer a file)" for p in deployed]
+    if drift:
+        return False, f"differs from the files: {', '.join(drift)} (run keen-db migrate)"
+    return True, "functions and policies match db/functions and db/policies"
+
+
+def check_rls(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    rows = conn.execute("""
+        SELECT c.oid::regclass::text
+          FROM pg_catalog.pg_class c
+         WHERE c.relnamespace = 'keen'::regnamespace AND c.relkind IN ('r', 'p')
+           AND c.relname NOT IN ('settings', 'deployed_files')
+           AND NOT (c.relrowsecurity AND c.relforcerowsecurity)
+         ORDER BY 1""").fetchall()
+    if rows:
+        return False, "not ENABLED+FORCED: " + ", ".join(r[0] for r in rows)
+    return True, "enabled and forced on every data table"
+
+
+def check_policies(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    rows = conn.execute("""
+        SELECT c.oid::regclass::text
+          FROM pg_catalog.pg_class c
+         WHERE c.relnamespace = 'keen'::regnamespace AND c.relrowsecurity
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)
+         ORDER BY 1""").fetchall()
+    if rows:
+        return False, "RLS on but no policy: " + ", ".join(r[0] for r in rows)
+    spoof = conn.execute("""
+        SELECT pol.polrelid::regclass::text || ': ' || pol.polname
+          FROM pg_catalog.pg_policy pol
+         WHERE pol.polrelid::regclass::text LIKE 'keen.%%'
+           AND (pg_catalog.pg_get_expr(pol.polqual, pol.polrelid) ~* 'current_setting|is_admin_user'
+                OR pg_catalog.pg_get_expr(pol.polwithcheck, pol.polrelid) ~* 'current_setting|is_admin_user')
+    """).fetchall()
+    if spoof:
+        return False, "policy trusts a setting: " + ", ".join(r[0] for r in spoof)
+    return True, "every RLS table has a policy; none reads a setting"
+
+
+def check_definer_search_path(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    rows = conn.execute("""
+        SELECT p.oid::regprocedure::text
+          FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'keen'::regnamespace AND p.prosecdef
+           AND NOT COALESCE('search_path=pg_catalog, keen, pg_temp' = ANY (p.proconfig), false)
+         ORDER BY 1""").fetchall()
+    if rows:
+        return False, "SECURITY DEFINER without the pinned search_path: " + ", ".join(r[0] for r in rows)
+    return True, "every SECURITY DEFINER function pins search_path"
+
+
+def check_public_execute(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    rows = conn.execute("""
+        SELECT p.oid::regprocedure::text
+          FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'keen'::regnamespace
+           AND EXISTS (SELECT 1 FROM pg_catalog.aclexplode(COALESCE(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
+                        WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')
+         ORDER BY 1""").fetchall()
+    if rows:
+        return False, "EXECUTE granted to PUBLIC: " + ", ".join(r[0] for r in rows)
+    return True, "no keen function is executable by PUBLIC"
+
+
+def check_app_cannot_write(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    rows = conn.execute("""
+        SELECT c.oid::regclass::text || ' ' || priv
+          FROM pg_catalog.pg_class c
+         CROSS JOIN unnest(ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) AS priv
+         WHERE c.relnamespace = 'keen'::regnamespace AND c.relkind IN ('r', 'p')
+           AND pg_catalog.has_table_privilege('keen_app', c.oid, priv)
+         ORDER BY 1""").fetchall()
+    secrets = conn.execute("""
+        SELECT col FROM unnest(ARRAY['password_hash', 'mfa_secret', 'recovery_codes', 'email_verification_token']) col
+         WHERE pg_catalog.has_column_privilege('keen_app', 'keen.users', col, 'SELECT')""").fetchall()
+    partitions = conn.execute("""
+        SELECT i.inhrelid::regclass::text FROM pg_catalog.pg_inherits i
+         WHERE i.inhparent = 'keen.streaming_events'::regclass
+           AND pg_catalog.has_table_privilege('keen_app', i.inhrelid, 'SELECT')""").fetchall()
+    problems = [r[0] for r in rows] + [f"can read users.{r[0]}" for r in secrets] + \
+               [f"can read partition {r[0]} directly" for r in partitions]
+    if problems:
+        return False, ", ".join(problems)
+    return True, "keen_app holds no write privilege, no secret column, no partition"
+
+
+def check_admin(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    row = conn.execute("""
+        SELECT u.email, u.is_admin, u.role, a.unlimited_credits
+          FROM keen.users u LEFT JOIN keen.credit_accounts a ON a.user_id = u.id
+         WHERE u.is_admin AND u.role = 'super_admin'
+         ORDER BY u.created_at LIMIT 1""").fetchone()
+    if row is None:
+        return False, "no super_admin user (run keen-db seed)"
+    if not row[3]:
+        return False, f"{row[0]} has no unlimited credit account"
+    return True, f"{row[0]} is super_admin with unlimited credits"
+
+
+def check_ledger(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    if not conn.execute("SELECT pg_catalog.to_regprocedure('keen.verify_ledger()')").fetchone()[0]:
+        return False, "keen.verify_ledger() is not defined"
+    with psycopg.connect(s.role_url("keen_maintenance")) as mconn:
+        rows = mconn.execute("SELECT user_id, balance, ledger_sum FROM keen.verify_ledger() WHERE NOT ok").fetchall()
+        total = mconn.execute("SELECT count(*) FROM keen.verify_ledger()").fetchone()[0]
+    if rows:
+        return False, "; ".join(f"{r[0]}: balance {r[1]} but ledger sums to {r[2]}" for r in rows[:5])
+    return True, f"{total} account(s), every balance equals its ledger"
+
+
+CHECKS: list[tuple[str, Check]] = [
+    ("migrations current", check_migrations),
+    ("functions and policies deployed", check_repeatables),
+    ("row-level security", check_rls),
+    ("policies", check_policies),
+    ("security definer search_path", check_definer_search_path),
+    ("execute revoked from PUBLIC", check_public_execute),
+    ("keen_app privileges", check_app_cannot_write),
+    ("admin user", check_admin),
+    ("ledger", check_ledger),
+]
+
+
+def run_checks(s: Settings) -> Iterator[tuple[str, bool, str]]:
+    if s.embedded and not cluster.running(s):
+        yield "server", False, f"the embedded cluster in {s.home} is not running (run keen-db up)"
+        return
+    try:
+        conn = psycopg.connect(s.superuser_url(), autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        yield "connection", False, str(exc).strip()
+        return
+    with conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+        yield "connection", True, f"PostgreSQL {version}"
+        try:
+            with psycopg.connect(s.role_url("keen_app"), connect_timeout=5) as app:
+                app.execute("SELECT keen.actor_id()")
+            yield "keen_app login", True, ""
+        except psycopg.Error as exc:
+            yield "keen_app login", False, str(exc).strip()
+        for name, check in CHECKS:
+            try:
+                ok, detail = check(s, conn)
+            except (psycopg.Error, OSError) as exc:
+                ok, detail = False, str(exc).strip().splitlines()[0]
+            yield name, ok, detail

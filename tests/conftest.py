@@ -1,0 +1,110 @@
+"""Test harness: every test runs against a real PostgreSQL (the embedded cluster, or the server
+at KEEN_DATABASE_URL). The schema is built once per run into a template database; each test
+that asks for `db` gets a fresh copy (CREATE DATABASE ... TEMPLATE), dropped afterwards."""
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from keen_client import Keen, PoolSettings
+from keen_db import cluster, config, deploy
+
+_counter = itertools.count()
+
+
+@dataclass(frozen=True)
+class Database:
+    """A throwaway keen database and the URLs of its roles."""
+    name: str
+    superuser_url: str
+    app_url: str
+    maintenance_url: str
+
+    def su(self) -> psycopg.Connection:
+        """An autocommit superuser connection (for inspection and set-up only)."""
+        return psycopg.connect(self.superuser_url, autocommit=True)
+
+
+def _admin_conn(s: config.Settings) -> psycopg.Connection:
+    return psycopg.connect(s.superuser_url("postgres"), autocommit=True)
+
+
+def create_database(s: config.Settings, name: str, template: str | None = None) -> None:
+    with _admin_conn(s) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        if template:
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
+        else:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_database(s: config.Settings, name: str) -> None:
+    with _admin_conn(s) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def database_info(s: config.Settings, name: str) -> Database:
+    return Database(name, s.superuser_url(name), s.role_url("keen_app", name), s.role_url("keen_maintenance", name))
+
+
+@pytest.fixture(scope="session")
+def settings() -> config.Settings:
+    s = config.load()
+    cluster.ensure_running(s)
+    return s
+
+
+@pytest.fixture(scope="session")
+def template_db(settings: config.Settings):
+    """A migrated, seeded database that each test copies. bcrypt is cheapened here (cost 4)
+    because tests register many users; test_users proves the shipped default is 12."""
+    name = f"keen_tpl_{os.getpid()}"
+    create_database(settings, name)
+    deploy.migrate(settings.superuser_url(name))
+    deploy.set_role_passwords(settings, settings.superuser_url(name))
+    deploy.seed(settings.superuser_url(name))
+    with psycopg.connect(settings.superuser_url(name), autocommit=True) as conn:
+        conn.execute("UPDATE keen.settings SET value = '4' WHERE key = 'bcrypt_cost'")
+    yield name
+    drop_database(settings, name)
+
+
+def fresh_database(settings: config.Settings, template: str) -> Database:
+    name = f"keen_t_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
+    create_database(settings, name, template)
+    return database_info(settings, name)
+
+
+@pytest.fixture
+def db(settings: config.Settings, template_db: str):
+    """A fresh keen database for this test."""
+    database = fresh_database(settings, template_db)
+    yield database
+    drop_database(settings, database.name)
+
+
+@pytest.fixture
+def keen(db: Database):
+    """A pooled client on the test database, as keen_app."""
+    client = Keen(db.app_url, PoolSettings(min_size=1, max_size=20, timeout=30))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def admin_id(db: Database) -> uuid.UUID:
+    with db.su() as conn:
+        return conn.execute("SELECT id FROM keen.users WHERE role = 'super_admin'").fetchone()[0]
+
+
+def assert_ledger_clean(db: Database) -> None:
+    """Every test that moves money ends here: each balance equals the sum of its ledger."""
+    with psycopg.connect(db.maintenance_url) as conn:
+        bad = conn.execute("SELECT user_id, balance, ledger_sum FROM keen.verify_ledger() WHERE NOT ok").fetchall()
+    assert bad == [], f"ledger out of balance: {bad}"
