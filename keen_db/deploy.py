@@ -4,7 +4,9 @@ from __future__ import annotations
 import hashlib
 import os
 from decimal import Decimal, InvalidOperation
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import psycopg
 from psycopg import sql
@@ -76,17 +78,23 @@ def _yoyo_url(conninfo: str) -> str:
     return f"postgresql+psycopg://{auth}@{p.get('host', '')}{port}/{p.get('dbname', '')}"
 
 
-def _backend(conninfo: str):
+@contextmanager
+def _backend(conninfo: str) -> Iterator[tuple]:
+    """A yoyo backend and the migrations; its connection is closed at the end (an open one
+    would keep a template database busy)."""
     from yoyo import get_backend, read_migrations
 
-    return get_backend(_yoyo_url(conninfo)), read_migrations(str(SCHEMA_DIR))
+    backend = get_backend(_yoyo_url(conninfo))
+    try:
+        yield backend, read_migrations(str(SCHEMA_DIR))
+    finally:
+        backend.connection.close()
 
 
 def migrate(superuser_conninfo: str) -> list[str]:
     """Apply pending migrations, then the repeatables, always (yoyo only runs post-apply hooks
     when something is pending). Returns the ids of the migrations applied."""
-    backend, migrations = _backend(superuser_conninfo)
-    with backend.lock():
+    with _backend(superuser_conninfo) as (backend, migrations), backend.lock():
         pending = backend.to_apply(migrations)
         backend.apply_migrations_only(pending)
         applied = [m.id for m in pending]
@@ -97,8 +105,7 @@ def migrate(superuser_conninfo: str) -> list[str]:
 
 def rollback(superuser_conninfo: str, count: int | None = 1) -> list[str]:
     """Roll back the last `count` migrations (all of them when None)."""
-    backend, migrations = _backend(superuser_conninfo)
-    with backend.lock():
+    with _backend(superuser_conninfo) as (backend, migrations), backend.lock():
         todo = backend.to_rollback(migrations)
         if count is not None:
             todo = todo[:count]
@@ -108,9 +115,9 @@ def rollback(superuser_conninfo: str, count: int | None = 1) -> list[str]:
 
 def migration_status(superuser_conninfo: str) -> tuple[list[str], list[str]]:
     """(applied ids, pending ids)."""
-    backend, migrations = _backend(superuser_conninfo)
-    pending = {m.id for m in backend.to_apply(migrations)}
-    return [m.id for m in migrations if m.id not in pending], sorted(pending)
+    with _backend(superuser_conninfo) as (backend, migrations):
+        pending = {m.id for m in backend.to_apply(migrations)}
+        return [m.id for m in migrations if m.id not in pending], sorted(pending)
 
 
 def set_role_passwords(s: Settings, superuser_conninfo: str) -> None:

@@ -108,3 +108,13 @@ def assert_ledger_clean(db: Database) -> None:
     with psycopg.connect(db.maintenance_url) as conn:
         bad = conn.execute("SELECT user_id, balance, ledger_sum FROM keen.verify_ledger() WHERE NOT ok").fetchall()
     assert bad == [], f"ledger out of balance: {bad}"
+
+
+@pytest.fixture
+def make_user(keen: Keen):
+    """Registers users through keen.register_user: make_user() -> id, unique names each call."""
+    def _make(prefix: str = "user", password: str = "correct horse battery") -> uuid.UUID:
+        tag = f"{prefix}{next(_counter)}_{uuid.uuid4().hex[:6]}"
+        with keen.transaction() as tx:
+            return tx.scalar("SELECT id FROM keen.register_user(%s, %s, %s)", (f"{tag}@example.com", tag, password))
+    return _make
