@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -50,8 +51,11 @@ def _server_uid_gid() -> tuple[int, int]:
     return pw.pw_uid, pw.pw_gid
 
 
-def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run(_as_server_user(cmd), capture_output=True, text=True)
+def _run(cmd: list[str], check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a server program as the server user; `env` adds variables (e.g. PGPASSWORD: never
+    on the command line, where `ps` shows it)."""
+    res = subprocess.run(_as_server_user(cmd), capture_output=True, text=True,
+                         env={**os.environ, **env} if env else None)
     if check and res.returncode != 0:
         raise ClusterError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
     return res
@@ -106,8 +110,25 @@ def init(s: Settings) -> None:
         fh.write("\ninclude_if_exists = 'keen.conf'\n")
 
 
+def archive_command(archive: Path) -> str:
+    """Compress each finished WAL segment into `archive` (segments closed early by
+    archive_timeout are mostly zeros and shrink to a few KB). Idempotent: a segment already
+    archived with the same content counts as done (after a crash PostgreSQL may retry one),
+    a different one fails loudly. The copy is synced before it is renamed into place."""
+    return (f'f="{archive}/%f.gz"; if [ -f "$f" ]; then gzip -dc "$f" | cmp -s - "%p"; '
+            f'else gzip -1 -c "%p" > "$f.part" && sync "$f.part" && mv "$f.part" "$f"; fi')
+
+
+def restore_command(archive: Path) -> str:
+    """The inverse of archive_command (plain copies from older set-ups are read too)."""
+    return (f'if [ -f "{archive}/%f.gz" ]; then gzip -dc "{archive}/%f.gz" > "%p"; '
+            f'else cp "{archive}/%f" "%p"; fi')
+
+
 def write_conf(s: Settings) -> None:
-    """keen.conf: rewritten on every start so the port and paths follow the environment."""
+    """keen.conf: rewritten on every start so the port and paths follow the environment.
+    keen.recovery.conf (written only by a point-in-time recovery, see keen_db.backup) is
+    included last."""
     archive = s.wal_archive_dir
     text = f"""# written by keen-db up; edit KEEN_PORT / KEEN_HOME instead
 port = {s.port}
@@ -120,7 +141,7 @@ fsync = on
 full_page_writes = on
 wal_level = replica
 archive_mode = on
-archive_command = 'test ! -f {archive}/%f && cp %p {archive}/%f'
+archive_command = '{archive_command(archive)}'
 archive_timeout = 60
 max_wal_senders = 4
 shared_preload_libraries = 'pg_stat_statements'
@@ -128,6 +149,7 @@ pg_stat_statements.track = all
 log_min_messages = warning
 log_line_prefix = '%m [%p] %u@%d '
 timezone = 'UTC'
+include_if_exists = 'keen.recovery.conf'
 """
     path = s.data_dir / "keen.conf"
     uid, gid = _server_uid_gid()
@@ -141,8 +163,28 @@ def running(s: Settings) -> bool:
     return _run([pg_bin("pg_ctl"), "status", "-D", str(s.data_dir)], check=False).returncode == 0
 
 
-def _clear_stale_pid(s: Settings) -> None:
-    """After a crash postmaster.pid may name a dead process (or a reused pid): remove it."""
+def _orphans(s: Settings) -> list[int]:
+    """Server processes still working in the data directory (every postgres process chdirs
+    there): after the postmaster is killed its backends live on for a moment."""
+    data = str(s.data_dir.resolve())
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.readlink(proc / "cwd") == data:
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _clear_stale_pid(s: Settings, grace: float = 15.0) -> None:
+    """After a crash postmaster.pid names a dead postmaster (or a pid reused by another
+    program). PostgreSQL ignores a pid file whose process is gone, but refuses to start while
+    backends of the dead postmaster still hold its shared memory: wait for them to exit (they
+    notice the postmaster's death by themselves), then SIGQUIT the stragglers, as the
+    postmaster would have. A pid reused by a program working elsewhere: remove the file."""
     pidfile = s.data_dir / "postmaster.pid"
     if not pidfile.exists():
         return
@@ -151,12 +193,22 @@ def _clear_stale_pid(s: Settings) -> None:
     except (ValueError, IndexError):
         pidfile.unlink()
         return
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except FileNotFoundError:
-        cmdline = ""
-    if "postgres" not in cmdline:
-        pidfile.unlink()
+    if Path(f"/proc/{pid}").exists() and pid not in _orphans(s):
+        pidfile.unlink()  # the pid now belongs to another program
+    deadline = time.monotonic() + grace
+    signalled = False
+    while orphans := _orphans(s):
+        if time.monotonic() > deadline:
+            if signalled:
+                raise ClusterError(f"processes of a crashed server still run in {s.data_dir}: "
+                                   f"pids {orphans}; stop them, then run keen-db up again")
+            for orphan in orphans:
+                try:
+                    os.kill(orphan, signal.SIGQUIT)
+                except ProcessLookupError:
+                    pass
+            signalled, deadline = True, time.monotonic() + grace
+        time.sleep(0.1)
 
 
 def start(s: Settings, timeout: int = 60) -> None:
@@ -206,6 +258,10 @@ def ensure_running(s: Settings) -> None:
     """Create (once) and start the embedded cluster; a no-op when it already runs."""
     if not s.embedded:
         return
-    if not initialised(s):
-        init(s)
-    start(s)
+    try:
+        if not initialised(s):
+            init(s)
+        start(s)
+    except OSError as exc:  # KEEN_HOME cannot be created or written
+        raise ClusterError(f"cannot use KEEN_HOME={s.home}: {exc.strerror or exc}; "
+                           f"set KEEN_HOME to a writable directory the postgres user can reach") from exc
