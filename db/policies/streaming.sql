@@ -13,7 +13,10 @@ CREATE POLICY "Events are visible to their owner and to admins" ON keen.streamin
     USING (user_id = (SELECT keen.actor_id()) OR (SELECT keen.actor_sees_all_tenants()))
     WITH CHECK (user_id = (SELECT keen.actor_id()) OR (SELECT keen.actor_sees_all_tenants()));
 
--- Every partition gets the same rule as its parent.
+-- Every partition (the default one, the monthly ones, those created at run time) gets
+-- exactly the parent's policies, ENABLED + FORCED row-level security and no grants:
+-- keen.secure_event_partition (migration 0006) copies them from the catalog, so the rule above
+-- is the only place it is written.
 DO $partitions$
 DECLARE
     v_partition regclass;
@@ -21,14 +24,9 @@ BEGIN
     FOR v_partition IN
         SELECT i.inhrelid::regclass FROM pg_catalog.pg_inherits i
          WHERE i.inhparent = 'keen.streaming_events'::regclass
+         ORDER BY 1
     LOOP
-        EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', v_partition);
-        EXECUTE pg_catalog.format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', v_partition);
-        EXECUTE pg_catalog.format('DROP POLICY IF EXISTS "Events are visible to their owner and to admins" ON %s', v_partition);
-        EXECUTE pg_catalog.format($p$CREATE POLICY "Events are visible to their owner and to admins" ON %s
-            FOR ALL
-            USING (user_id = (SELECT keen.actor_id()) OR (SELECT keen.actor_sees_all_tenants()))
-            WITH CHECK (user_id = (SELECT keen.actor_id()) OR (SELECT keen.actor_sees_all_tenants()))$p$, v_partition);
+        PERFORM keen.secure_event_partition(v_partition);
     END LOOP;
 END
 $partitions$;
