@@ -265,6 +265,18 @@ def _ensure_roles(conn: psycopg.Connection, roles_sql: str) -> list[str]:
     return created
 
 
+# Materialized views are rebuilt after a restore by their own refresh functions, as the
+# maintenance role that sees every tenant (the REFRESH inside pg_restore saw none).
+VIEW_REFRESHERS = ("keen.refresh_dashboard_metrics()",)
+
+
+def _refresh_views(maintenance_url: str) -> None:
+    with psycopg.connect(maintenance_url, autocommit=True) as conn:
+        for fn in VIEW_REFRESHERS:
+            if conn.execute("SELECT pg_catalog.to_regprocedure(%s)", (fn,)).fetchone()[0]:
+                conn.execute(sql.SQL("SELECT {}").format(sql.SQL(fn)))
+
+
 def _database_exists(conn: psycopg.Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (name,)).fetchone() is not None
 
@@ -289,8 +301,11 @@ def restore_backup(s: config.Settings, path: Path, target: str, jobs: int = 2) -
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(target)))
     try:
         dsn, env = _libpq(s.superuser_url(target))
-        _tool([cluster.pg_bin("pg_restore"), "--exit-on-error", f"--jobs={jobs}",
+        # Row security stays on: the superuser's COPY bypasses it anyway, while a materialized
+        # view's REFRESH runs as its owner under FORCED policies (off, it would be an error).
+        _tool([cluster.pg_bin("pg_restore"), "--exit-on-error", "--enable-row-security", f"--jobs={jobs}",
                "--dbname", dsn, str(path / ARCHIVE)], env)
+        _refresh_views(s.role_url("keen_maintenance", target))
         with psycopg.connect(s.superuser_url(target), autocommit=True) as conn:
             conn.execute("ANALYZE")
             diffs = compare(manifest, facts(conn))
