@@ -1,0 +1,225 @@
+"""Streaming: live connections, the session event stream, its partitions, and the listener.
+
+The rules live in db/functions/streaming.sql; this module calls them and maps the rows."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from ipaddress import IPv4Address, IPv6Address
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from uuid import UUID
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from .errors import KeenError
+
+if TYPE_CHECKING:
+    from .client import Keen, Tx
+
+CHANNEL = "keen_events"
+
+
+@dataclass(frozen=True)
+class WebsocketConnection:
+    id: UUID
+    user_id: UUID
+    session_id: UUID | None
+    connection_id: str
+    client_ip: IPv4Address | IPv6Address
+    user_agent: str | None
+    client_type: str
+    connected_at: datetime
+    last_ping_at: datetime
+    disconnected_at: datetime | None
+    subscribed_events: list[str]
+    admin_connection: bool
+    can_view_all_sessions: bool
+    connection_status: str
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    event_id: int
+    session_id: UUID
+    event_type: str
+    event_data: Any
+    event_source: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class EventPartition:
+    partition_name: str
+    range_start: datetime
+    range_end: datetime
+    rows_moved: int | None = None  # set by prepare_event_partitions only
+
+
+@dataclass(frozen=True)
+class EventNotice:
+    """The payload of a keen_events notification: ids only, never the data."""
+    event_id: int
+    session_id: UUID
+    user_id: UUID
+    event_type: str
+
+    @classmethod
+    def parse(cls, payload: str) -> "EventNotice":
+        d = json.loads(payload)
+        return cls(int(d["event_id"]), UUID(d["session_id"]), UUID(d["user_id"]), d["event_type"])
+
+
+_CONNECTION_COLUMNS = ", ".join(WebsocketConnection.__dataclass_fields__)
+
+
+class StreamingApi:
+    """tx.streaming: each method is one call of the SQL API in the Tx's transaction."""
+
+    def __init__(self, tx: "Tx"):
+        self.tx = tx
+
+    def register_connection(self, connection_id: str, client_ip: str, client_type: str,
+                            session_id: UUID | str | None = None, user_agent: str | None = None,
+                            subscribed_events: Sequence[str] = ()) -> WebsocketConnection:
+        return self.tx.one(
+            f"SELECT {_CONNECTION_COLUMNS} FROM keen.register_connection(%s, %s, %s, %s, %s, %s)",
+            (connection_id, client_ip, client_type, session_id, user_agent, list(subscribed_events)),
+            WebsocketConnection)
+
+    def ping_connection(self, connection_id: str) -> None:
+        self.tx.execute("SELECT keen.ping_connection(%s)", (connection_id,))
+
+    def close_connection(self, connection_id: str) -> None:
+        self.tx.execute("SELECT keen.close_connection(%s)", (connection_id,))
+
+    def reap_stale_connections(self, older_than: timedelta) -> int:
+        return self.tx.scalar("SELECT keen.reap_stale_connections(%s)", (older_than,))
+
+    def emit_event(self, session_id: UUID | str, event_type: str, event_data: Any = None,
+                   event_source: str = "agent") -> int:
+        data = Jsonb({} if event_data is None else event_data)
+        return self.tx.scalar("SELECT keen.emit_event(%s, %s, %s, %s)",
+                              (session_id, event_type, data, event_source))
+
+    def events_since(self, session_id: UUID | str, after_event_id: int = 0,
+                     limit: int = 1000) -> list[StreamEvent]:
+        return self.tx.all(
+            "SELECT event_id, session_id, event_type, event_data, event_source, created_at "
+            "FROM keen.events_since(%s, %s, %s)",
+            (session_id, after_event_id, limit), StreamEvent)
+
+    def prepare_event_partitions(self, months_ahead: int = 2,
+                                 from_: datetime | None = None) -> list[EventPartition]:
+        return self.tx.all(
+            "SELECT partition_name, range_start, range_end, rows_moved "
+            "FROM keen.prepare_event_partitions(%s, COALESCE(%s, pg_catalog.now()))",
+            (months_ahead, from_), EventPartition)
+
+    def drop_old_event_partitions(self, keep: timedelta) -> list[EventPartition]:
+        return self.tx.all(
+            "SELECT partition_name, range_start, range_end FROM keen.drop_old_event_partitions(%s)",
+            (keep,), EventPartition)
+
+
+def _fetch(conn: psycopg.Connection, session_id: UUID | str, after: int, limit: int,
+           as_user: UUID | str | None) -> list[StreamEvent]:
+    """One short transaction: act as the user, read the events after `after`."""
+    from .client import Tx
+
+    with conn.transaction():
+        tx = Tx(conn)
+        if as_user is not None:
+            tx.execute("SELECT keen.act_as(%s)", (as_user,))
+        return tx.streaming.events_since(session_id, after, limit)
+
+
+def _dropped(exc: BaseException, conn: psycopg.Connection | None) -> bool:
+    """True when `exc` means the connection was lost (and a reconnect may resume)."""
+    cause = exc.__cause__ if isinstance(exc, KeenError) else exc
+    return isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError)) and (
+        conn is None or conn.closed or conn.broken)
+
+
+def listen(keen: "Keen", session_id: UUID | str, after_event_id: int = 0, *,
+           as_user: UUID | str | None = None, timeout: float | None = None,
+           idle_timeout: float | None = None, max_events: int | None = None,
+           batch_size: int = 500, poll_interval: float = 5.0, reconnect_delay: float = 0.2,
+           max_reconnects: int | None = None) -> Iterator[StreamEvent]:
+    """Follow one session's events live: yields StreamEvent, oldest first, each exactly once.
+
+    A dedicated autocommit connection (keen.conninfo, not the pool) LISTENs on keen_events;
+    every event is read through keen.events_since in a short transaction acting as `as_user`
+    (None: no actor, for a maintenance-role Keen), so row-level security guards the stream:
+    another tenant's session raises NotFound. After LISTEN it first catches up, then waits for
+    notifications of this session (and reads anyway every `poll_interval` seconds).
+
+    If the connection drops, it reconnects (after `reconnect_delay`, doubling up to 5 s;
+    at most `max_reconnects` times in a row, None: forever) and resumes after the last event
+    it yielded: nothing is lost or repeated.
+
+    Stops after `max_events` events, after `timeout` seconds in all, after `idle_timeout`
+    seconds without a new event, or when the generator is closed (its connection closes too).
+    """
+    started = time.monotonic()
+    last_event_at = started
+    last = after_event_id
+    count = 0
+    failures = 0
+    target = str(session_id)
+
+    def remaining() -> float | None:
+        now = time.monotonic()
+        limits = [t for t in ((started + timeout) if timeout is not None else None,
+                              (last_event_at + idle_timeout) if idle_timeout is not None else None)
+                  if t is not None]
+        return None if not limits else max(0.0, min(limits) - now)
+
+    while True:
+        conn: psycopg.Connection | None = None
+        try:
+            conn = psycopg.connect(keen.conninfo, autocommit=True,
+                                   connect_timeout=keen.settings.connect_timeout,
+                                   application_name="keen_listener")
+            with conn:
+                conn.execute(f"LISTEN {CHANNEL}")
+                failures = 0
+                while True:
+                    # Catch up first: events committed before LISTEN, or while reconnecting.
+                    batch = _fetch(conn, session_id, last, batch_size, as_user)
+                    for event in batch:
+                        last = event.event_id
+                        last_event_at = time.monotonic()
+                        count += 1
+                        yield event
+                        if max_events is not None and count >= max_events:
+                            return
+                    if len(batch) == batch_size:
+                        continue
+                    left = remaining()
+                    if left is not None and left <= 0:
+                        return
+                    wait = poll_interval if left is None else min(left, poll_interval)
+                    for notice in conn.notifies(timeout=wait):
+                        try:
+                            parsed = EventNotice.parse(notice.payload)
+                        except (ValueError, KeyError, TypeError):
+                            continue
+                        if str(parsed.session_id) == target and parsed.event_id > last:
+                            break
+        except (psycopg.Error, KeenError) as exc:
+            if not _dropped(exc, conn):
+                raise
+            failures += 1
+            if max_reconnects is not None and failures > max_reconnects:
+                raise
+            left = remaining()
+            if left is not None and left <= 0:
+                return
+            delay = min(reconnect_delay * (2 ** (failures - 1)), 5.0)
+            time.sleep(delay if left is None else min(delay, left))
+        finally:
+            if conn is not None and not conn.closed:
+                conn.close()
