@@ -8,12 +8,18 @@
 -- sequence, and holds it until its transaction ends; so the next emitter of that session draws
 -- its id only after the previous one has committed or rolled back. A listener that has seen
 -- id N of a session and asks keen.events_since for ids > N can therefore never skip one that
--- commits later. (Ids stay unique and increasing across sessions; gaps appear when an
--- emitting transaction rolls back, and are never filled.)
+-- commits later. Across sessions ids are unique and drawn in increasing order, but may commit
+-- out of order (a listener follows one session, so that is harmless). An emit that rolls back
+-- leaves a gap in the ids that is never filled. The price: emitters of ONE session wait for
+-- each other's commit, so an emitting transaction should commit promptly; one transaction
+-- emitting into two sessions locks them in the order it emits (emit in a fixed order).
 
--- keen.require_actor: the actor of the transaction.
+-- Renamed to keen.streaming_require_actor (internal names carry their area's prefix).
+DROP FUNCTION IF EXISTS keen.require_actor();
+
+-- keen.streaming_require_actor: the actor of the transaction.
 -- Who: internal (the connection functions). Raises 28000 when no actor is set.
-CREATE OR REPLACE FUNCTION keen.require_actor()
+CREATE OR REPLACE FUNCTION keen.streaming_require_actor()
 RETURNS uuid
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, keen, pg_temp
@@ -27,9 +33,8 @@ BEGIN
     RETURN v_actor;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.require_actor() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION keen.require_actor() TO keen_app;
-COMMENT ON FUNCTION keen.require_actor() IS 'The actor of the transaction; 28000 when none is set.';
+REVOKE ALL ON FUNCTION keen.streaming_require_actor() FROM PUBLIC;
+COMMENT ON FUNCTION keen.streaming_require_actor() IS 'Internal: the actor of the transaction; 28000 when none is set.';
 
 -- keen.session_connection_detach: takes closed connections off the websocket_connections
 -- arrays of their sessions (the order of the others kept). p_session_ids[i] is the session
@@ -86,7 +91,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.require_actor();
+    v_actor uuid := keen.streaming_require_actor();
     v_admin boolean := keen.actor_is_admin();
     v_old keen.websocket_connections;
     v_row keen.websocket_connections;
@@ -162,7 +167,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.require_actor();
+    v_actor uuid := keen.streaming_require_actor();
 BEGIN
     UPDATE keen.websocket_connections c
        SET last_ping_at = pg_catalog.now(), connection_status = 'active', updated_at = pg_catalog.now()
@@ -188,7 +193,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.require_actor();
+    v_actor uuid := keen.streaming_require_actor();
     v_row keen.websocket_connections;
 BEGIN
     SELECT * INTO v_row FROM keen.websocket_connections c
