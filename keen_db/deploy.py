@@ -125,6 +125,10 @@ def set_role_passwords(s: Settings, superuser_conninfo: str) -> None:
         for role in LOGIN_ROLES:
             conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(
                 sql.Identifier(role), sql.Literal(s.secret(role, env=f"{role.upper()}_PASSWORD"))))
+        # The failed-login recorder's loopback login (db/functions/users.sql), kept in the database.
+        recorder = s.secret("keen_recorder", env="KEEN_RECORDER_PASSWORD")
+        conn.execute(sql.SQL("ALTER ROLE keen_recorder WITH LOGIN PASSWORD {}").format(sql.Literal(recorder)))
+        conn.execute("SELECT keen.configure_login_recorder(%s)", (recorder,))
 
 
 def seed(superuser_conninfo: str) -> None:

@@ -1,5 +1,7 @@
--- Policies for identity tables: users, auth_tokens, audit_logs.
--- (SELECT keen.actor_id()) is wrapped so the planner evaluates it once per query.
+-- Policies for identity tables: users, auth_tokens, audit_logs, and the bookkeeping tables of
+-- db/functions/users.sql (login_attempts, audit_chain_heads, auth_secrets).
+-- (SELECT keen.actor_id()) is wrapped so the planner evaluates it once per query. Admin status
+-- comes from keen.actor_is_admin(), which reads keen.users only: no setting takes part.
 
 DROP POLICY IF EXISTS "Users are visible to themselves and to admins" ON keen.users;
 CREATE POLICY "Users are visible to themselves and to admins" ON keen.users
@@ -17,3 +19,30 @@ DROP POLICY IF EXISTS "Audit logs are visible to admins only" ON keen.audit_logs
 CREATE POLICY "Audit logs are visible to admins only" ON keen.audit_logs
     FOR SELECT
     USING ((SELECT keen.actor_sees_all_tenants()));
+
+-- keen.write_audit (owned by keen_owner) appends; keen_app holds no INSERT privilege at all, and
+-- no policy allows UPDATE or DELETE (a trigger refuses them for superusers too).
+DROP POLICY IF EXISTS "Audit entries are appended by keen functions in the actor's name" ON keen.audit_logs;
+CREATE POLICY "Audit entries are appended by keen functions in the actor's name" ON keen.audit_logs
+    FOR INSERT TO keen_owner
+    WITH CHECK (actor_id IS NOT DISTINCT FROM (SELECT keen.actor_id()));
+
+-- Bookkeeping without a tenant: only keen_owner's functions touch it (keen_app has no grant).
+DROP POLICY IF EXISTS "Login attempts are kept by keen functions only" ON keen.login_attempts;
+CREATE POLICY "Login attempts are kept by keen functions only" ON keen.login_attempts
+    FOR ALL TO keen_owner
+    USING (true)
+    WITH CHECK (true);
+
+DROP POLICY IF EXISTS "Audit chain heads are kept by keen functions only" ON keen.audit_chain_heads;
+CREATE POLICY "Audit chain heads are kept by keen functions only" ON keen.audit_chain_heads
+    FOR ALL TO keen_owner
+    USING (true)
+    WITH CHECK (true);
+
+-- keen_auth (BYPASSRLS, SELECT only) reads the secrets; through the policies nobody does.
+DROP POLICY IF EXISTS "Secrets are readable by keen_auth alone" ON keen.auth_secrets;
+CREATE POLICY "Secrets are readable by keen_auth alone" ON keen.auth_secrets
+    FOR ALL
+    USING (false)
+    WITH CHECK (false);

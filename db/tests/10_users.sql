@@ -1,0 +1,209 @@
+-- 10_users: every identity function, its success path and each of its error codes.
+-- Runs as the superuser postgres; after keen.act_as RLS applies as for that actor.
+-- Failed logins are recorded by the autonomous loopback, which sees only committed rows: the
+-- lock-out tests therefore use an e-mail of their own.
+BEGIN;
+SELECT plan(95);
+
+SELECT set_config('tests.admin', (SELECT id FROM keen.users WHERE role = 'super_admin')::text, false);
+SELECT set_config('tests.alice', (SELECT id FROM keen.register_user('Alice@Example.com', 'alice', 'alice password', 'Alice'))::text, false);
+SELECT set_config('tests.bob', (SELECT id FROM keen.register_user('bob@example.com', 'bob', 'bob password'))::text, false);
+
+-- register_user ---------------------------------------------------------------------------------
+SELECT is((SELECT email FROM keen.users WHERE id = current_setting('tests.alice')::uuid), 'alice@example.com',
+          'register_user stores the e-mail in lower case');
+SELECT is((SELECT current_balance FROM keen.credit_accounts WHERE user_id = current_setting('tests.alice')::uuid), 0::keen.credit_amount,
+          'register_user creates a credit account with balance 0');
+SELECT ok((SELECT password_hash ~ '^\$2[ab]\$04\$' FROM keen.users WHERE id = current_setting('tests.alice')::uuid),
+          'register_user hashes with bcrypt at the configured cost (4 in the test template)');
+SELECT is(keen.actor_id(), NULL, 'register_user leaves the caller without an actor');
+SELECT throws_ok($$SELECT keen.register_user('ALICE@example.COM', 'alice2', 'some password')$$, '23505', NULL,
+                 'an e-mail taken in another case is 23505');
+SELECT throws_ok($$SELECT keen.register_user('alice2@example.com', 'ALICE', 'some password')$$, '23505', NULL,
+                 'a username taken in another case is 23505');
+SELECT throws_ok($$SELECT keen.register_user('not-an-email', 'carol', 'some password')$$, '22023', NULL, 'an invalid e-mail is 22023');
+SELECT throws_ok($$SELECT keen.register_user('carol@example.com', 'c', 'some password')$$, '22023', NULL, 'a two-letter username is 22023');
+SELECT throws_ok($$SELECT keen.register_user('carol@example.com', '_carol', 'some password')$$, '22023', NULL, 'a username starting with _ is 22023');
+SELECT throws_ok($$SELECT keen.register_user('carol@example.com', 'carol', 'short')$$, '22023', NULL, 'a password under 8 characters is 22023');
+SELECT throws_ok($$SELECT keen.register_user('carol@example.com', 'carol', repeat('x', 73))$$, '22023', NULL, 'a password over 72 bytes is 22023');
+SELECT is((SELECT count(*) FROM keen.users WHERE email = 'carol@example.com'), 0::bigint, 'refused registrations write nothing');
+
+-- login -----------------------------------------------------------------------------------------
+SELECT is((SELECT user_id FROM keen.login('ALICE@example.com ', 'alice password', '10.1.2.3')), current_setting('tests.alice')::uuid,
+          'login accepts the right password (e-mail in any case, trimmed)');
+SELECT is((SELECT last_login_ip FROM keen.users WHERE id = current_setting('tests.alice')::uuid), '10.1.2.3'::inet,
+          'login records last_login_ip');
+SELECT isnt((SELECT last_login_at FROM keen.users WHERE id = current_setting('tests.alice')::uuid), NULL, 'login records last_login_at');
+SELECT is(keen.actor_id(), NULL, 'login does not set the actor');
+SELECT results_eq($$SELECT is_admin, role, admin_privileges ->> 'manage_users' FROM keen.login('ahiya.butman@gmail.com', '2con-creator')$$,
+                  $$VALUES (true, 'super_admin'::text, 'true'::text)$$, 'the admin logs in with its role and privileges');
+SELECT throws_ok($$SELECT keen.login('alice@example.com', 'wrong password')$$, '28P01', 'invalid e-mail or password',
+                 'a wrong password is 28P01');
+SELECT throws_ok($$SELECT keen.login('nobody@example.com', 'wrong password')$$, '28P01', 'invalid e-mail or password',
+                 'an unknown e-mail is 28P01 with the same message');
+SELECT throws_ok($$SELECT keen.login(NULL, NULL)$$, '28P01', 'invalid e-mail or password', 'NULL credentials are 28P01');
+
+-- An unknown e-mail spends one bcrypt like a known one (counted, not timed).
+SET LOCAL track_functions = 'all';
+CREATE TEMPORARY TABLE crypt_calls (label text, calls bigint);
+INSERT INTO crypt_calls VALUES ('before', COALESCE(pg_stat_get_xact_function_calls('keen_ext.crypt(text,text)'::regprocedure), 0));
+SELECT throws_ok($$SELECT keen.login('bob@example.com', 'wrong password')$$, '28P01', NULL, 'known e-mail, wrong password');
+INSERT INTO crypt_calls VALUES ('known', COALESCE(pg_stat_get_xact_function_calls('keen_ext.crypt(text,text)'::regprocedure), 0));
+SELECT throws_ok($$SELECT keen.login('ghost@example.com', 'wrong password')$$, '28P01', NULL, 'unknown e-mail');
+INSERT INTO crypt_calls VALUES ('unknown', COALESCE(pg_stat_get_xact_function_calls('keen_ext.crypt(text,text)'::regprocedure), 0));
+SELECT is((SELECT calls FROM crypt_calls WHERE label = 'known') - (SELECT calls FROM crypt_calls WHERE label = 'before'), 1::bigint,
+          'a wrong password costs one bcrypt');
+SELECT is((SELECT calls FROM crypt_calls WHERE label = 'unknown') - (SELECT calls FROM crypt_calls WHERE label = 'known'), 1::bigint,
+          'an unknown e-mail costs one bcrypt too');
+
+-- Brute force: 10 failures within the window lock the e-mail (known or not) out.
+SELECT set_config('tests.dave', (SELECT id FROM keen.register_user('dave@example.com', 'dave', 'dave password'))::text, false);
+CREATE FUNCTION pg_temp.fail_logins(p_email text, p_times int) RETURNS int LANGUAGE plpgsql AS $$
+DECLARE v_failed int := 0;
+BEGIN
+    FOR i IN 1..p_times LOOP
+        BEGIN
+            PERFORM keen.login(p_email, 'not the password');
+        EXCEPTION WHEN invalid_password THEN
+            v_failed := v_failed + 1;
+        END;
+    END LOOP;
+    RETURN v_failed;
+END $$;
+SELECT is(pg_temp.fail_logins('dave@example.com', 9), 9, 'nine wrong passwords are nine 28P01');
+SELECT is((SELECT count(*) FROM keen.login_attempts WHERE email = 'dave@example.com'), 9::bigint,
+          'the failures are committed by the recorder although each login rolled back');
+SELECT is((SELECT user_id FROM keen.login('dave@example.com', 'dave password')), current_setting('tests.dave')::uuid,
+          'after nine failures the right password still works');
+SELECT is((SELECT count(*) FROM keen.login_attempts WHERE email = 'dave@example.com'), 0::bigint,
+          'a successful login clears the failures');
+SELECT is(pg_temp.fail_logins('dave@example.com', 10), 10, 'ten more wrong passwords');
+SELECT throws_ok($$SELECT keen.login('dave@example.com', 'dave password')$$, '28000', 'too many failed logins for this e-mail; try again later',
+                 'after ten failures in the window even the right password is 28000');
+SELECT throws_ok($$SELECT keen.login('dave@example.com', 'not the password')$$, '28000', NULL,
+                 'and so is a wrong one');
+SELECT is((SELECT count(*) FROM keen.login_attempts WHERE email = 'dave@example.com'), 10::bigint,
+          'refused attempts while locked out do not extend the lock');
+UPDATE keen.login_attempts SET attempted_at = attempted_at - interval '16 minutes' WHERE email = 'dave@example.com';
+SELECT is((SELECT user_id FROM keen.login('dave@example.com', 'dave password')), current_setting('tests.dave')::uuid,
+          'once the failures are older than the window the lock is gone');
+SELECT is(pg_temp.fail_logins('nobody-at-all@example.com', 10), 10, 'ten failures for an unknown e-mail');
+SELECT throws_ok($$SELECT keen.login('nobody-at-all@example.com', 'x')$$, '28000', NULL,
+                 'an unknown e-mail locks out exactly like a known one');
+
+-- suspend_user / reactivate_user ----------------------------------------------------------------
+SELECT throws_ok(format('SELECT keen.suspend_user(%L)', current_setting('tests.bob')), '42501', NULL, 'suspend_user without an actor is 42501');
+SELECT keen.act_as(current_setting('tests.alice')::uuid);
+SELECT throws_ok(format('SELECT keen.suspend_user(%L)', current_setting('tests.bob')), '42501', NULL, 'suspend_user by a non-admin is 42501');
+SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT lives_ok(format('SELECT keen.suspend_user(%L, %L)', current_setting('tests.bob'), 'spam'), 'an admin suspends a user');
+SELECT is((SELECT account_status FROM keen.users WHERE id = current_setting('tests.bob')::uuid)::text, 'suspended', 'the user is suspended');
+SELECT lives_ok(format('SELECT keen.suspend_user(%L)', current_setting('tests.bob')), 'suspending a suspended user does nothing more');
+SELECT throws_ok(format('SELECT keen.suspend_user(%L)', current_setting('tests.admin')), '22023', NULL, 'an admin cannot suspend themselves');
+SELECT throws_ok($$SELECT keen.suspend_user('00000000-0000-0000-0000-000000000000')$$, 'P0002', NULL, 'suspending an unknown user is P0002');
+SELECT throws_ok(format('SELECT keen.suspend_user(%L, %L)', current_setting('tests.alice'), repeat('x', 1001)), '22023', NULL,
+                 'a reason over 1000 characters is 22023');
+SELECT throws_ok(format('SELECT keen.act_as(%L)', current_setting('tests.bob')), '28000', NULL, 'a suspended user cannot be acted as');
+SELECT throws_ok($$SELECT keen.login('bob@example.com', 'bob password')$$, '28000', 'this account is suspended',
+                 'a suspended user with the right password is 28000');
+SELECT throws_ok($$SELECT keen.login('bob@example.com', 'wrong password')$$, '28P01', NULL,
+                 'a suspended user with a wrong password is 28P01 (the status is not told)');
+SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT lives_ok(format('SELECT keen.reactivate_user(%L)', current_setting('tests.bob')), 'an admin reactivates the user');
+SELECT is((SELECT user_id FROM keen.login('bob@example.com', 'bob password')), current_setting('tests.bob')::uuid, 'the reactivated user logs in');
+SELECT lives_ok(format('SELECT keen.reactivate_user(%L)', current_setting('tests.bob')), 'reactivating an active user does nothing');
+UPDATE keen.users SET account_status = 'banned' WHERE id = current_setting('tests.dave')::uuid;
+SELECT throws_ok(format('SELECT keen.reactivate_user(%L)', current_setting('tests.dave')), '22023', NULL, 'a banned account is not reactivated here');
+SELECT throws_ok($$SELECT keen.reactivate_user('00000000-0000-0000-0000-000000000000')$$, 'P0002', NULL, 'reactivating an unknown user is P0002');
+-- An admin who is not the super-admin: may suspend users, not admins; nobody suspends the super-admin.
+UPDATE keen.users SET is_admin = true, role = 'admin' WHERE id = current_setting('tests.alice')::uuid;
+SELECT set_config('tests.erin', (SELECT id FROM keen.register_user('erin@example.com', 'erin', 'erin password'))::text, false);
+UPDATE keen.users SET is_admin = true, role = 'admin' WHERE id = current_setting('tests.erin')::uuid;
+SELECT keen.act_as(current_setting('tests.alice')::uuid);
+SELECT throws_ok(format('SELECT keen.suspend_user(%L)', current_setting('tests.admin')), '42501', NULL, 'nobody suspends the super-admin');
+SELECT throws_ok(format('SELECT keen.suspend_user(%L)', current_setting('tests.erin')), '42501', NULL, 'an admin cannot suspend another admin');
+SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT lives_ok(format('SELECT keen.suspend_user(%L)', current_setting('tests.erin')), 'the super-admin can suspend an admin');
+UPDATE keen.users SET is_admin = false, role = 'user' WHERE id = current_setting('tests.alice')::uuid;
+
+-- list_users ------------------------------------------------------------------------------------
+SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT is((SELECT count(*) FROM keen.list_users()), (SELECT count(*) FROM keen.users), 'an admin lists every user');
+SELECT is((SELECT count(*) FROM keen.list_users(2, 1)), 2::bigint, 'list_users pages with limit and offset');
+SELECT throws_ok($$SELECT keen.list_users(0)$$, '22023', NULL, 'a limit of 0 is 22023');
+SELECT throws_ok($$SELECT keen.list_users(10, -1)$$, '22023', NULL, 'a negative offset is 22023');
+SELECT keen.act_as(current_setting('tests.alice')::uuid);
+SELECT throws_ok($$SELECT keen.list_users()$$, '42501', NULL, 'list_users by a user is 42501');
+SELECT keen.set_actor(NULL);
+SELECT throws_ok($$SELECT keen.list_users()$$, '42501', NULL, 'list_users without an actor is 42501');
+
+-- change_password -------------------------------------------------------------------------------
+SELECT throws_ok($$SELECT keen.change_password('alice password', 'new alice password')$$, '28000', NULL, 'change_password needs an actor');
+SELECT keen.act_as(current_setting('tests.alice')::uuid);
+SELECT throws_ok($$SELECT keen.change_password('not it', 'new alice password')$$, '28P01', NULL, 'a wrong current password is 28P01');
+SELECT throws_ok($$SELECT keen.change_password('alice password', 'short')$$, '22023', NULL, 'an invalid new password is 22023');
+SELECT throws_ok($$SELECT keen.change_password('alice password', 'alice password')$$, '22023', NULL, 'the same password again is 22023');
+SELECT lives_ok($$SELECT keen.change_password('alice password', 'new alice password')$$, 'the actor changes its password');
+SELECT is((SELECT user_id FROM keen.login('alice@example.com', 'new alice password')), current_setting('tests.alice')::uuid,
+          'the new password logs in');
+SELECT throws_ok($$SELECT keen.login('alice@example.com', 'alice password')$$, '28P01', NULL, 'the old one no longer does');
+
+-- update_profile --------------------------------------------------------------------------------
+SELECT keen.act_as(current_setting('tests.alice')::uuid);
+SELECT results_eq($$SELECT display_name, timezone, preferences FROM keen.update_profile('  Alice A. ', 'Europe/Paris', '{"theme": "dark"}')$$,
+                  $$VALUES ('Alice A.'::text, 'Europe/Paris'::text, '{"theme": "dark"}'::jsonb)$$,
+                  'update_profile sets display name (trimmed), time zone and preferences');
+SELECT results_eq($$SELECT display_name, timezone FROM keen.update_profile(p_timezone => 'UTC')$$,
+                  $$VALUES ('Alice A.'::text, 'UTC'::text)$$, 'a NULL argument leaves its field unchanged');
+SELECT throws_ok($$SELECT keen.update_profile(p_timezone => 'Mars/Olympus')$$, '22023', NULL, 'an unknown time zone is 22023');
+SELECT throws_ok($$SELECT keen.update_profile(p_preferences => '[1, 2]')$$, '22023', NULL, 'preferences that are not an object are 22023');
+SELECT throws_ok($$SELECT keen.update_profile(p_display_name => '   ')$$, '22023', NULL, 'a blank display name is 22023');
+SELECT keen.set_actor(NULL);
+SELECT throws_ok($$SELECT keen.update_profile('x')$$, '28000', NULL, 'update_profile needs an actor');
+
+-- create_api_key / authenticate_api_key / revoke_api_key ----------------------------------------
+SELECT throws_ok($$SELECT keen.create_api_key('ci')$$, '28000', NULL, 'create_api_key needs an actor');
+SELECT keen.act_as(current_setting('tests.alice')::uuid);
+CREATE TEMPORARY TABLE keys AS
+    SELECT 'alice'::text AS owner, k.* FROM keen.create_api_key('ci', ARRAY['sessions:write', 'credits:read', 'credits:read']) k;
+SELECT ok((SELECT token ~ '^keen_[A-Za-z0-9_-]{43}$' FROM keys), 'a token is keen_ + 43 URL-safe characters (32 random bytes)');
+SELECT is((SELECT token_hash::text FROM keen.auth_tokens t JOIN keys k ON k.token_id = t.id),
+          (SELECT encode(keen_ext.digest(token, 'sha256'), 'hex') FROM keys), 'only the SHA-256 of the token is stored');
+SELECT is((SELECT scopes FROM keen.auth_tokens t JOIN keys k ON k.token_id = t.id), ARRAY['credits:read', 'sessions:write'],
+          'scopes are stored sorted, without duplicates');
+SELECT throws_ok($$SELECT keen.create_api_key('  ')$$, '22023', NULL, 'a blank key name is 22023');
+SELECT throws_ok($$SELECT keen.create_api_key('ci', ARRAY['Bad Scope'])$$, '22023', NULL, 'an invalid scope is 22023');
+SELECT throws_ok($$SELECT keen.create_api_key('ci', '{}', now() - interval '1 second')$$, '22023', NULL, 'an expiry in the past is 22023');
+SELECT keen.set_actor(NULL);
+SELECT results_eq(format('SELECT user_id, scopes, is_admin, bypass_limits FROM keen.authenticate_api_key(%L)', (SELECT token FROM keys)),
+                  format($$VALUES (%L::uuid, ARRAY['credits:read', 'sessions:write'], false, false)$$, current_setting('tests.alice')),
+                  'authenticate_api_key returns the key''s user and scopes');
+SELECT is(keen.actor_id(), current_setting('tests.alice')::uuid, 'and makes that user the actor');
+SELECT is((SELECT usage_count FROM keen.auth_tokens t JOIN keys k ON k.token_id = t.id), 1, 'and counts the use');
+SELECT lives_ok(format('SELECT keen.authenticate_api_key(%L, %L::inet)', (SELECT token FROM keys), '192.0.2.7'),
+                'authenticate_api_key with the caller''s address');
+SELECT is((SELECT last_used_ip FROM keen.auth_tokens t JOIN keys k ON k.token_id = t.id), '192.0.2.7'::inet, 'records last_used_ip');
+SELECT throws_ok($$SELECT keen.authenticate_api_key('keen_' || repeat('A', 43))$$, '28000', 'invalid API key', 'an unknown key is 28000');
+SELECT throws_ok($$SELECT keen.authenticate_api_key('garbage')$$, '28000', 'invalid API key', 'a malformed key is 28000');
+SELECT keen.act_as(current_setting('tests.bob')::uuid);
+SELECT throws_ok(format('SELECT keen.revoke_api_key(%L)', (SELECT token_id FROM keys)), 'P0002', NULL,
+                 'revoking another user''s key is P0002, as if absent');
+SELECT throws_ok($$SELECT keen.revoke_api_key('00000000-0000-0000-0000-000000000000')$$, 'P0002', NULL, 'revoking an unknown key is P0002');
+SELECT keen.act_as(current_setting('tests.alice')::uuid);
+SELECT lives_ok(format('SELECT keen.revoke_api_key(%L)', (SELECT token_id FROM keys)), 'the owner revokes its key');
+SELECT lives_ok(format('SELECT keen.revoke_api_key(%L)', (SELECT token_id FROM keys)), 'revoking it again does nothing more');
+SELECT throws_ok(format('SELECT keen.authenticate_api_key(%L)', (SELECT token FROM keys)), '28000', 'invalid API key',
+                 'a revoked key fails like an unknown one');
+INSERT INTO keys SELECT 'alice', k.* FROM keen.create_api_key('short-lived', '{}', now() + interval '1 hour') k;
+UPDATE keen.auth_tokens SET expires_at = now() - interval '1 second' WHERE token_name = 'short-lived';
+SELECT throws_ok(format('SELECT keen.authenticate_api_key(%L)', (SELECT token FROM keys WHERE token_id = (SELECT id FROM keen.auth_tokens WHERE token_name = 'short-lived'))),
+                 '28000', 'invalid API key', 'an expired key fails like an unknown one');
+SELECT keen.act_as(current_setting('tests.bob')::uuid);
+INSERT INTO keys SELECT 'bob', k.* FROM keen.create_api_key('bob key') k;
+SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT lives_ok(format('SELECT keen.revoke_api_key(%L)', (SELECT token_id FROM keys WHERE owner = 'bob')), 'an admin revokes anyone''s key');
+SELECT ok((SELECT revoked_at IS NOT NULL AND NOT is_active FROM keen.auth_tokens t JOIN keys k ON k.token_id = t.id WHERE k.owner = 'bob'),
+          'the key is marked revoked');
+
+SELECT * FROM finish();
+ROLLBACK;

@@ -1,0 +1,184 @@
+-- 12_structure: the shape of isolation, read from the catalog: the policies of every tenant
+-- table, each role's table and function privileges, definers and owners, the append-only
+-- audit trigger, and data-driven rules that stay true as other areas add functions.
+BEGIN;
+SELECT plan(157);
+
+-- Policies: one per tenant table, named as sentences; audit and bookkeeping tables as designed.
+SELECT policies_are('keen', 'users', ARRAY['Users are visible to themselves and to admins']);
+SELECT policies_are('keen', 'auth_tokens', ARRAY['API tokens are visible to their owner and to admins']);
+SELECT policies_are('keen', 'credit_accounts', ARRAY['Credit accounts are visible to their owner and to admins']);
+SELECT policies_are('keen', 'credit_transactions', ARRAY['Credit transactions are visible to their owner and to admins']);
+SELECT policies_are('keen', 'credit_reservations', ARRAY['Credit reservations are visible to their owner and to admins']);
+SELECT policies_are('keen', 'agent_sessions', ARRAY['Agent sessions are visible to their owner and to admins']);
+SELECT policies_are('keen', 'phase_transitions', ARRAY['Phase transitions are visible to their owner and to admins']);
+SELECT policies_are('keen', 'tool_executions', ARRAY['Tool executions are visible to their owner and to admins']);
+SELECT policies_are('keen', 'git_operations', ARRAY['Git operations are visible to their owner and to admins']);
+SELECT policies_are('keen', 'websocket_connections', ARRAY['Connections are visible to their owner and to admins']);
+SELECT policies_are('keen', 'streaming_events', ARRAY['Events are visible to their owner and to admins']);
+SELECT policies_are('keen', 'daily_usage_stats', ARRAY['Usage stats are visible to their owner and to admins']);
+SELECT policies_are('keen', 'daily_analytics', ARRAY['Platform analytics are visible to admins only']);
+SELECT policies_are('keen', 'audit_logs', ARRAY['Audit logs are visible to admins only',
+                                                 'Audit entries are appended by keen functions in the actor''s name']);
+SELECT policies_are('keen', 'login_attempts', ARRAY['Login attempts are kept by keen functions only']);
+SELECT policies_are('keen', 'audit_chain_heads', ARRAY['Audit chain heads are kept by keen functions only']);
+SELECT policies_are('keen', 'auth_secrets', ARRAY['Secrets are readable by keen_auth alone']);
+SELECT policy_cmd_is('keen', 'audit_logs', 'Audit logs are visible to admins only', 'SELECT', 'audit entries are read by admins only');
+SELECT policy_cmd_is('keen', 'audit_logs', 'Audit entries are appended by keen functions in the actor''s name', 'INSERT',
+                     'audit entries are only ever inserted');
+SELECT policy_roles_are('keen', 'audit_logs', 'Audit entries are appended by keen functions in the actor''s name', ARRAY['keen_owner']);
+SELECT policy_roles_are('keen', 'login_attempts', 'Login attempts are kept by keen functions only', ARRAY['keen_owner']);
+SELECT policy_roles_are('keen', 'audit_chain_heads', 'Audit chain heads are kept by keen functions only', ARRAY['keen_owner']);
+SELECT is((SELECT count(*) FROM pg_policy p
+            WHERE p.polrelid::regclass::text LIKE 'keen.%'
+              AND (coalesce(pg_get_expr(p.polqual, p.polrelid), '') || coalesce(pg_get_expr(p.polwithcheck, p.polrelid), ''))
+                  ~* 'current_setting|is_admin_user|set_config'),
+          0::bigint, 'no policy reads a setting: admin status comes from keen.users only');
+SELECT is((SELECT array_agg(p.polrelid::regclass::text || ': ' || p.polname ORDER BY 1) FROM pg_policy p
+            WHERE p.polrelid::regclass::text LIKE 'keen.%'
+              AND (coalesce(pg_get_expr(p.polqual, p.polrelid), '') || coalesce(pg_get_expr(p.polwithcheck, p.polrelid), ''))
+                  ~ 'keen\.actor_id\(\)' AND
+                  (coalesce(pg_get_expr(p.polqual, p.polrelid), '') || coalesce(pg_get_expr(p.polwithcheck, p.polrelid), ''))
+                  !~ '\( SELECT keen\.actor_id\(\) AS actor_id\)'),
+          NULL, 'every policy wraps keen.actor_id() as (SELECT keen.actor_id()), evaluated once per query');
+
+-- Table privileges: keen_app and keen_maintenance read tenant tables under RLS, write nothing.
+SELECT table_privs_are('keen', t, 'keen_app', ARRAY['SELECT'], 'keen_app may only SELECT keen.' || t)
+  FROM unnest(ARRAY['credit_accounts', 'credit_transactions', 'credit_reservations', 'agent_sessions',
+                    'phase_transitions', 'tool_executions', 'git_operations', 'websocket_connections',
+                    'streaming_events', 'daily_usage_stats', 'daily_analytics', 'audit_logs', 'settings']) t;
+SELECT table_privs_are('keen', t, 'keen_maintenance', ARRAY['SELECT'], 'keen_maintenance may only SELECT keen.' || t)
+  FROM unnest(ARRAY['credit_accounts', 'credit_transactions', 'credit_reservations', 'agent_sessions',
+                    'phase_transitions', 'tool_executions', 'git_operations', 'websocket_connections',
+                    'streaming_events', 'daily_usage_stats', 'daily_analytics', 'audit_logs', 'settings']) t;
+SELECT table_privs_are('keen', t, r, ARRAY[]::text[], r || ' holds no table-wide privilege on keen.' || t)
+  FROM unnest(ARRAY['users', 'auth_tokens', 'login_attempts', 'audit_chain_heads', 'auth_secrets']) t,
+       unnest(ARRAY['keen_app', 'keen_maintenance']) r;
+SELECT table_privs_are('keen', 'auth_secrets', 'keen_auth', ARRAY['SELECT'], 'keen_auth alone reads keen.auth_secrets');
+SELECT column_privs_are('keen', 'users', c, 'keen_app', ARRAY[]::text[], 'keen_app cannot read users.' || c)
+  FROM unnest(ARRAY['password_hash', 'mfa_secret', 'recovery_codes', 'email_verification_token']) c;
+SELECT column_privs_are('keen', 'auth_tokens', 'token_hash', 'keen_app', ARRAY[]::text[], 'keen_app cannot read auth_tokens.token_hash');
+SELECT column_privs_are('keen', 'users', c, 'keen_app', ARRAY['SELECT'], 'keen_app reads users.' || c)
+  FROM unnest(ARRAY['id', 'email', 'username', 'role', 'is_admin', 'account_status', 'timezone', 'preferences']) c;
+SELECT is((SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+            WHERE a.attrelid = 'keen.users'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+              AND has_column_privilege('keen_auth', 'keen.users', a.attname, 'SELECT')),
+          ARRAY['account_status', 'email', 'id', 'is_admin', 'password_hash'],
+          'keen_auth reads only the columns that decide who the actor is');
+SELECT is((SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+            WHERE a.attrelid = 'keen.users'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+              AND (has_column_privilege('keen_auth', 'keen.users', a.attname, 'INSERT')
+                   OR has_column_privilege('keen_auth', 'keen.users', a.attname, 'UPDATE'))),
+          NULL, 'keen_auth cannot write keen.users');
+
+-- Function privileges: the API to keen_app, internals to nobody.
+SELECT function_privs_are('keen', f, a, 'keen_app', ARRAY['EXECUTE'], 'keen_app may call keen.' || f)
+  FROM (VALUES ('register_user', ARRAY['text', 'text', 'text', 'text']),
+               ('login', ARRAY['text', 'text', 'inet']),
+               ('list_users', ARRAY['integer', 'integer']),
+               ('create_api_key', ARRAY['text', 'text[]', 'timestamp with time zone']),
+               ('authenticate_api_key', ARRAY['text']),
+               ('authenticate_api_key', ARRAY['text', 'inet']),
+               ('revoke_api_key', ARRAY['uuid']),
+               ('suspend_user', ARRAY['uuid', 'text']),
+               ('reactivate_user', ARRAY['uuid']),
+               ('change_password', ARRAY['text', 'text']),
+               ('update_profile', ARRAY['text', 'text', 'jsonb']),
+               ('verify_audit_chain', ARRAY[]::text[]),
+               ('act_as', ARRAY['uuid']),
+               ('actor_id', ARRAY[]::text[]),
+               ('actor_is_admin', ARRAY[]::text[])) AS api(f, a);
+SELECT function_privs_are('keen', f, a, 'keen_app', ARRAY[]::text[], 'keen_app may not call keen.' || f)
+  FROM (VALUES ('write_audit', ARRAY['text', 'text', 'uuid', 'jsonb', 'text', 'inet', 'uuid']),
+               ('audit_row_hash', ARRAY['keen.audit_logs']),
+               ('set_actor', ARRAY['uuid']),
+               ('actor_proof', ARRAY['uuid']),
+               ('auth_check_password', ARRAY['text', 'text', 'integer']),
+               ('auth_find_api_key', ARRAY['text']),
+               ('auth_recorder_exec', ARRAY['text']),
+               ('auth_record_login_failure', ARRAY['text', 'uuid', 'inet', 'text', 'boolean']),
+               ('record_login_failure', ARRAY['text', 'uuid', 'inet', 'text', 'boolean']),
+               ('configure_login_recorder', ARRAY['text']),
+               ('login_recorder_status', ARRAY[]::text[]),
+               ('set_account_status', ARRAY['uuid', 'text', 'text', 'text']),
+               ('users_require_actor', ARRAY[]::text[]),
+               ('users_require_admin', ARRAY[]::text[]),
+               ('users_check_password', ARRAY['text'])) AS internal(f, a);
+SELECT function_privs_are('keen', 'verify_audit_chain', ARRAY[]::text[], 'keen_maintenance', ARRAY['EXECUTE'],
+                          'the maintenance role may verify the audit chain');
+SELECT function_privs_are('keen', 'login_recorder_status', ARRAY[]::text[], 'keen_maintenance', ARRAY['EXECUTE'],
+                          'the maintenance role may check the login recorder');
+SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
+            WHERE p.pronamespace = 'keen'::regnamespace AND has_function_privilege('keen_recorder', p.oid, 'EXECUTE')),
+          ARRAY['keen.record_login_failure(text,uuid,inet,text,boolean)'],
+          'keen_recorder may call record_login_failure and nothing else');
+SELECT is((SELECT array_agg(c.relname::text ORDER BY 1) FROM pg_class c
+            WHERE c.relnamespace = 'keen'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm')
+              AND (has_table_privilege('keen_recorder', c.oid, 'SELECT') OR has_any_column_privilege('keen_recorder', c.oid, 'SELECT'))),
+          NULL, 'keen_recorder reads no table');
+
+-- Definers and owners.
+SELECT is_definer('keen', f, a, 'keen.' || f || ' is SECURITY DEFINER')
+  FROM (VALUES ('register_user', ARRAY['text', 'text', 'text', 'text']), ('login', ARRAY['text', 'text', 'inet']),
+               ('list_users', ARRAY['integer', 'integer']), ('create_api_key', ARRAY['text', 'text[]', 'timestamp with time zone']),
+               ('authenticate_api_key', ARRAY['text']), ('authenticate_api_key', ARRAY['text', 'inet']),
+               ('revoke_api_key', ARRAY['uuid']), ('suspend_user', ARRAY['uuid', 'text']), ('reactivate_user', ARRAY['uuid']),
+               ('change_password', ARRAY['text', 'text']), ('update_profile', ARRAY['text', 'text', 'jsonb']),
+               ('write_audit', ARRAY['text', 'text', 'uuid', 'jsonb', 'text', 'inet', 'uuid']),
+               ('verify_audit_chain', ARRAY[]::text[]), ('actor_id', ARRAY[]::text[]), ('act_as', ARRAY['uuid']),
+               ('set_actor', ARRAY['uuid'])) AS d(f, a);
+SELECT isnt_definer('keen', f, a, 'keen.' || f || ' runs as its caller')
+  FROM (VALUES ('configure_login_recorder', ARRAY['text']), ('audit_row_hash', ARRAY['keen.audit_logs']),
+               ('actor_proof', ARRAY['uuid']), ('audit_logs_append_only', ARRAY[]::text[])) AS i(f, a);
+SELECT function_owner_is('keen', f, a, 'keen_auth', 'keen.' || f || ' belongs to keen_auth')
+  FROM (VALUES ('actor_id', ARRAY[]::text[]), ('act_as', ARRAY['uuid']), ('set_actor', ARRAY['uuid']),
+               ('actor_proof', ARRAY['uuid']), ('actor_is_admin', ARRAY[]::text[]),
+               ('auth_check_password', ARRAY['text', 'text', 'integer']), ('auth_find_api_key', ARRAY['text']),
+               ('auth_recorder_exec', ARRAY['text'])) AS o(f, a);
+SELECT function_owner_is('keen', f, a, 'keen_owner', 'keen.' || f || ' belongs to keen_owner (runs under the policies)')
+  FROM (VALUES ('login', ARRAY['text', 'text', 'inet']), ('write_audit', ARRAY['text', 'text', 'uuid', 'jsonb', 'text', 'inet', 'uuid']),
+               ('authenticate_api_key', ARRAY['text', 'inet']), ('record_login_failure', ARRAY['text', 'uuid', 'inet', 'text', 'boolean'])) AS o(f, a);
+SELECT ok((SELECT rolbypassrls FROM pg_roles WHERE rolname = 'keen_auth') AND NOT (SELECT rolbypassrls FROM pg_roles WHERE rolname = 'keen_owner'),
+          'keen_auth bypasses row-level security, keen_owner does not');
+SELECT ok((SELECT rolcanlogin AND NOT rolsuper AND NOT rolbypassrls AND NOT rolinherit FROM pg_roles WHERE rolname = 'keen_recorder'),
+          'keen_recorder logs in, with no other attribute');
+
+-- The append-only audit log.
+SELECT has_trigger('keen', 'audit_logs', 'audit_logs_append_only', 'keen.audit_logs has its append-only trigger');
+SELECT trigger_is('keen', 'audit_logs', 'audit_logs_append_only', 'keen', 'audit_logs_append_only');
+SELECT ok((SELECT tgtype & 1 = 0 AND tgtype & 2 = 2 AND tgtype & (8 | 16 | 32) = (8 | 16 | 32)
+             FROM pg_trigger WHERE tgrelid = 'keen.audit_logs'::regclass AND tgname = 'audit_logs_append_only'),
+          'it fires BEFORE each UPDATE, DELETE and TRUNCATE statement');
+SELECT col_is_unique('keen', 'audit_logs', ARRAY['chain_name', 'chain_seq'], 'one entry per chain position');
+
+-- Data-driven rules over every keen function, whoever adds it.
+SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
+            WHERE p.pronamespace = 'keen'::regnamespace AND has_function_privilege('public', p.oid, 'EXECUTE')),
+          NULL, 'no keen function is executable by PUBLIC');
+SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
+            WHERE p.pronamespace = 'keen'::regnamespace AND p.prosecdef
+              AND NOT coalesce('search_path=pg_catalog, keen, pg_temp' = ANY (p.proconfig), false)),
+          NULL, 'every SECURITY DEFINER function pins search_path = pg_catalog, keen, pg_temp');
+SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
+            WHERE p.pronamespace = 'keen'::regnamespace
+              AND NOT coalesce(EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%'), false)),
+          NULL, 'every keen function, definer or not, pins a search_path');
+SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
+            WHERE p.pronamespace = 'keen'::regnamespace AND p.prosecdef
+              AND pg_get_userbyid(p.proowner) = 'keen_auth'
+              AND p.proname NOT IN ('actor_id', 'actor_is_admin', 'act_as', 'set_actor', 'auth_check_password',
+                                    'auth_find_api_key', 'auth_recorder_exec', 'auth_record_login_failure',
+                                    'login_recorder_status')),
+          NULL, 'keen_auth (BYPASSRLS) owns only the reviewed identity functions');
+SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
+             JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
+             JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'dblink'
+            WHERE has_function_privilege('public', p.oid, 'EXECUTE') OR has_function_privilege('keen_app', p.oid, 'EXECUTE')),
+          NULL, 'no dblink function is executable by PUBLIC or keen_app');
+
+-- The identity tables of this area.
+SELECT has_table('keen', t, 'keen.' || t || ' exists') FROM unnest(ARRAY['login_attempts', 'audit_chain_heads', 'auth_secrets']) t;
+SELECT has_role('keen_recorder');
+
+SELECT * FROM finish();
+ROLLBACK;
