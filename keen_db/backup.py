@@ -358,6 +358,11 @@ def take_basebackup(s: config.Settings, keep: int = 2) -> tuple[Path, dict[str, 
     _require_embedded(s)
     root = basebackups_dir(s)
     cluster._owned_dir(root, 0o700)
+    # WAL is archived from the first base backup on (see cluster.archive_command): switch it
+    # on before the backup starts, so every segment from its start point on is kept.
+    marker = s.wal_archive_dir / cluster.ARCHIVE_MARKER
+    if not marker.exists():
+        marker.touch()
     started_at = dt.datetime.now(dt.timezone.utc)
     dest = root / started_at.strftime("%Y%m%dT%H%M%S%fZ")
     dsn, env = _libpq(s.superuser_url("postgres"))
@@ -398,6 +403,10 @@ def _prune(s: config.Settings, keep: int) -> None:
         for ext in (".gz", None):
             cluster._run([cluster.pg_bin("pg_archivecleanup"), *(["-x", ext] if ext else []),
                           str(s.wal_archive_dir), oldest])
+        # pg_archivecleanup leaves the older backups' label files (NAME.OFFSET.backup).
+        for f in s.wal_archive_dir.glob("*.backup*"):
+            if f.name[8:24] < oldest[8:]:
+                f.unlink()
 
 
 def parse_time(text: str) -> dt.datetime | None:

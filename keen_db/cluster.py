@@ -110,12 +110,18 @@ def init(s: Settings) -> None:
         fh.write("\ninclude_if_exists = 'keen.conf'\n")
 
 
+ARCHIVE_MARKER = ".enabled"
+
+
 def archive_command(archive: Path) -> str:
     """Compress each finished WAL segment into `archive` (segments closed early by
-    archive_timeout are mostly zeros and shrink to a few KB). Idempotent: a segment already
-    archived with the same content counts as done (after a crash PostgreSQL may retry one),
-    a different one fails loudly. The copy is synced before it is renamed into place."""
-    return (f'f="{archive}/%f.gz"; if [ -f "$f" ]; then gzip -dc "$f" | cmp -s - "%p"; '
+    archive_timeout are mostly zeros and shrink to a few KB), but only once a base backup was
+    taken (`keen-db basebackup` creates the marker file first): without one there is nothing to
+    replay WAL onto, and a busy dev cluster writes gigabytes of it. Idempotent: a segment
+    already archived with the same content counts as done (after a crash PostgreSQL may retry
+    one), a different one fails loudly. The copy is synced before it is renamed into place."""
+    return (f'[ -f "{archive}/{ARCHIVE_MARKER}" ] || exit 0; f="{archive}/%f.gz"; '
+            f'if [ -f "$f" ]; then gzip -dc "$f" | cmp -s - "%p"; '
             f'else gzip -1 -c "%p" > "$f.part" && sync "$f.part" && mv "$f.part" "$f"; fi')
 
 
@@ -139,6 +145,7 @@ shared_buffers = 256MB
 synchronous_commit = on
 fsync = on
 full_page_writes = on
+wal_compression = lz4
 wal_level = replica
 archive_mode = on
 archive_command = '{archive_command(archive)}'

@@ -136,6 +136,92 @@ def check_ledger(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
     return True, f"{total} account(s), every balance equals its ledger"
 
 
+def check_connections(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    """Server health: connections in use against max_connections, the client pool's share,
+    and sessions left idle inside a transaction (they hold locks and snapshots)."""
+    used, limit, reserved, pooled, idle_tx, oldest_idle_tx = conn.execute("""
+        SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend'),
+               pg_catalog.current_setting('max_connections')::int,
+               pg_catalog.current_setting('superuser_reserved_connections')::int,
+               (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE application_name = 'keen_client'),
+               (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE state LIKE 'idle in transaction%%'),
+               (SELECT COALESCE(EXTRACT(EPOCH FROM pg_catalog.max(pg_catalog.now() - state_change)), 0)::int
+                  FROM pg_catalog.pg_stat_activity WHERE state LIKE 'idle in transaction%%')""").fetchone()
+    available = limit - reserved
+    detail = (f"{used} of {available} connections in use ({pooled} from keen_client pools), "
+              f"{idle_tx} idle in a transaction")
+    if used > 0.9 * available:
+        return False, detail + ": the server is close to refusing connections (lower KEEN_POOL_MAX_SIZE or raise max_connections)"
+    if oldest_idle_tx > 300:
+        return False, detail + f": one has been idle in its transaction for {oldest_idle_tx}s (it holds its locks)"
+    return True, detail
+
+
+def check_wal_archiving(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    """WAL archiving (what point-in-time recovery replays): on, not failing, not falling behind."""
+    mode = conn.execute("SELECT pg_catalog.current_setting('archive_mode')").fetchone()[0]
+    if mode == "off":
+        if s.embedded:
+            return False, "archive_mode is off: point-in-time recovery is impossible (restart with keen-db up)"
+        return True, "archive_mode off on this server (point-in-time recovery is its operator's business)"
+    archived, last_wal, last_age, failed, last_failed, failing = conn.execute("""
+        SELECT archived_count, last_archived_wal,
+               EXTRACT(EPOCH FROM pg_catalog.now() - last_archived_time)::int,
+               failed_count, last_failed_wal,
+               COALESCE(last_failed_time > COALESCE(last_archived_time, '-infinity'), false)
+          FROM pg_catalog.pg_stat_archiver""").fetchone()
+    waiting = conn.execute("SELECT count(*) FROM pg_catalog.pg_ls_archive_statusdir() "
+                           "WHERE name LIKE '%%.ready'").fetchone()[0]
+    detail = (f"{archived} segment(s) archived, last {last_wal or 'none'}"
+              + (f" {last_age}s ago" if last_age is not None else "")
+              + f", {waiting} waiting, {failed} failure(s) since stats reset")
+    if s.embedded:
+        backups = sorted((s.home / "basebackups").glob("*.json")) if (s.home / "basebackups").exists() else []
+        detail += f"; {len(backups)} base backup(s)" + (f", newest {backups[-1].stem}" if backups else
+                                                        " (run keen-db basebackup to make recovery possible)")
+    if failing:
+        return False, f"archiving {last_failed} fails (see the server log): " + detail
+    if waiting > 8:
+        return False, f"archiving falls behind: " + detail
+    return True, detail
+
+
+def check_holds(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    """Credit holds: the oldest live one (a hold counts against the balance until captured,
+    released or expired; expiry needs no job, so this is information, not a failure)."""
+    live, oldest, expired = conn.execute("""
+        SELECT count(*) FILTER (WHERE expires_at > pg_catalog.now()),
+               EXTRACT(EPOCH FROM pg_catalog.now() - pg_catalog.min(created_at) FILTER (WHERE expires_at > pg_catalog.now()))::int,
+               count(*) FILTER (WHERE expires_at <= pg_catalog.now())
+          FROM keen.credit_reservations WHERE status = 'held'""").fetchone()
+    if not live:
+        return True, f"no live hold ({expired} expired without capture or release)"
+    return True, f"{live} live hold(s), the oldest placed {oldest}s ago; {expired} expired without capture or release"
+
+
+def check_event_partitions(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    """The monthly partitions of keen.streaming_events for this UTC month and the next exist
+    (keen.prepare_event_partitions, run daily, keeps them ahead); the default partition is empty."""
+    if not conn.execute("SELECT pg_catalog.to_regprocedure('keen.prepare_event_partitions(integer,timestamptz)')").fetchone()[0]:
+        return True, "no partition maintenance defined (keen.prepare_event_partitions)"
+    missing, ahead, in_default = conn.execute("""
+        WITH months AS (
+            SELECT 'streaming_events_' || pg_catalog.to_char(m, '"y"YYYY"m"MM') AS name
+              FROM pg_catalog.generate_series(pg_catalog.date_trunc('month', pg_catalog.now() AT TIME ZONE 'UTC'),
+                                              pg_catalog.date_trunc('month', pg_catalog.now() AT TIME ZONE 'UTC') + interval '1 month',
+                                              interval '1 month') m)
+        SELECT pg_catalog.array_agg(m.name) FILTER (WHERE c.oid IS NULL),
+               (SELECT count(*) FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class p ON p.oid = i.inhrelid
+                 WHERE i.inhparent = 'keen.streaming_events'::regclass
+                   AND p.relname > 'streaming_events_' || pg_catalog.to_char(pg_catalog.now() AT TIME ZONE 'UTC', '"y"YYYY"m"MM')),
+               (SELECT count(*) FROM keen.streaming_events_default)
+          FROM months m
+          LEFT JOIN pg_catalog.pg_class c ON c.relname = m.name AND c.relnamespace = 'keen'::regnamespace""").fetchone()
+    if missing:
+        return False, f"missing partition(s) {', '.join(missing)} (run SELECT keen.prepare_event_partitions())"
+    return True, f"this month's partition and {ahead} ahead; {in_default} row(s) in the default partition"
+
+
 CHECKS: list[tuple[str, Check]] = [
     ("migrations current", check_migrations),
     ("functions and policies deployed", check_repeatables),
@@ -146,6 +232,10 @@ CHECKS: list[tuple[str, Check]] = [
     ("keen_app privileges", check_app_cannot_write),
     ("admin user", check_admin),
     ("ledger", check_ledger),
+    ("connections", check_connections),
+    ("WAL archiving", check_wal_archiving),
+    ("credit holds", check_holds),
+    ("event partitions", check_event_partitions),
 ]
 
 
