@@ -156,7 +156,7 @@ def listen(keen: "Keen", session_id: UUID | str, after_event_id: int = 0, *,
     another tenant's session raises NotFound. After LISTEN it first catches up, then waits for
     notifications of this session (and reads anyway every `poll_interval` seconds).
 
-    If the connection drops, it reconnects (after `reconnect_delay`, doubling up to 5 s;
+    If the connection drops once it was up, it reconnects (after `reconnect_delay`, doubling up to 5 s;
     at most `max_reconnects` times in a row, None: forever) and resumes after the last event
     it yielded: nothing is lost or repeated.
 
@@ -168,6 +168,7 @@ def listen(keen: "Keen", session_id: UUID | str, after_event_id: int = 0, *,
     last = after_event_id
     count = 0
     failures = 0
+    connected = False
     target = str(session_id)
 
     def remaining() -> float | None:
@@ -185,6 +186,7 @@ def listen(keen: "Keen", session_id: UUID | str, after_event_id: int = 0, *,
                                    application_name="keen_listener")
             with conn:
                 conn.execute(f"LISTEN {CHANNEL}")
+                connected = True
                 failures = 0
                 while True:
                     # Catch up first: events committed before LISTEN, or while reconnecting.
@@ -210,8 +212,8 @@ def listen(keen: "Keen", session_id: UUID | str, after_event_id: int = 0, *,
                         if str(parsed.session_id) == target and parsed.event_id > last:
                             break
         except (psycopg.Error, KeenError) as exc:
-            if not _dropped(exc, conn):
-                raise
+            if not connected or not _dropped(exc, conn):
+                raise  # a first connection that fails (bad URL, password) is not a drop
             failures += 1
             if max_reconnects is not None and failures > max_reconnects:
                 raise

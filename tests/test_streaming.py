@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from keen_client import Keen, PoolSettings
 from keen_client.errors import InvalidInput, NotFound, PermissionDenied
@@ -177,6 +178,13 @@ def test_replay_after_a_dropped_connection_loses_and_repeats_nothing(db, keen, a
     gen.close()
     assert seen == first + more                           # nothing lost, nothing repeated
     wait_until(lambda: listener_pids(db) == [], "closing the generator to close its connection")
+
+
+def test_a_listener_that_never_connected_fails_at_once_instead_of_retrying(db, keen, alice):
+    session = new_session(db, keen, alice)
+    wrong = Keen(make_conninfo(db.app_url, password="wrong password"), open=False)
+    with pytest.raises(psycopg.OperationalError):
+        next(wrong.listen(session, as_user=alice, reconnect_delay=0.01))
 
 
 def test_listener_survives_repeated_drops_while_events_stream_in(db, keen, alice):
