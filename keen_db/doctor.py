@@ -176,9 +176,11 @@ def check_wal_archiving(s: Settings, conn: psycopg.Connection) -> tuple[bool, st
               + (f" {last_age}s ago" if last_age is not None else "")
               + f", {waiting} waiting, {failed} failure(s) since stats reset")
     if s.embedded:
+        if not (s.wal_archive_dir / cluster.ARCHIVE_MARKER).exists():
+            return True, ("no base backup yet, so WAL is not kept (nothing to replay it onto); "
+                          "run keen-db basebackup to make point-in-time recovery possible")
         backups = sorted((s.home / "basebackups").glob("*.json")) if (s.home / "basebackups").exists() else []
-        detail += f"; {len(backups)} base backup(s)" + (f", newest {backups[-1].stem}" if backups else
-                                                        " (run keen-db basebackup to make recovery possible)")
+        detail += f"; {len(backups)} base backup(s)" + (f", newest {backups[-1].stem}" if backups else "")
     if failing:
         return False, f"archiving {last_failed} fails (see the server log): " + detail
     if waiting > 8:
