@@ -17,3 +17,9 @@ CREATE POLICY "Credit reservations are visible to their owner and to admins" ON 
     FOR ALL
     USING (user_id = (SELECT keen.actor_id()) OR (SELECT keen.actor_sees_all_tenants()))
     WITH CHECK (user_id = (SELECT keen.actor_id()) OR (SELECT keen.actor_sees_all_tenants()));
+
+DROP POLICY IF EXISTS "Recharge requests are visible to their owner and to admins" ON keen.credit_recharge_requests;
+CREATE POLICY "Recharge requests are visible to their owner and to admins" ON keen.credit_recharge_requests
+    FOR ALL
+    USING (user_id = (SELECT keen.actor_id()) OR (SELECT keen.actor_sees_all_tenants()))
+    WITH CHECK (user_id = (SELECT keen.actor_id()) OR (SELECT keen.actor_sees_all_tenants()));

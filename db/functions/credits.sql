@@ -1,0 +1,1073 @@
+-- credits.sql: the credit ledger. Purchases, usage charges (5x markup, admin bypass), holds,
+-- refunds, limits, idempotency, auto-recharge requests and the ledger check.
+--
+-- Rules every function here keeps:
+--   * The balance of an account changes only together with a new keen.credit_transactions row
+--     whose amount is the change, in the same statement sequence, under the account row's lock.
+--     So the balance always equals the sum of the account's ledger (keen.verify_ledger).
+--   * One lock per account: writers lock the credit_accounts row (first, and only it, or it then
+--     the account's reservation rows), so concurrent calls serialize briefly and never deadlock.
+--   * Work per call is constant: spending limits read day/month counters kept in the account
+--     row; live holds are summed through the partial index only while one may be live
+--     (live_holds_until in the future).
+--   * Money inputs are refused, never rounded: NULL, NaN, infinities, zero or negative values,
+--     more than 6 decimal places and absurd sizes are 22023 and nothing is written. Only the
+--     charge itself is rounded: round(claude_cost_usd * markup_multiplier, 6).
+--   * Idempotency keys are looked up first without any lock, so a retry never queues behind
+--     the account lock; a retry that races the first call is caught under the lock.
+
+-- ---------------------------------------------------------------------------------------------
+-- Internal helpers (owned by keen_owner, executable by nobody else).
+-- ---------------------------------------------------------------------------------------------
+
+-- keen.credit_check_amount: refuses a money input that is not a plain positive number.
+-- Who: the ledger functions. Raises 22023 for NULL, NaN, +-Infinity, zero or negative, above
+-- p_max, or more than 6 decimal places (refused, not rounded: money is never silently changed).
+CREATE OR REPLACE FUNCTION keen.credit_check_amount(p_what text, p_value numeric, p_max numeric)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+BEGIN
+    -- NaN sorts above every number and -Infinity below, so these two tests catch them first.
+    IF p_value IS NULL OR p_value > p_max OR p_value <= 0 THEN
+        RAISE EXCEPTION '% must be a number above 0 and at most %, got %', p_what, p_max, COALESCE(p_value::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF p_value <> pg_catalog.round(p_value, 6) THEN
+        RAISE EXCEPTION '% has more than 6 decimal places: %', p_what, p_value
+            USING ERRCODE = '22023', HINT = 'amounts are refused, not rounded';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.credit_check_amount(text, numeric, numeric) FROM PUBLIC;
+COMMENT ON FUNCTION keen.credit_check_amount(text, numeric, numeric) IS 'Internal: 22023 unless the value is a positive number <= max with at most 6 decimals.';
+
+-- keen.credit_check_text: refuses a missing or oversized description or idempotency key.
+-- Who: the ledger functions. Raises 22023 for a NULL/blank description or one over 1000
+-- characters, and for an idempotency key that is empty or over 255 characters.
+CREATE OR REPLACE FUNCTION keen.credit_check_text(p_description text, p_idempotency_key text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+BEGIN
+    IF p_description IS NULL OR pg_catalog.btrim(p_description) = '' OR pg_catalog.length(p_description) > 1000 THEN
+        RAISE EXCEPTION 'a description of 1 to 1000 characters is required' USING ERRCODE = '22023';
+    END IF;
+    IF p_idempotency_key IS NOT NULL AND pg_catalog.length(p_idempotency_key) NOT BETWEEN 1 AND 255 THEN
+        RAISE EXCEPTION 'an idempotency key has 1 to 255 characters' USING ERRCODE = '22023';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.credit_check_text(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION keen.credit_check_text(text, text) IS 'Internal: 22023 for a bad description or idempotency key.';
+
+-- keen.credit_authorize: the actor may act on p_user_id's account: it is that user or an admin.
+-- Who: the ledger functions. Raises 22023 for a NULL user id, 42501 otherwise (for any other
+-- id, existing or not, so the answer tells nothing about other tenants).
+CREATE OR REPLACE FUNCTION keen.credit_authorize(p_user_id uuid)
+RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+DECLARE
+    v_actor uuid := keen.actor_id();
+BEGIN
+    IF p_user_id IS NULL THEN
+        RAISE EXCEPTION 'p_user_id is required' USING ERRCODE = '22023';
+    END IF;
+    IF v_actor IS NULL OR (v_actor <> p_user_id AND NOT keen.actor_is_admin()) THEN
+        RAISE EXCEPTION 'only the account''s owner or an admin may do this' USING ERRCODE = '42501';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.credit_authorize(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen.credit_authorize(uuid) IS 'Internal: 42501 unless the actor is p_user_id or an admin.';
+
+-- keen.credit_replay: the first result of an idempotency key on p_user_id's account, or a NULL
+-- row when the key is new. p_kind 'usage' matches a usage or admin_bypass row with the same
+-- Claude cost and session; 'purchase' a purchase of the same amount.
+-- Who: the ledger functions (no lock taken). Raises KN005 when the key was used for anything else.
+CREATE OR REPLACE FUNCTION keen.credit_replay(p_user_id uuid, p_idempotency_key text, p_kind text,
+                                              p_value numeric, p_session_id uuid)
+RETURNS keen.credit_transactions
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+DECLARE
+    v_row keen.credit_transactions;
+BEGIN
+    SELECT t.* INTO v_row
+      FROM keen.credit_accounts a
+      JOIN keen.credit_transactions t ON t.account_id = a.id
+     WHERE a.user_id = p_user_id AND t.idempotency_key = p_idempotency_key;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF (p_kind = 'usage' AND v_row.transaction_type IN ('usage', 'admin_bypass')
+            AND v_row.claude_cost_usd = p_value AND v_row.session_id IS NOT DISTINCT FROM p_session_id)
+       OR (p_kind = 'purchase' AND v_row.transaction_type = 'purchase' AND v_row.amount = p_value) THEN
+        RETURN v_row;
+    END IF;
+    RAISE EXCEPTION 'idempotency key "%" was already used for a different request', p_idempotency_key
+        USING ERRCODE = 'KN005', DETAIL = pg_catalog.format('first used by transaction %s', v_row.id);
+END
+$$;
+REVOKE ALL ON FUNCTION keen.credit_replay(uuid, text, text, numeric, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen.credit_replay(uuid, text, text, numeric, uuid) IS 'Internal: first result of an idempotency key, NULL if new, KN005 if it was another request.';
+
+-- keen.credit_live_holds: credits held by the account's live holds (status held, not expired),
+-- leaving out p_except_reservation (the hold being captured). Reads the partial index of live
+-- holds only. Who: the ledger functions. Raises nothing.
+CREATE OR REPLACE FUNCTION keen.credit_live_holds(p_account_id uuid, p_except_reservation uuid)
+RETURNS numeric
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+BEGIN
+    RETURN COALESCE((SELECT pg_catalog.sum(r.held_credits)
+                       FROM keen.credit_reservations r
+                      WHERE r.account_id = p_account_id
+                        AND r.status = 'held'
+                        AND r.expires_at > pg_catalog.now()
+                        AND r.id IS DISTINCT FROM p_except_reservation), 0);
+END
+$$;
+REVOKE ALL ON FUNCTION keen.credit_live_holds(uuid, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen.credit_live_holds(uuid, uuid) IS 'Internal: sum of the live holds of an account.';
+
+-- keen.credit_request_recharge: records the pending auto-recharge request of a threshold
+-- crossing; while one is pending for the account, further crossings add nothing.
+-- Who: the ledger functions, when a usage took the balance from at or above the threshold to
+-- below it. Raises nothing.
+CREATE OR REPLACE FUNCTION keen.credit_request_recharge(p_usage keen.credit_transactions)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+BEGIN
+    INSERT INTO keen.credit_recharge_requests AS q
+           (user_id, account_id, threshold, requested_amount, balance_at_request, triggered_by)
+    SELECT a.user_id, a.id, a.auto_recharge_threshold, a.auto_recharge_amount, p_usage.balance_after, p_usage.id
+      FROM keen.credit_accounts a
+     WHERE a.id = p_usage.account_id
+    ON CONFLICT (account_id) WHERE status = 'pending' DO NOTHING;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.credit_request_recharge(keen.credit_transactions) FROM PUBLIC;
+COMMENT ON FUNCTION keen.credit_request_recharge(keen.credit_transactions) IS 'Internal: one pending auto-recharge request per threshold crossing.';
+
+-- keen.credit_refresh_holds: after a hold ends, sets live_holds_until to the latest expiry of
+-- the holds still live (NULL when none), so deductions take the fast path again at once.
+-- Who: capture and release, holding the account lock. Raises nothing.
+CREATE OR REPLACE FUNCTION keen.credit_refresh_holds(p_account_id uuid)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+BEGIN
+    UPDATE keen.credit_accounts a
+       SET live_holds_until = h.until
+      FROM (SELECT pg_catalog.max(r.expires_at) AS until
+              FROM keen.credit_reservations r
+             WHERE r.account_id = p_account_id AND r.status = 'held' AND r.expires_at > pg_catalog.now()) h
+     WHERE a.id = p_account_id AND a.live_holds_until IS DISTINCT FROM h.until;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.credit_refresh_holds(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen.credit_refresh_holds(uuid) IS 'Internal: recompute live_holds_until after a hold ends.';
+
+-- keen.credit_charge: the general path of a usage charge: an account with live holds, a limit
+-- or balance that may refuse, an unlimited account, or the capture of a hold (p_reservation_id,
+-- whose own hold is left out of the live holds). Locks the account row (unless unlimited),
+-- checks, updates the balance and the day/month counters, writes the ledger row.
+-- Who: deduct_credits (when its fast path did not apply) and capture_reservation, after they
+-- validated the input and the actor. Raises P0002 (no account), KN001 (available balance
+-- short), KN002 (daily or monthly limit), KN005 (idempotency key used for another request).
+CREATE OR REPLACE FUNCTION keen.credit_charge(p_user_id uuid, p_claude_cost_usd numeric, p_multiplier numeric,
+                                              p_charge numeric, p_session_id uuid, p_description text,
+                                              p_idempotency_key text, p_reservation_id uuid, p_metadata jsonb)
+RETURNS keen.credit_transactions
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+DECLARE
+    v_account keen.credit_accounts;
+    v_row keen.credit_transactions;
+    v_today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
+    v_month date := pg_catalog.date_trunc('month', (pg_catalog.now() AT TIME ZONE 'UTC'))::date;
+    v_holds numeric := 0;
+    v_day_total numeric;
+    v_month_total numeric;
+BEGIN
+    SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.user_id = p_user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no credit account for user %', p_user_id USING ERRCODE = 'P0002';
+    END IF;
+
+    IF v_account.unlimited_credits THEN
+        -- Unlimited (the admin's): recorded with cost and multiplier, amount 0, balance
+        -- untouched. Nothing to protect, so no lock; the unique key index settles retries.
+        INSERT INTO keen.credit_transactions
+               (user_id, account_id, transaction_type, amount, balance_after, claude_cost_usd,
+                markup_multiplier, session_id, description, metadata, is_admin_bypass, idempotency_key)
+        VALUES (p_user_id, v_account.id, 'admin_bypass', 0, v_account.current_balance, p_claude_cost_usd,
+                p_multiplier, p_session_id, p_description,
+                p_metadata || pg_catalog.jsonb_build_object('waived_credits', p_charge), true, p_idempotency_key)
+        ON CONFLICT (account_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING * INTO v_row;
+        IF NOT FOUND THEN
+            RETURN keen.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
+        END IF;
+        RETURN v_row;
+    END IF;
+
+    SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.id = v_account.id FOR UPDATE;
+    -- Under the lock: a retry of the same key that committed meanwhile is now visible.
+    IF p_idempotency_key IS NOT NULL THEN
+        v_row := keen.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
+        IF v_row.id IS NOT NULL THEN
+            RETURN v_row;
+        END IF;
+    END IF;
+
+    IF v_account.live_holds_until > pg_catalog.now() THEN
+        v_holds := keen.credit_live_holds(v_account.id, p_reservation_id);
+    END IF;
+    v_day_total := CASE WHEN v_account.spent_day >= v_today THEN v_account.spent_day_total ELSE 0 END;
+    v_month_total := CASE WHEN v_account.spent_month >= v_month THEN v_account.spent_month_total ELSE 0 END;
+
+    IF v_account.current_balance - v_holds < p_charge THEN
+        RAISE EXCEPTION 'insufficient credits: % available, % required', v_account.current_balance - v_holds, p_charge
+            USING ERRCODE = 'KN001';
+    END IF;
+    IF v_account.daily_limit IS NOT NULL AND v_day_total + v_holds + p_charge > v_account.daily_limit THEN
+        RAISE EXCEPTION 'daily spending limit of % would be passed (% spent today, % held, % required)',
+                        v_account.daily_limit, v_day_total, v_holds, p_charge
+            USING ERRCODE = 'KN002';
+    END IF;
+    IF v_account.monthly_limit IS NOT NULL AND v_month_total + v_holds + p_charge > v_account.monthly_limit THEN
+        RAISE EXCEPTION 'monthly spending limit of % would be passed (% spent this month, % held, % required)',
+                        v_account.monthly_limit, v_month_total, v_holds, p_charge
+            USING ERRCODE = 'KN002';
+    END IF;
+
+    UPDATE keen.credit_accounts a
+       SET current_balance = a.current_balance - p_charge,
+           lifetime_spent = a.lifetime_spent + p_charge,
+           spent_day_total = v_day_total + p_charge,
+           spent_day = GREATEST(a.spent_day, v_today),
+           spent_month_total = v_month_total + p_charge,
+           spent_month = GREATEST(a.spent_month, v_month),
+           updated_at = pg_catalog.now()
+     WHERE a.id = v_account.id;
+
+    INSERT INTO keen.credit_transactions
+           (user_id, account_id, transaction_type, amount, balance_after, claude_cost_usd,
+            markup_multiplier, session_id, description, metadata, idempotency_key)
+    VALUES (p_user_id, v_account.id, 'usage', -p_charge, v_account.current_balance - p_charge, p_claude_cost_usd,
+            p_multiplier, p_session_id, p_description, p_metadata, p_idempotency_key)
+    RETURNING * INTO v_row;
+
+    IF v_account.auto_recharge_enabled AND v_row.balance_after < v_account.auto_recharge_threshold
+       AND v_account.current_balance >= v_account.auto_recharge_threshold THEN
+        PERFORM keen.credit_request_recharge(v_row);
+    END IF;
+    RETURN v_row;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.credit_charge(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION keen.credit_charge(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb) IS 'Internal: the locked path of a usage charge (holds, limits, unlimited accounts, captures).';
+
+-- keen.credit_hold_replay: the first hold of an idempotency key on the account, or a NULL row
+-- when the key is new. Who: reserve_credits (no lock taken). Raises KN005 when the key was
+-- used for a hold of another estimated cost or session.
+CREATE OR REPLACE FUNCTION keen.credit_hold_replay(p_account_id uuid, p_idempotency_key text,
+                                                   p_estimated_claude_cost_usd numeric, p_session_id uuid)
+RETURNS keen.credit_reservations
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+DECLARE
+    v_res keen.credit_reservations;
+BEGIN
+    SELECT r.* INTO v_res FROM keen.credit_reservations r
+     WHERE r.account_id = p_account_id AND r.idempotency_key = p_idempotency_key;
+    IF FOUND AND (v_res.estimated_claude_cost_usd <> p_estimated_claude_cost_usd
+                  OR v_res.session_id IS DISTINCT FROM p_session_id) THEN
+        RAISE EXCEPTION 'idempotency key "%" was already used for a different hold', p_idempotency_key
+            USING ERRCODE = 'KN005', DETAIL = pg_catalog.format('first used by reservation %s', v_res.id);
+    END IF;
+    RETURN v_res;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.credit_hold_replay(uuid, text, numeric, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen.credit_hold_replay(uuid, text, numeric, uuid) IS 'Internal: first hold of an idempotency key, NULL if new, KN005 if it was another hold.';
+
+-- keen.credit_hold_result: what reserve_credits answers for an existing hold: its id, credits
+-- held and expiry, and the account's available balance now. Who: reserve_credits. Raises nothing.
+CREATE OR REPLACE FUNCTION keen.credit_hold_result(p_res keen.credit_reservations)
+RETURNS TABLE (reservation_id uuid, held_credits numeric, expires_at timestamptz, available_balance numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY
+    SELECT p_res.id, p_res.held_credits::numeric, p_res.expires_at,
+           a.current_balance - CASE WHEN a.live_holds_until > pg_catalog.now()
+                                    THEN keen.credit_live_holds(a.id, NULL) ELSE 0 END
+      FROM keen.credit_accounts a
+     WHERE a.id = p_res.account_id;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.credit_hold_result(keen.credit_reservations) FROM PUBLIC;
+COMMENT ON FUNCTION keen.credit_hold_result(keen.credit_reservations) IS 'Internal: reserve_credits'' answer for an existing hold.';
+
+-- ---------------------------------------------------------------------------------------------
+-- The API (CONTRACT.md "Credits").
+-- ---------------------------------------------------------------------------------------------
+
+-- keen.add_credits: a purchase: p_amount credits onto p_user_id's account.
+-- Who: an admin actor only (the payment side acts as one). A retry with the same idempotency
+-- key and amount returns the first purchase and adds nothing; audited as credits/grant.
+-- Raises 42501 (not an admin), 22023 (amount not a positive number of at most 1,000,000,000
+-- with at most 6 decimals, a bad description or key, or a balance that would pass
+-- 1,000,000,000,000), P0002 (no such user), KN005 (key used for another request).
+CREATE OR REPLACE FUNCTION keen.add_credits(p_user_id uuid, p_amount numeric, p_description text,
+                                            p_idempotency_key text DEFAULT NULL)
+RETURNS keen.credit_transactions
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+DECLARE
+    v_row keen.credit_transactions;
+    v_account_id uuid;
+    v_balance numeric;
+BEGIN
+    PERFORM keen.credit_check_amount('p_amount', p_amount, 1000000000);
+    PERFORM keen.credit_check_text(p_description, p_idempotency_key);
+    IF p_user_id IS NULL THEN
+        RAISE EXCEPTION 'p_user_id is required' USING ERRCODE = '22023';
+    END IF;
+    IF NOT keen.actor_is_admin() THEN
+        RAISE EXCEPTION 'only an admin may add credits' USING ERRCODE = '42501';
+    END IF;
+    IF p_idempotency_key IS NOT NULL THEN
+        v_row := keen.credit_replay(p_user_id, p_idempotency_key, 'purchase', p_amount, NULL);
+        IF v_row.id IS NOT NULL THEN
+            RETURN v_row;
+        END IF;
+    END IF;
+
+    UPDATE keen.credit_accounts a
+       SET current_balance = a.current_balance + p_amount,
+           lifetime_purchased = a.lifetime_purchased + p_amount,
+           updated_at = pg_catalog.now()
+     WHERE a.user_id = p_user_id AND a.current_balance + p_amount <= 1000000000000
+    RETURNING a.id, a.current_balance INTO v_account_id, v_balance;
+    IF NOT FOUND THEN
+        IF EXISTS (SELECT 1 FROM keen.credit_accounts a WHERE a.user_id = p_user_id) THEN
+            RAISE EXCEPTION 'a balance above 1000000000000 credits is refused' USING ERRCODE = '22023';
+        END IF;
+        RAISE EXCEPTION 'no credit account for user %', p_user_id USING ERRCODE = 'P0002';
+    END IF;
+
+    INSERT INTO keen.credit_transactions
+           (user_id, account_id, transaction_type, amount, balance_after, description, idempotency_key)
+    VALUES (p_user_id, v_account_id, 'purchase', p_amount, v_balance, p_description, p_idempotency_key)
+    ON CONFLICT (account_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING * INTO v_row;
+    IF NOT FOUND THEN
+        -- A retry of the same key committed between the look-up and the lock: take the amount
+        -- back out and answer with the first purchase.
+        UPDATE keen.credit_accounts a
+           SET current_balance = a.current_balance - p_amount,
+               lifetime_purchased = a.lifetime_purchased - p_amount
+         WHERE a.id = v_account_id;
+        RETURN keen.credit_replay(p_user_id, p_idempotency_key, 'purchase', p_amount, NULL);
+    END IF;
+
+    PERFORM keen.write_audit('credits', 'grant', p_user_id,
+                             pg_catalog.jsonb_build_object('transaction_id', v_row.id, 'amount', p_amount,
+                                                           'balance_after', v_balance, 'description', p_description),
+                             'medium');
+    RETURN v_row;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.add_credits(uuid, numeric, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.add_credits(uuid, numeric, text, text) TO keen_app;
+COMMENT ON FUNCTION keen.add_credits(uuid, numeric, text, text) IS 'Admin: a purchase of credits (idempotent with a key); 42501, 22023, P0002, KN005.';
+
+-- keen.deduct_credits: charges a usage: round(p_claude_cost_usd * markup_multiplier, 6) credits,
+-- the multiplier read from keen.settings and stored on the row. An unlimited account (the
+-- admin's) records an admin_bypass row: amount 0, cost and multiplier kept, balance untouched.
+-- Fast path, one statement under the lock: an account with no live hold and whose balance and
+-- limits cover the charge is updated by a single conditional UPDATE, then the row is inserted.
+-- Anything else (short balance, limit, holds, unlimited) goes through keen.credit_charge.
+-- Who: the account's owner or an admin (keen.complete_session calls it for its session).
+-- Raises 22023 (cost NULL, NaN, infinite, zero or negative, over 1,000,000 USD, more than 6
+-- decimals; a bad description or key), 42501 (another user's account), P0002 (no account, or a
+-- session that is not this user's), KN001 (available balance short), KN002 (a daily or monthly
+-- limit would be passed), KN005 (the idempotency key was used for another request).
+CREATE OR REPLACE FUNCTION keen.deduct_credits(p_user_id uuid, p_claude_cost_usd numeric,
+                                               p_session_id uuid DEFAULT NULL,
+                                               p_description text DEFAULT 'Agent execution',
+                                               p_idempotency_key text DEFAULT NULL)
+RETURNS keen.credit_transactions
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+DECLARE
+    v_row keen.credit_transactions;
+    v_multiplier numeric(10,4);
+    v_charge numeric;
+    v_today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
+    v_month date := pg_catalog.date_trunc('month', (pg_catalog.now() AT TIME ZONE 'UTC'))::date;
+    v_account_id uuid;
+    v_balance numeric;
+    v_recharge boolean;
+    v_threshold numeric;
+BEGIN
+    PERFORM keen.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
+    PERFORM keen.credit_check_text(p_description, p_idempotency_key);
+    PERFORM keen.credit_authorize(p_user_id);
+    -- A retry answers from the ledger without touching the account row.
+    IF p_idempotency_key IS NOT NULL THEN
+        v_row := keen.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
+        IF v_row.id IS NOT NULL THEN
+            RETURN v_row;
+        END IF;
+    END IF;
+    IF p_session_id IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM keen.agent_sessions s WHERE s.user_id = p_user_id AND s.id = p_session_id
+    ) THEN
+        RAISE EXCEPTION 'session % not found', p_session_id USING ERRCODE = 'P0002';
+    END IF;
+
+    -- numeric(10,4) is how the ledger stores it; charge with exactly what is stored.
+    v_multiplier := keen.setting_numeric('markup_multiplier');
+    v_charge := pg_catalog.round(p_claude_cost_usd * v_multiplier, 6);
+    IF v_charge <= 0 THEN
+        RAISE EXCEPTION 'a cost of % USD rounds to a charge of 0 credits', p_claude_cost_usd USING ERRCODE = '22023';
+    END IF;
+
+    -- Fast path: the row lock is taken here and held to commit; everything above ran unlocked.
+    UPDATE keen.credit_accounts a
+       SET current_balance = a.current_balance - v_charge,
+           lifetime_spent = a.lifetime_spent + v_charge,
+           spent_day_total = CASE WHEN a.spent_day >= v_today THEN a.spent_day_total ELSE 0 END + v_charge,
+           spent_day = GREATEST(a.spent_day, v_today),
+           spent_month_total = CASE WHEN a.spent_month >= v_month THEN a.spent_month_total ELSE 0 END + v_charge,
+           spent_month = GREATEST(a.spent_month, v_month),
+           updated_at = pg_catalog.now()
+     WHERE a.user_id = p_user_id
+       AND NOT a.unlimited_credits
+       AND (a.live_holds_until IS NULL OR a.live_holds_until <= pg_catalog.now())
+       AND a.current_balance >= v_charge
+       AND (a.daily_limit IS NULL
+            OR CASE WHEN a.spent_day >= v_today THEN a.spent_day_total ELSE 0 END + v_charge <= a.daily_limit)
+       AND (a.monthly_limit IS NULL
+            OR CASE WHEN a.spent_month >= v_month THEN a.spent_month_total ELSE 0 END + v_charge <= a.monthly_limit)
+    RETURNING a.id, a.current_balance, a.auto_recharge_enabled, a.auto_recharge_threshold
+         INTO v_account_id, v_balance, v_recharge, v_threshold;
+    IF NOT FOUND THEN
+        RETURN keen.credit_charge(p_user_id, p_claude_cost_usd, v_multiplier, v_charge, p_session_id,
+                                  p_description, p_idempotency_key, NULL, '{}'::jsonb);
+    END IF;
+
+    IF p_idempotency_key IS NULL THEN
+        INSERT INTO keen.credit_transactions
+               (user_id, account_id, transaction_type, amount, balance_after, claude_cost_usd,
+                markup_multiplier, session_id, description)
+        VALUES (p_user_id, v_account_id, 'usage', -v_charge, v_balance, p_claude_cost_usd,
+                v_multiplier, p_session_id, p_description)
+        RETURNING * INTO v_row;
+    ELSE
+        INSERT INTO keen.credit_transactions
+               (user_id, account_id, transaction_type, amount, balance_after, claude_cost_usd,
+                markup_multiplier, session_id, description, idempotency_key)
+        VALUES (p_user_id, v_account_id, 'usage', -v_charge, v_balance, p_claude_cost_usd,
+                v_multiplier, p_session_id, p_description, p_idempotency_key)
+        ON CONFLICT (account_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING * INTO v_row;
+        IF NOT FOUND THEN
+            -- A retry of the same key committed between the look-up and the lock: give the
+            -- charge back (same transaction, lock still held) and answer with the first result.
+            UPDATE keen.credit_accounts a
+               SET current_balance = a.current_balance + v_charge,
+                   lifetime_spent = a.lifetime_spent - v_charge,
+                   spent_day_total = a.spent_day_total - v_charge,
+                   spent_month_total = a.spent_month_total - v_charge
+             WHERE a.id = v_account_id;
+            RETURN keen.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
+        END IF;
+    END IF;
+
+    IF v_recharge AND v_balance < v_threshold AND v_balance + v_charge >= v_threshold THEN
+        PERFORM keen.credit_request_recharge(v_row);
+    END IF;
+    RETURN v_row;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.deduct_credits(uuid, numeric, uuid, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.deduct_credits(uuid, numeric, uuid, text, text) TO keen_app;
+COMMENT ON FUNCTION keen.deduct_credits(uuid, numeric, uuid, text, text) IS 'Charges round(cost * multiplier, 6) credits (admin: recorded, not charged); 22023, 42501, P0002, KN001, KN002, KN005.';
+
+-- keen.reserve_credits: a hold of the estimated charge against the available balance (balance
+-- minus live holds) and the limits (usage of the UTC day/month plus live holds). The hold
+-- counts until captured, released or past expires_at; expiry needs no job. An unlimited account
+-- holds 0. A retry with the same idempotency key, cost and session returns the first hold (with
+-- the available balance as it is now) and holds nothing more.
+-- Who: the account's owner or an admin.
+-- Raises 22023 (bad cost as for deduct_credits, a TTL not above 0 or over 7 days, a bad key),
+-- 42501, P0002 (no account, or not this user's session), KN001 (available balance short),
+-- KN002 (a limit would be passed), KN005 (key used for another request).
+CREATE OR REPLACE FUNCTION keen.reserve_credits(p_user_id uuid, p_estimated_claude_cost_usd numeric,
+                                                p_session_id uuid DEFAULT NULL,
+                                                p_ttl interval DEFAULT '15 minutes',
+                                                p_idempotency_key text DEFAULT NULL)
+RETURNS TABLE (reservation_id uuid, held_credits numeric, expires_at timestamptz, available_balance numeric)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account keen.credit_accounts;
+    v_res keen.credit_reservations;
+    v_multiplier numeric(10,4);
+    v_held numeric;
+    v_holds numeric := 0;
+    v_day_total numeric;
+    v_month_total numeric;
+    v_today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
+    v_month date := pg_catalog.date_trunc('month', (pg_catalog.now() AT TIME ZONE 'UTC'))::date;
+BEGIN
+    PERFORM keen.credit_check_amount('p_estimated_claude_cost_usd', p_estimated_claude_cost_usd, 1000000);
+    PERFORM keen.credit_check_text('a hold', p_idempotency_key);  -- the key only: holds carry no description
+    IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > interval '7 days' THEN
+        RAISE EXCEPTION 'p_ttl must be above 0 and at most 7 days' USING ERRCODE = '22023';
+    END IF;
+    PERFORM keen.credit_authorize(p_user_id);
+
+    SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.user_id = p_user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no credit account for user %', p_user_id USING ERRCODE = 'P0002';
+    END IF;
+    -- A retry answers without the account lock.
+    IF p_idempotency_key IS NOT NULL THEN
+        v_res := keen.credit_hold_replay(v_account.id, p_idempotency_key, p_estimated_claude_cost_usd, p_session_id);
+        IF v_res.id IS NOT NULL THEN
+            RETURN QUERY SELECT * FROM keen.credit_hold_result(v_res);
+            RETURN;
+        END IF;
+    END IF;
+    IF p_session_id IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM keen.agent_sessions s WHERE s.user_id = p_user_id AND s.id = p_session_id
+    ) THEN
+        RAISE EXCEPTION 'session % not found', p_session_id USING ERRCODE = 'P0002';
+    END IF;
+    SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.id = v_account.id FOR UPDATE;
+    -- Under the lock: a retry of the same key that committed meanwhile is now visible.
+    IF p_idempotency_key IS NOT NULL THEN
+        v_res := keen.credit_hold_replay(v_account.id, p_idempotency_key, p_estimated_claude_cost_usd, p_session_id);
+        IF v_res.id IS NOT NULL THEN
+            RETURN QUERY SELECT * FROM keen.credit_hold_result(v_res);
+            RETURN;
+        END IF;
+    END IF;
+
+    v_multiplier := keen.setting_numeric('markup_multiplier');
+    IF v_account.unlimited_credits THEN
+        v_held := 0;
+    ELSE
+        v_held := pg_catalog.round(p_estimated_claude_cost_usd * v_multiplier, 6);
+        IF v_held <= 0 THEN
+            RAISE EXCEPTION 'a cost of % USD rounds to a hold of 0 credits', p_estimated_claude_cost_usd
+                USING ERRCODE = '22023';
+        END IF;
+        IF v_account.live_holds_until > pg_catalog.now() THEN
+            v_holds := keen.credit_live_holds(v_account.id, NULL);
+        END IF;
+        IF v_account.current_balance - v_holds < v_held THEN
+            RAISE EXCEPTION 'insufficient credits: % available, % to hold', v_account.current_balance - v_holds, v_held
+                USING ERRCODE = 'KN001';
+        END IF;
+        v_day_total := CASE WHEN v_account.spent_day >= v_today THEN v_account.spent_day_total ELSE 0 END;
+        v_month_total := CASE WHEN v_account.spent_month >= v_month THEN v_account.spent_month_total ELSE 0 END;
+        IF v_account.daily_limit IS NOT NULL AND v_day_total + v_holds + v_held > v_account.daily_limit THEN
+            RAISE EXCEPTION 'daily spending limit of % would be passed by a hold of %', v_account.daily_limit, v_held
+                USING ERRCODE = 'KN002';
+        END IF;
+        IF v_account.monthly_limit IS NOT NULL AND v_month_total + v_holds + v_held > v_account.monthly_limit THEN
+            RAISE EXCEPTION 'monthly spending limit of % would be passed by a hold of %', v_account.monthly_limit, v_held
+                USING ERRCODE = 'KN002';
+        END IF;
+    END IF;
+
+    INSERT INTO keen.credit_reservations AS r
+           (user_id, account_id, session_id, estimated_claude_cost_usd, markup_multiplier, held_credits,
+            expires_at, idempotency_key)
+    VALUES (p_user_id, v_account.id, p_session_id, p_estimated_claude_cost_usd, v_multiplier, v_held,
+            pg_catalog.now() + p_ttl, p_idempotency_key)
+    RETURNING r.* INTO v_res;
+    IF v_held > 0 AND v_account.live_holds_until IS DISTINCT FROM GREATEST(v_account.live_holds_until, v_res.expires_at) THEN
+        UPDATE keen.credit_accounts a SET live_holds_until = v_res.expires_at WHERE a.id = v_account.id;
+    END IF;
+
+    RETURN QUERY SELECT v_res.id, v_held, v_res.expires_at, (v_account.current_balance - v_holds - v_held)::numeric;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.reserve_credits(uuid, numeric, uuid, interval, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.reserve_credits(uuid, numeric, uuid, interval, text) TO keen_app;
+COMMENT ON FUNCTION keen.reserve_credits(uuid, numeric, uuid, interval, text) IS 'Holds the estimated charge against the available balance and limits; 22023, 42501, P0002, KN001, KN002, KN005.';
+
+-- keen.capture_reservation: charges the actual cost of a live hold by the rules of
+-- deduct_credits (the multiplier quoted when the hold was placed, which may differ from the
+-- estimate either way) and ends the hold, in one step; the ledger row's metadata names the
+-- reservation. An unlimited account's capture is an admin_bypass row.
+-- Who: the hold's owner or an admin (another tenant's hold is P0002).
+-- Raises 22023 (bad cost or description), P0002 (no such hold), KN003 (captured, released or
+-- expired), KN001 (the balance, less the other live holds, cannot cover the cost: the hold
+-- stays live), KN002 (a limit would be passed).
+CREATE OR REPLACE FUNCTION keen.capture_reservation(p_reservation_id uuid, p_claude_cost_usd numeric,
+                                                    p_description text DEFAULT 'Agent execution')
+RETURNS keen.credit_transactions
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+DECLARE
+    v_res keen.credit_reservations;
+    v_row keen.credit_transactions;
+    v_charge numeric;
+BEGIN
+    PERFORM keen.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
+    PERFORM keen.credit_check_text(p_description, NULL);
+    SELECT r.* INTO v_res FROM keen.credit_reservations r WHERE r.id = p_reservation_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'reservation % not found', p_reservation_id USING ERRCODE = 'P0002';
+    END IF;
+    PERFORM keen.credit_authorize(v_res.user_id);
+    v_charge := pg_catalog.round(p_claude_cost_usd * v_res.markup_multiplier, 6);
+    IF v_charge <= 0 THEN
+        RAISE EXCEPTION 'a cost of % USD rounds to a charge of 0 credits; release the hold instead', p_claude_cost_usd
+            USING ERRCODE = '22023';
+    END IF;
+
+    -- Account first, then the hold: the one lock order of the ledger.
+    PERFORM 1 FROM keen.credit_accounts a WHERE a.id = v_res.account_id FOR UPDATE;
+    SELECT r.* INTO v_res FROM keen.credit_reservations r WHERE r.id = p_reservation_id;
+    IF v_res.status <> 'held' OR v_res.expires_at <= pg_catalog.now() THEN
+        RAISE EXCEPTION 'reservation % is not live (%)', p_reservation_id,
+                        CASE WHEN v_res.status = 'held' THEN 'expired' ELSE v_res.status END
+            USING ERRCODE = 'KN003';
+    END IF;
+
+    v_row := keen.credit_charge(v_res.user_id, p_claude_cost_usd, v_res.markup_multiplier, v_charge, v_res.session_id,
+                                p_description, NULL, v_res.id,
+                                pg_catalog.jsonb_build_object('reservation_id', v_res.id, 'held_credits', v_res.held_credits,
+                                                              'estimated_claude_cost_usd', v_res.estimated_claude_cost_usd));
+    UPDATE keen.credit_reservations r
+       SET status = 'captured', ended_at = pg_catalog.now(), transaction_id = v_row.id
+     WHERE r.id = v_res.id;
+    PERFORM keen.credit_refresh_holds(v_res.account_id);
+    RETURN v_row;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.capture_reservation(uuid, numeric, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.capture_reservation(uuid, numeric, text) TO keen_app;
+COMMENT ON FUNCTION keen.capture_reservation(uuid, numeric, text) IS 'Charges the actual cost of a live hold and ends it; 22023, P0002, KN003, KN001, KN002.';
+
+-- keen.release_reservation: ends a live hold with no charge.
+-- Who: the hold's owner or an admin (another tenant's hold is P0002).
+-- Raises P0002 (no such hold), KN003 (captured, released or expired).
+CREATE OR REPLACE FUNCTION keen.release_reservation(p_reservation_id uuid)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+DECLARE
+    v_res keen.credit_reservations;
+BEGIN
+    SELECT r.* INTO v_res FROM keen.credit_reservations r WHERE r.id = p_reservation_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'reservation % not found', p_reservation_id USING ERRCODE = 'P0002';
+    END IF;
+    PERFORM keen.credit_authorize(v_res.user_id);
+    -- Account first, then the hold: the one lock order of the ledger.
+    PERFORM 1 FROM keen.credit_accounts a WHERE a.id = v_res.account_id FOR UPDATE;
+    UPDATE keen.credit_reservations r
+       SET status = 'released', ended_at = pg_catalog.now()
+     WHERE r.id = p_reservation_id AND r.status = 'held' AND r.expires_at > pg_catalog.now()
+    RETURNING r.* INTO v_res;
+    IF NOT FOUND THEN
+        SELECT r.* INTO v_res FROM keen.credit_reservations r WHERE r.id = p_reservation_id;
+        RAISE EXCEPTION 'reservation % is not live (%)', p_reservation_id,
+                        CASE WHEN v_res.status = 'held' THEN 'expired' ELSE v_res.status END
+            USING ERRCODE = 'KN003';
+    END IF;
+    PERFORM keen.credit_refresh_holds(v_res.account_id);
+END
+$$;
+REVOKE ALL ON FUNCTION keen.release_reservation(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.release_reservation(uuid) TO keen_app;
+COMMENT ON FUNCTION keen.release_reservation(uuid) IS 'Ends a live hold with no charge; P0002, KN003.';
+
+-- keen.get_balance: the account as the ledger sees it now: balance, available balance
+-- (balance minus live holds), lifetime totals, limits and the usage of the current UTC day and
+-- month. Who: the account's owner or an admin. Raises 22023 (NULL id), 42501, P0002.
+CREATE OR REPLACE FUNCTION keen.get_balance(p_user_id uuid)
+RETURNS TABLE (user_id uuid, current_balance numeric, available_balance numeric, lifetime_purchased numeric,
+               lifetime_spent numeric, unlimited_credits boolean, daily_limit numeric, monthly_limit numeric,
+               spent_today numeric, spent_this_month numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
+    v_month date := pg_catalog.date_trunc('month', (pg_catalog.now() AT TIME ZONE 'UTC'))::date;
+BEGIN
+    PERFORM keen.credit_authorize(p_user_id);
+    RETURN QUERY
+    SELECT a.user_id, a.current_balance::numeric,
+           a.current_balance - CASE WHEN a.live_holds_until > pg_catalog.now()
+                                    THEN keen.credit_live_holds(a.id, NULL) ELSE 0 END,
+           a.lifetime_purchased::numeric, a.lifetime_spent::numeric, a.unlimited_credits,
+           a.daily_limit::numeric, a.monthly_limit::numeric,
+           CASE WHEN a.spent_day >= v_today THEN a.spent_day_total ELSE 0 END::numeric,
+           CASE WHEN a.spent_month >= v_month THEN a.spent_month_total ELSE 0 END::numeric
+      FROM keen.credit_accounts a
+     WHERE a.user_id = p_user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no credit account for user %', p_user_id USING ERRCODE = 'P0002';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.get_balance(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.get_balance(uuid) TO keen_app;
+COMMENT ON FUNCTION keen.get_balance(uuid) IS 'Balance, available balance, lifetime totals, limits and today''s/this month''s usage; 42501, P0002.';
+
+-- keen.set_spending_limits: sets the daily and monthly limits, in credits; NULL means no limit,
+-- 0 means no usage at all. Limits count the usage charges of the current UTC day and month plus
+-- live holds; lowering one below what is already spent only blocks further usage.
+-- Who: the account's owner or an admin. Raises 22023 (a limit that is negative, NaN, infinite,
+-- over 1,000,000,000,000 or has more than 6 decimals), 42501, P0002.
+CREATE OR REPLACE FUNCTION keen.set_spending_limits(p_user_id uuid, p_daily_limit numeric, p_monthly_limit numeric)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+BEGIN
+    IF p_daily_limit IS DISTINCT FROM 0 AND p_daily_limit IS NOT NULL THEN
+        PERFORM keen.credit_check_amount('p_daily_limit', p_daily_limit, 1000000000000);
+    END IF;
+    IF p_monthly_limit IS DISTINCT FROM 0 AND p_monthly_limit IS NOT NULL THEN
+        PERFORM keen.credit_check_amount('p_monthly_limit', p_monthly_limit, 1000000000000);
+    END IF;
+    PERFORM keen.credit_authorize(p_user_id);
+    UPDATE keen.credit_accounts a
+       SET daily_limit = p_daily_limit, monthly_limit = p_monthly_limit, updated_at = pg_catalog.now()
+     WHERE a.user_id = p_user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no credit account for user %', p_user_id USING ERRCODE = 'P0002';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.set_spending_limits(uuid, numeric, numeric) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.set_spending_limits(uuid, numeric, numeric) TO keen_app;
+COMMENT ON FUNCTION keen.set_spending_limits(uuid, numeric, numeric) IS 'Daily and monthly limits in credits (NULL: none); 22023, 42501, P0002.';
+
+-- keen.validate_credits: would a usage of p_claude_cost_usd be covered now? No write, no lock.
+-- required is the charge at the current multiplier (also for an unlimited account, which is
+-- always sufficient with no shortfall); sufficiency is judged on the available balance
+-- (balance minus live holds), limits aside. current_balance is the balance itself.
+-- Who: the account's owner or an admin. Raises 22023 (bad cost as for deduct_credits), 42501, P0002.
+CREATE OR REPLACE FUNCTION keen.validate_credits(p_user_id uuid, p_claude_cost_usd numeric)
+RETURNS TABLE (sufficient boolean, current_balance numeric, required numeric, shortfall numeric, unlimited boolean)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account keen.credit_accounts;
+    v_required numeric;
+    v_available numeric;
+BEGIN
+    PERFORM keen.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
+    PERFORM keen.credit_authorize(p_user_id);
+    SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.user_id = p_user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no credit account for user %', p_user_id USING ERRCODE = 'P0002';
+    END IF;
+    v_required := pg_catalog.round(p_claude_cost_usd * keen.setting_numeric('markup_multiplier')::numeric(10,4), 6);
+    v_available := v_account.current_balance - CASE WHEN v_account.live_holds_until > pg_catalog.now()
+                                                    THEN keen.credit_live_holds(v_account.id, NULL) ELSE 0 END;
+    RETURN QUERY SELECT v_account.unlimited_credits OR v_available >= v_required,
+                        v_account.current_balance::numeric,
+                        v_required,
+                        CASE WHEN v_account.unlimited_credits THEN 0 ELSE GREATEST(v_required - v_available, 0) END,
+                        v_account.unlimited_credits;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.validate_credits(uuid, numeric) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.validate_credits(uuid, numeric) TO keen_app;
+COMMENT ON FUNCTION keen.validate_credits(uuid, numeric) IS 'Would this cost be covered now? No write; 22023, 42501, P0002.';
+
+-- keen.credit_history: the account's ledger rows, newest first.
+-- Who: the account's owner or an admin. Raises 22023 (p_limit not between 1 and 1000), 42501,
+-- P0002 (no account).
+CREATE OR REPLACE FUNCTION keen.credit_history(p_user_id uuid, p_limit int DEFAULT 100)
+RETURNS SETOF keen.credit_transactions
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+BEGIN
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'p_limit must be between 1 and 1000' USING ERRCODE = '22023';
+    END IF;
+    PERFORM keen.credit_authorize(p_user_id);
+    IF NOT EXISTS (SELECT 1 FROM keen.credit_accounts a WHERE a.user_id = p_user_id) THEN
+        RAISE EXCEPTION 'no credit account for user %', p_user_id USING ERRCODE = 'P0002';
+    END IF;
+    RETURN QUERY
+    SELECT t.* FROM keen.credit_transactions t
+     WHERE t.user_id = p_user_id
+     ORDER BY t.entry_no DESC
+     LIMIT p_limit;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.credit_history(uuid, int) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.credit_history(uuid, int) TO keen_app;
+COMMENT ON FUNCTION keen.credit_history(uuid, int) IS 'The account''s ledger, newest first; 22023, 42501, P0002.';
+
+-- keen.verify_ledger: one row per account: ok when its balance equals the sum of its ledger
+-- rows' amounts. Reads everything (the maintenance role and admins see every tenant).
+-- Who: an admin actor or the maintenance role. Raises 42501 for anyone else.
+CREATE OR REPLACE FUNCTION keen.verify_ledger()
+RETURNS TABLE (user_id uuid, balance numeric, ledger_sum numeric, ok boolean)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    IF NOT (keen.session_is_maintenance() OR keen.actor_is_admin()) THEN
+        RAISE EXCEPTION 'only an admin or the maintenance role may verify the ledger' USING ERRCODE = '42501';
+    END IF;
+    RETURN QUERY
+    SELECT a.user_id, a.current_balance::numeric, COALESCE(s.total, 0)::numeric,
+           a.current_balance = COALESCE(s.total, 0)
+      FROM keen.credit_accounts a
+      LEFT JOIN (SELECT t.account_id, pg_catalog.sum(t.amount) AS total
+                   FROM keen.credit_transactions t
+                  GROUP BY t.account_id) s ON s.account_id = a.id
+     ORDER BY a.user_id;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.verify_ledger() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.verify_ledger() TO keen_app, keen_maintenance;
+COMMENT ON FUNCTION keen.verify_ledger() IS 'Per account: balance = sum of its ledger? Admin actor or maintenance role; 42501.';
+
+-- keen.refund_credits: gives back (a part of) a purchase or a usage as a new 'refund' row that
+-- points at it (refund_of); the original row is never edited. p_amount is in credits, NULL
+-- meaning the whole amount. Refunding a usage adds the credits back (amount > 0, lifetime_spent
+-- goes down; the day/month usage counters are not reopened); refunding a purchase takes them
+-- out (amount < 0, lifetime_purchased goes down) and needs them available. A transaction is
+-- refunded at most once, in part or whole. Audited as credits/refund.
+-- Who: an admin actor only.
+-- Raises 42501, 22023 (no reason, an amount that is not a positive 6-decimal number or is more
+-- than the original, a transaction that is not a purchase or usage), P0002 (no such
+-- transaction), 23505 (already refunded), KN001 (a purchase refund the available balance
+-- cannot cover).
+CREATE OR REPLACE FUNCTION keen.refund_credits(p_transaction_id uuid, p_reason text, p_amount numeric DEFAULT NULL)
+RETURNS keen.credit_transactions
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+DECLARE
+    v_original keen.credit_transactions;
+    v_account keen.credit_accounts;
+    v_row keen.credit_transactions;
+    v_amount numeric;
+    v_delta numeric;
+    v_holds numeric := 0;
+BEGIN
+    PERFORM keen.credit_check_text(p_reason, NULL);
+    IF p_amount IS NOT NULL THEN
+        PERFORM keen.credit_check_amount('p_amount', p_amount, 1000000000);
+    END IF;
+    IF NOT keen.actor_is_admin() THEN
+        RAISE EXCEPTION 'only an admin may refund credits' USING ERRCODE = '42501';
+    END IF;
+    SELECT t.* INTO v_original FROM keen.credit_transactions t WHERE t.id = p_transaction_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'transaction % not found', p_transaction_id USING ERRCODE = 'P0002';
+    END IF;
+    IF v_original.transaction_type NOT IN ('purchase', 'usage') THEN
+        RAISE EXCEPTION 'only purchases and usage charges can be refunded, not %', v_original.transaction_type
+            USING ERRCODE = '22023';
+    END IF;
+    v_amount := COALESCE(p_amount, pg_catalog.abs(v_original.amount));
+    IF v_amount > pg_catalog.abs(v_original.amount) THEN
+        RAISE EXCEPTION 'a refund of % is more than the % of the original', v_amount, pg_catalog.abs(v_original.amount)
+            USING ERRCODE = '22023';
+    END IF;
+    v_delta := CASE WHEN v_original.transaction_type = 'usage' THEN v_amount ELSE -v_amount END;
+
+    SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.id = v_original.account_id FOR UPDATE;
+    -- Under the lock: a concurrent refund of the same transaction has committed or never will.
+    IF EXISTS (SELECT 1 FROM keen.credit_transactions t WHERE t.refund_of = v_original.id) THEN
+        RAISE EXCEPTION 'transaction % was already refunded', v_original.id USING ERRCODE = '23505';
+    END IF;
+    IF v_delta < 0 THEN
+        IF v_account.live_holds_until > pg_catalog.now() THEN
+            v_holds := keen.credit_live_holds(v_account.id, NULL);
+        END IF;
+        IF v_account.current_balance - v_holds < v_amount THEN
+            RAISE EXCEPTION 'insufficient credits to refund the purchase: % available, % to refund',
+                            v_account.current_balance - v_holds, v_amount
+                USING ERRCODE = 'KN001';
+        END IF;
+    ELSIF v_account.current_balance + v_delta > 1000000000000 THEN
+        RAISE EXCEPTION 'a balance above 1000000000000 credits is refused' USING ERRCODE = '22023';
+    END IF;
+
+    UPDATE keen.credit_accounts a
+       SET current_balance = a.current_balance + v_delta,
+           lifetime_purchased = a.lifetime_purchased - CASE WHEN v_delta < 0 THEN v_amount ELSE 0 END,
+           lifetime_spent = a.lifetime_spent - CASE WHEN v_delta > 0 THEN v_amount ELSE 0 END,
+           updated_at = pg_catalog.now()
+     WHERE a.id = v_account.id;
+    INSERT INTO keen.credit_transactions
+           (user_id, account_id, transaction_type, amount, balance_after, description, metadata, refund_of)
+    VALUES (v_original.user_id, v_account.id, 'refund', v_delta, v_account.current_balance + v_delta, p_reason,
+            pg_catalog.jsonb_build_object('refunded_type', v_original.transaction_type,
+                                          'refunded_amount', v_original.amount,
+                                          'partial', v_amount < pg_catalog.abs(v_original.amount)),
+            v_original.id)
+    RETURNING * INTO v_row;
+
+    PERFORM keen.write_audit('credits', 'refund', v_original.user_id,
+                             pg_catalog.jsonb_build_object('transaction_id', v_row.id, 'refund_of', v_original.id,
+                                                           'amount', v_delta, 'reason', p_reason),
+                             'medium');
+    RETURN v_row;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.refund_credits(uuid, text, numeric) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.refund_credits(uuid, text, numeric) TO keen_app;
+COMMENT ON FUNCTION keen.refund_credits(uuid, text, numeric) IS 'Admin: a refund row for (part of) a purchase or usage, at most once; 42501, 22023, P0002, 23505, KN001.';
+
+-- ---------------------------------------------------------------------------------------------
+-- Auto-recharge requests (beyond CONTRACT.md).
+-- ---------------------------------------------------------------------------------------------
+
+-- keen.set_auto_recharge: switches auto-recharge on or off; p_threshold and p_amount (credits)
+-- replace the current values when given. Who: the account's owner or an admin.
+-- Raises 22023 (NULL p_enabled, a threshold that is negative or malformed, an amount that is
+-- not a positive 6-decimal number of at most 1,000,000,000), 42501, P0002.
+CREATE OR REPLACE FUNCTION keen.set_auto_recharge(p_user_id uuid, p_enabled boolean,
+                                                  p_threshold numeric DEFAULT NULL, p_amount numeric DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+BEGIN
+    IF p_enabled IS NULL THEN
+        RAISE EXCEPTION 'p_enabled is required' USING ERRCODE = '22023';
+    END IF;
+    IF p_threshold IS DISTINCT FROM 0 AND p_threshold IS NOT NULL THEN
+        PERFORM keen.credit_check_amount('p_threshold', p_threshold, 1000000000);
+    END IF;
+    IF p_amount IS NOT NULL THEN
+        PERFORM keen.credit_check_amount('p_amount', p_amount, 1000000000);
+    END IF;
+    PERFORM keen.credit_authorize(p_user_id);
+    UPDATE keen.credit_accounts a
+       SET auto_recharge_enabled = p_enabled,
+           auto_recharge_threshold = COALESCE(p_threshold, a.auto_recharge_threshold),
+           auto_recharge_amount = COALESCE(p_amount, a.auto_recharge_amount),
+           updated_at = pg_catalog.now()
+     WHERE a.user_id = p_user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no credit account for user %', p_user_id USING ERRCODE = 'P0002';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.set_auto_recharge(uuid, boolean, numeric, numeric) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.set_auto_recharge(uuid, boolean, numeric, numeric) TO keen_app;
+COMMENT ON FUNCTION keen.set_auto_recharge(uuid, boolean, numeric, numeric) IS 'Auto-recharge on/off, threshold and amount; 22023, 42501, P0002.';
+
+-- keen.recharge_requests: auto-recharge requests with the given status, oldest first: the
+-- payment side's queue. A user sees its own; an admin or the maintenance role sees all.
+-- Who: keen_app (under the row policies) and keen_maintenance. Raises 22023 (unknown status,
+-- p_limit not between 1 and 1000).
+CREATE OR REPLACE FUNCTION keen.recharge_requests(p_status text DEFAULT 'pending', p_limit int DEFAULT 100)
+RETURNS SETOF keen.credit_recharge_requests
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+BEGIN
+    IF p_status IS NULL OR p_status NOT IN ('pending', 'completed', 'failed', 'cancelled') THEN
+        RAISE EXCEPTION 'p_status is one of pending, completed, failed, cancelled' USING ERRCODE = '22023';
+    END IF;
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'p_limit must be between 1 and 1000' USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    SELECT q.* FROM keen.credit_recharge_requests q
+     WHERE q.status = p_status
+     ORDER BY q.created_at, q.id
+     LIMIT p_limit;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.recharge_requests(text, int) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.recharge_requests(text, int) TO keen_app, keen_maintenance;
+COMMENT ON FUNCTION keen.recharge_requests(text, int) IS 'Auto-recharge requests by status, oldest first (own, or all for admin/maintenance); 22023.';
+
+-- keen.resolve_recharge_request: the payment side closes a pending request: completed (with
+-- the purchase it made through add_credits), failed or cancelled. After that, the account's
+-- next threshold crossing records a new request.
+-- Who: an admin actor or the maintenance role. Raises 42501, P0002 (no such request), 22023
+-- (unknown status, a request no longer pending, or completed without naming a purchase
+-- transaction of the same user).
+CREATE OR REPLACE FUNCTION keen.resolve_recharge_request(p_request_id uuid, p_status text,
+                                                         p_purchase_transaction_id uuid DEFAULT NULL,
+                                                         p_note text DEFAULT NULL)
+RETURNS keen.credit_recharge_requests
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+DECLARE
+    v_request keen.credit_recharge_requests;
+BEGIN
+    IF NOT (keen.session_is_maintenance() OR keen.actor_is_admin()) THEN
+        RAISE EXCEPTION 'only an admin or the maintenance role may resolve recharge requests' USING ERRCODE = '42501';
+    END IF;
+    IF p_status IS NULL OR p_status NOT IN ('completed', 'failed', 'cancelled') THEN
+        RAISE EXCEPTION 'p_status is one of completed, failed, cancelled' USING ERRCODE = '22023';
+    END IF;
+    SELECT q.* INTO v_request FROM keen.credit_recharge_requests q WHERE q.id = p_request_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'recharge request % not found', p_request_id USING ERRCODE = 'P0002';
+    END IF;
+    IF v_request.status <> 'pending' THEN
+        RAISE EXCEPTION 'recharge request % is already %', p_request_id, v_request.status USING ERRCODE = '22023';
+    END IF;
+    IF p_status = 'completed' AND NOT EXISTS (
+        SELECT 1 FROM keen.credit_transactions t
+         WHERE t.id = p_purchase_transaction_id AND t.user_id = v_request.user_id AND t.transaction_type = 'purchase'
+    ) THEN
+        RAISE EXCEPTION 'a completed request needs the purchase transaction of the same user' USING ERRCODE = '22023';
+    END IF;
+    UPDATE keen.credit_recharge_requests q
+       SET status = p_status, resolved_at = pg_catalog.now(), resolution_note = p_note,
+           purchase_transaction_id = CASE WHEN p_status = 'completed' THEN p_purchase_transaction_id END
+     WHERE q.id = p_request_id
+    RETURNING q.* INTO v_request;
+    RETURN v_request;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.resolve_recharge_request(uuid, text, uuid, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.resolve_recharge_request(uuid, text, uuid, text) TO keen_app, keen_maintenance;
+COMMENT ON FUNCTION keen.resolve_recharge_request(uuid, text, uuid, text) IS 'Closes a pending auto-recharge request; 42501, P0002, 22023.';
