@@ -224,6 +224,24 @@ def check_event_partitions(s: Settings, conn: psycopg.Connection) -> tuple[bool,
     return True, f"this month's partition and {ahead} ahead; {in_default} row(s) in the default partition"
 
 
+def check_audit_chain(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    """keen.verify_audit_chain() finds no broken link (docs/users.md)."""
+    with psycopg.connect(s.role_url("keen_maintenance")) as mconn:
+        broken = mconn.execute("SELECT chain_name, chain_seq, problem FROM keen.verify_audit_chain()").fetchall()
+        total = mconn.execute("SELECT count(*) FROM keen.audit_logs").fetchone()[0]
+    if broken:
+        return False, "; ".join(f"chain {r[0]} broken at entry {r[1]}: {r[2]}" for r in broken)
+    return True, f"{total} entries, every hash links to the one before"
+
+
+def check_login_recorder(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    """The loopback that counts failed logins connects (else lock-out is off; docs/users.md)."""
+    problem = conn.execute("SELECT keen.login_recorder_status()").fetchone()[0]
+    if problem:
+        return False, f"failed logins are not counted: {problem}"
+    return True, "failed logins are counted and audited"
+
+
 CHECKS: list[tuple[str, Check]] = [
     ("migrations current", check_migrations),
     ("functions and policies deployed", check_repeatables),
@@ -238,6 +256,8 @@ CHECKS: list[tuple[str, Check]] = [
     ("WAL archiving", check_wal_archiving),
     ("credit holds", check_holds),
     ("event partitions", check_event_partitions),
+    ("audit chain", check_audit_chain),
+    ("login recorder", check_login_recorder),
 ]
 
 
