@@ -359,3 +359,17 @@ def test_revoke_api_key_is_for_the_owner_or_an_admin(keen, make_user, admin_id):
     for token in (key.token, other.token):
         with pytest.raises(AuthenticationFailed), keen.with_api_key(token):
             pass
+
+
+def test_parallel_requests_with_one_key_never_wait_for_each_other(keen, make_user, db):
+    user_id = make_user()
+    with keen.as_user(user_id) as tx:
+        key = tx.users.create_api_key("shared by parallel agents")
+    with psycopg.connect(db.app_url) as first, psycopg.connect(db.app_url) as second:
+        first.execute("SELECT keen.authenticate_api_key(%s)", (key.token,))   # in flight, not committed
+        second.execute("SET lock_timeout = '1s'")                             # a wait would fail
+        assert second.execute("SELECT user_id FROM keen.authenticate_api_key(%s)", (key.token,)).fetchone()[0] == user_id
+        second.commit()
+        first.commit()
+    with db.su() as conn:
+        assert conn.execute("SELECT usage_count FROM keen.auth_tokens WHERE id = %s", (key.token_id,)).fetchone()[0] == 1

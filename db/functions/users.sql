@@ -863,6 +863,9 @@ COMMENT ON FUNCTION keen.create_api_key(text, text[], timestamptz) IS 'A new API
 -- keen.authenticate_api_key(p_token, p_ip): the key's owner becomes the actor for the rest of
 -- the transaction; usage_count, last_used_at and last_used_ip (p_ip) are recorded.
 -- Unknown, malformed, revoked and expired keys, and keys of an inactive user, all fail alike.
+-- Parallel requests with one key (agents in parallel) never queue behind each other: the usage
+-- row is updated only if no other transaction holds it (SKIP LOCKED), so a use that overlaps
+-- another in-flight use of the same key is not counted.
 -- Who: keen_app, no actor needed. Raises 28000.
 CREATE OR REPLACE FUNCTION keen.authenticate_api_key(p_token text, p_ip inet)
 RETURNS TABLE (user_id uuid, token_id uuid, scopes text[], is_admin boolean, bypass_limits boolean)
@@ -884,8 +887,8 @@ BEGIN
     PERFORM keen.set_actor(v_user_id);
     UPDATE keen.auth_tokens t
        SET usage_count = t.usage_count + 1, last_used_at = pg_catalog.now(), last_used_ip = p_ip
-     WHERE t.id = v_token_id
-    RETURNING * INTO v_token;
+     WHERE t.id = (SELECT l.id FROM keen.auth_tokens l WHERE l.id = v_token_id FOR NO KEY UPDATE SKIP LOCKED);
+    SELECT * INTO v_token FROM keen.auth_tokens t WHERE t.id = v_token_id;
     RETURN QUERY
     SELECT v_token.user_id, v_token.id, v_token.scopes, u.is_admin, v_token.bypass_limits
       FROM keen.users u WHERE u.id = v_user_id;
