@@ -37,7 +37,6 @@ from psycopg import sql
 from . import cluster, config, deploy
 
 BENCH_DB = "keen_bench"
-TPCB_DB = "keen_bench_tpcb"
 HOT_USER = 1
 TREE_USER = 2
 PINNED = "-c synchronous_commit=on"
@@ -124,7 +123,8 @@ INSERT INTO keen.agent_sessions (user_id, session_id, parent_session_id, git_bra
 SELECT %(user)s, %(prefix)s || '-' || %(depth)s || '-' || pg_catalog.row_number() OVER (), p.id,
        'b' || g, 'bench tree', '/bench'
   FROM (SELECT id FROM keen.agent_sessions
-         WHERE user_id = %(user)s AND session_id LIKE %(prefix)s || '%%' AND session_depth = %(depth)s - 1
+         WHERE user_id = %(user)s AND session_depth = %(depth)s - 1
+           AND (session_id = %(prefix)s OR session_id LIKE %(prefix)s || '-%%')
          ORDER BY id LIMIT %(parents)s) p,
        pg_catalog.generate_series(1, %(fanout)s) g
  LIMIT %(limit)s
@@ -178,10 +178,12 @@ VALUES (:sid, :uid, 'bench', '{"n": 1}');
 }
 
 # The same work as keen.deduct_credits, sent statement by statement (as a superuser, since
-# keen_app may not write): lock the account, read the markup, check limits and holds, move
-# the balance and the usage counters, append the ledger row. Mirrors db/functions/credits.sql.
+# keen_app may not write): check the user, lock the account, read the markup, check holds
+# and limits, move the balance and the usage counters, append the ledger row. Mirrors
+# keen.credit_charge in db/functions/credits.sql.
 SCRIPTS["script"] = """\\set n random(1, :users)
 BEGIN;
+SELECT account_status AS status FROM keen.users WHERE id = public.bench_uid(:n) \\gset
 SELECT id AS acct, current_balance AS bal, COALESCE(daily_limit, -1) AS dl, COALESCE(monthly_limit, -1) AS ml,
        unlimited_credits AS unl, COALESCE(live_holds_until, '-infinity') AS holds_until
   FROM keen.credit_accounts WHERE user_id = public.bench_uid(:n) FOR UPDATE \\gset
@@ -221,11 +223,15 @@ class Config:
     tree_sizes: tuple[int, int] = (10_000, 100_000)
     tenfold: bool = True
     keep: bool = False
+    database: str = BENCH_DB
 
     @classmethod
     def make(cls, quick: bool, **over: Any) -> "Config":
         if quick:
-            base = cls(quick=True, rounds=3, seconds=2.0, ledger_rows=100_000, tenfold=False)
+            # The trees are 1k and 10k nodes here (the same tenfold growth; the sizes are in
+            # the settings of the result): seeding 110k sessions alone takes most of a minute.
+            base = cls(quick=True, rounds=3, seconds=2.0, ledger_rows=100_000, tree_sizes=(1_000, 10_000),
+                       tenfold=False)
         else:
             base = cls()
         return cls(**{**base.__dict__, **{k: v for k, v in over.items() if v is not None}})
@@ -249,6 +255,7 @@ GOALS: list[tuple[str, str, str, Callable[[float], bool]]] = [
 class Bench:
     def __init__(self, s: config.Settings, cfg: Config, echo: Callable[[str], None]):
         self.s, self.cfg, self.echo = s, cfg, echo
+        self.db, self.tpcb_db = cfg.database, f"{cfg.database}_tpcb"
         self.tmp = Path(tempfile.mkdtemp(prefix="keen_bench_"))
         self.samples: dict[str, list[float]] = {}
         self.failures = 0
@@ -256,8 +263,8 @@ class Bench:
         self.skipped: dict[str, str] = {}
 
     # -- plumbing
-    def su(self, database: str = BENCH_DB) -> psycopg.Connection:
-        return psycopg.connect(self.s.superuser_url(database), autocommit=True, options=PINNED)
+    def su(self, database: str | None = None) -> psycopg.Connection:
+        return psycopg.connect(self.s.superuser_url(database or self.db), autocommit=True, options=PINNED)
 
     def _pgbench(self, conninfo: str, args: list[str], seconds: float, clients: int) -> float:
         from .backup import _libpq
@@ -289,17 +296,17 @@ class Bench:
     def setup(self) -> None:
         cfg, t0 = self.cfg, time.monotonic()
         with psycopg.connect(self.s.superuser_url("postgres"), autocommit=True) as conn:
-            for name in (BENCH_DB, TPCB_DB):
+            for name in (self.db, self.tpcb_db):
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TPCB_DB)))
-        self.echo(f"pgbench -i -s {cfg.tpcb_scale} into {TPCB_DB}")
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.tpcb_db)))
+        self.echo(f"pgbench -i -s {cfg.tpcb_scale} into {self.tpcb_db}")
         from .backup import _libpq
 
-        dsn, env = _libpq(self.s.superuser_url(TPCB_DB))
+        dsn, env = _libpq(self.s.superuser_url(self.tpcb_db))
         subprocess.run([cluster.pg_bin("pgbench"), "-i", "-q", "-s", str(cfg.tpcb_scale), dsn],
                        check=True, capture_output=True, env={**os.environ, **env})
-        self.echo(f"{BENCH_DB}: migrate, {cfg.users} users, trees of {cfg.tree_sizes[0]} and {cfg.tree_sizes[1]} sessions")
-        deploy.deploy(self.s, BENCH_DB)
+        self.echo(f"{self.db}: migrate, {cfg.users} users, trees of {cfg.tree_sizes[0]} and {cfg.tree_sizes[1]} sessions")
+        deploy.deploy(self.s, self.db)
         with self.su() as conn:
             conn.execute(BENCH_OBJECTS)
             seed_users(conn, cfg.users)
@@ -316,13 +323,12 @@ class Bench:
         self.ledger_rows = per * cfg.users + cfg.users
         if self.has_function("keen.deduct_credits(uuid,numeric,uuid,text,text)"):
             with self.su() as conn:  # the key the replay figure repeats
-                conn.execute("SELECT keen.act_as(%s); "
-                             "SELECT keen.deduct_credits(%s, 0.01, NULL, 'bench replay', 'bench-replay')",
-                             (bench_uid(HOT_USER), bench_uid(HOT_USER)))
+                conn.execute("SELECT (keen.deduct_credits(%s, 0.01, NULL, 'bench replay', 'bench-replay')).id "
+                             "FROM keen.act_as(%s)", (bench_uid(HOT_USER), bench_uid(HOT_USER)))
         with self.su() as conn:
             conn.execute("VACUUM ANALYZE")
             conn.execute("SELECT pg_stat_statements_reset()")
-        with psycopg.connect(self.s.superuser_url(TPCB_DB), autocommit=True) as conn:
+        with psycopg.connect(self.s.superuser_url(self.tpcb_db), autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
         self.deadlocks_before = self._deadlocks()
         self.results["setup_seconds"] = round(time.monotonic() - t0, 1)
@@ -335,27 +341,27 @@ class Bench:
             # A subtree of at most 100 nodes: the deepest node of the big tree that has children.
             self.subtree = conn.execute("""
                 SELECT p.id FROM keen.agent_sessions p
-                 WHERE p.user_id = %s AND p.session_id LIKE %s AND p.session_depth > 0
+                 WHERE p.user_id = %s AND p.session_id LIKE %s || '-%%' AND p.session_depth > 0
                    AND EXISTS (SELECT 1 FROM keen.agent_sessions c WHERE c.parent_session_id = p.id)
-                 ORDER BY p.session_depth DESC LIMIT 1""", (bench_uid(TREE_USER), f"tree{big}%")).fetchone()[0]
+                 ORDER BY p.session_depth DESC LIMIT 1""", (bench_uid(TREE_USER), f"tree{big}")).fetchone()[0]
             self.subtree_size = conn.execute(
                 "SELECT count(*) FROM keen.agent_sessions WHERE parent_session_id = %s", (self.subtree,)).fetchone()[0] + 1
             self.pk_probe = conn.execute("SELECT id FROM keen.agent_sessions WHERE user_id = %s AND session_id = %s",
-                                         (bench_uid(TREE_USER), f"tree{small}-3-7")).fetchone()[0]
+                                         (bench_uid(TREE_USER), f"tree{small}-1-7")).fetchone()[0]
 
     def _deadlocks(self) -> int:
         with self.su("postgres") as conn:
             return conn.execute("SELECT COALESCE(sum(deadlocks), 0)::int FROM pg_catalog.pg_stat_database "
-                                "WHERE datname IN (%s, %s)", (BENCH_DB, TPCB_DB)).fetchone()[0]
+                                "WHERE datname IN (%s, %s)", (self.db, self.tpcb_db)).fetchone()[0]
 
     # -- figures
     def throughput_round(self) -> None:
         cfg, c, d = self.cfg, self.cfg.clients, self.cfg.seconds
-        app, su = self.s.role_url("keen_app", BENCH_DB), self.s.superuser_url(BENCH_DB)
+        app, su = self.s.role_url("keen_app", self.db), self.s.superuser_url(self.db)
         users = ["-D", f"users={cfg.users}"]
         hot = ["-D", "users=1"]
         ev = ["-D", f"sid={getattr(self, 'event_session', '')}", "-D", f"uid={bench_uid(HOT_USER)}"]
-        self.sample("tpcb_tps", self._pgbench(self.s.superuser_url(TPCB_DB), ["-b", "tpcb-like"], d, c))
+        self.sample("tpcb_tps", self._pgbench(self.s.superuser_url(self.tpcb_db), ["-b", "tpcb-like"], d, c))
         self.sample("update_ceiling_tps", self._pgbench(su, ["-f", self.script("update")], d, c))
         if self.sessions:
             self.sample("partitioned_tps", self._pgbench(su, ["-f", self.script("partitioned"), *ev], d, c))
@@ -381,7 +387,7 @@ class Bench:
         import random
 
         done, errors = [0] * threads, [0] * threads
-        keen = Keen(self.s.role_url("keen_app", BENCH_DB),
+        keen = Keen(self.s.role_url("keen_app", self.db),
                     PoolSettings(min_size=threads, max_size=threads, timeout=30))
         keen.pool.wait()
         stop_at = time.monotonic() + seconds
@@ -417,7 +423,7 @@ class Bench:
         """session_tree and platform_metrics: medians of interleaved calls, in ms, as keen_app."""
         if self.sessions:
             small, big = self.cfg.tree_sizes
-            with psycopg.connect(self.s.role_url("keen_app", BENCH_DB), options=PINNED) as conn:
+            with psycopg.connect(self.s.role_url("keen_app", self.db), options=PINNED) as conn:
                 conn.execute("SELECT keen.act_as(%s)", (bench_uid(TREE_USER),))
                 tree_q = "SELECT count(*) FROM keen.session_tree(%s)"
                 for _ in range(2):  # warm the cache and the plans
@@ -446,14 +452,14 @@ class Bench:
             return
         today = date.today()
         self.echo("rollups: 366 days")
-        with psycopg.connect(self.s.role_url("keen_maintenance", BENCH_DB), autocommit=True) as conn:
+        with psycopg.connect(self.s.role_url("keen_maintenance", self.db), autocommit=True) as conn:
             for back in range(365, -1, -1):
                 conn.execute("SELECT keen.rollup_daily_analytics(%s)", (today - timedelta(days=back),))
 
     def _platform_metrics_ms(self) -> float:
         today = date.today()
         q = "SELECT keen.platform_metrics(%s, %s)"
-        with psycopg.connect(self.s.role_url("keen_app", BENCH_DB), options=PINNED) as conn:
+        with psycopg.connect(self.s.role_url("keen_app", self.db), options=PINNED) as conn:
             conn.execute("SELECT keen.act_as(%s)", (self.admin,))
             params = (today - timedelta(days=365), today)
             for _ in range(3):
@@ -505,6 +511,7 @@ class Bench:
         r["errors"] = self.failures + max(0, self._deadlocks() - self.deadlocks_before)
         r["settings"] = {"rounds": self.cfg.rounds, "seconds": self.cfg.seconds, "clients": self.cfg.clients,
                          "users": self.cfg.users, "tpcb_scale": self.cfg.tpcb_scale,
+                         "tree_sizes": list(self.cfg.tree_sizes),
                          "ledger_rows": getattr(self, "ledger_rows", None), "quick": self.cfg.quick,
                          "pgbench": "-M prepared -j 2", "synchronous_commit": "on"}
         r["skipped"] = self.skipped
@@ -517,7 +524,7 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
         if not self.cfg.keep:
             with psycopg.connect(self.s.superuser_url("postgres"), autocommit=True) as conn:
-                for name in (BENCH_DB, TPCB_DB):
+                for name in (self.db, self.tpcb_db):
                     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
@@ -579,10 +586,11 @@ def report(results: dict[str, Any], console) -> None:
 @click.option("--ledger-rows", type=int, default=None, help="ledger rows for platform_metrics")
 @click.option("--tree-sizes", type=(int, int), default=None, help="the two session trees (default 10000 100000)")
 @click.option("--keep", is_flag=True, help="keep the bench databases afterwards")
+@click.option("--database", default=None, help=f"bench database name (default {BENCH_DB}; pgbench's is NAME_tpcb)")
 @click.pass_context
 def bench(ctx: click.Context, as_json: bool, quick: bool, rounds: int | None, seconds: float | None,
           users: int | None, tpcb_scale: int | None, ledger_rows: int | None,
-          tree_sizes: tuple[int, int] | None, keep: bool) -> None:
+          tree_sizes: tuple[int, int] | None, keep: bool, database: str | None) -> None:
     """Measure the DESIGN.md performance figures; print each ratio beside its goal."""
     from rich.console import Console
 
@@ -594,7 +602,8 @@ def bench(ctx: click.Context, as_json: bool, quick: bool, rounds: int | None, se
     if rounds is not None and rounds < 3:
         raise click.BadParameter("at least three rounds", param_hint="--rounds")
     cfg = Config.make(quick, rounds=rounds, seconds=seconds, users=users, tpcb_scale=tpcb_scale,
-                      ledger_rows=ledger_rows, tree_sizes=tree_sizes, keep=keep or None)
+                      ledger_rows=ledger_rows, tree_sizes=tree_sizes, keep=keep or None,
+                      database=database)
     console = Console(stderr=as_json)
     results = run(s, cfg, echo=lambda m: console.print(f"[dim]{m}"))
     report(results, console)
