@@ -503,18 +503,15 @@ def test_platform_metrics_over_several_days_combines_the_rollups_exactly(db, kee
     assert m.active_users == max(d["active_users"] for d in days)
     assert m.active_user_days == total("active_users")
     assert m.new_users == total("new_users") == 3
-    assert m.total_sessions == total("total_sessions")
-    assert m.successful_sessions == total("successful_sessions")
-    assert m.failed_sessions == total("failed_sessions")
-    assert m.cancelled_sessions == total("cancelled_sessions")
-    assert m.total_claude_cost_usd == total("total_claude_costs_usd")
-    assert m.total_credit_revenue == total("total_credit_revenue")
-    assert m.credits_purchased == total("total_credits_purchased")
-    assert m.credits_used == total("total_credits_used")
-    assert m.credits_refunded == total("total_credits_refunded")
-    assert m.total_tokens == total("total_tokens_consumed")
-    assert m.context_tokens == total("context_tokens_used")
-    assert m.agents_spawned == total("total_agents_spawned")
+    summed = {  # PlatformMetrics field: daily_analytics column it sums
+        "total_sessions": "total_sessions", "successful_sessions": "successful_sessions",
+        "failed_sessions": "failed_sessions", "cancelled_sessions": "cancelled_sessions",
+        "total_claude_cost_usd": "total_claude_costs_usd", "total_credit_revenue": "total_credit_revenue",
+        "credits_purchased": "total_credits_purchased", "credits_used": "total_credits_used",
+        "credits_refunded": "total_credits_refunded", "total_tokens": "total_tokens_consumed",
+        "context_tokens": "context_tokens_used", "agents_spawned": "total_agents_spawned",
+    }
+    assert {f: getattr(m, f) for f in summed} == {f: total(col) for f, col in summed.items()}
     assert m.admin_sessions == total("admin_sessions") > 0
     assert m.admin_bypass_transactions == total("admin_bypass_transactions") > 0
     assert m.max_recursion_depth == max(d["max_recursion_depth"] for d in days if d["max_recursion_depth"] is not None)
