@@ -1,0 +1,278 @@
+"""Property test: random sequences of grants, deductions, holds, captures, releases, refunds
+and limit changes, for several users and the admin, run against keen-db and against a small
+Python model of the ledger's rules. After every step the outcome (the row's amount and balance,
+or the SQLSTATE) and every account's balance, available balance and usage of the day must
+agree; after every sequence the ledger must verify."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from keen_client import errors
+
+from .conftest import assert_ledger_clean
+
+D = Decimal
+MARKUP = D(5)
+SIX = D("0.000001")
+
+COSTS = [D("0.1"), D("0.25"), D(1), D("2.5"), D("0.000001"), D(3), D(0)]   # 0: invalid input
+GRANTS = [D(5), D("10.5"), D(25), D(100), D("0.000001")]
+LIMITS = [None, D(0), D(5), D("12.5"), D(30)]
+KEYS = [None, "a", "b"]
+
+USERS = 3           # regular users of each sequence; index USERS is the admin
+grant = st.tuples(st.just("grant"), st.integers(0, USERS), st.sampled_from(GRANTS), st.sampled_from(KEYS))
+deduct = st.tuples(st.just("deduct"), st.integers(0, USERS), st.sampled_from(COSTS), st.sampled_from(KEYS))
+reserve = st.tuples(st.just("reserve"), st.integers(0, USERS), st.sampled_from(COSTS))
+capture = st.tuples(st.just("capture"), st.integers(0, 50), st.sampled_from(COSTS))
+release = st.tuples(st.just("release"), st.integers(0, 50))
+refund = st.tuples(st.just("refund"), st.integers(0, 50), st.sampled_from(["whole", "half", "too much"]))
+limits = st.tuples(st.just("limits"), st.integers(0, USERS - 1), st.sampled_from(LIMITS), st.sampled_from(LIMITS))
+# The kind is drawn first, weighted towards the operations that move money.
+KINDS = {"grant": grant, "deduct": deduct, "reserve": reserve, "capture": capture, "release": release,
+         "refund": refund, "limits": limits}
+WEIGHTED = ["grant"] * 3 + ["deduct"] * 4 + ["reserve"] * 3 + ["capture"] * 3 + ["release", "refund", "refund", "limits", "limits"]
+op = st.sampled_from(WEIGHTED).flatmap(KINDS.__getitem__)
+
+
+class Refused(Exception):
+    def __init__(self, sqlstate: str):
+        self.sqlstate = sqlstate
+
+
+@dataclass
+class Account:
+    balance: Decimal
+    unlimited: bool = False
+    spent: Decimal = D(0)          # usage of the UTC day (and month: one day is all a run spans)
+    daily: Decimal | None = None
+    monthly: Decimal | None = None
+
+
+@dataclass
+class Hold:
+    id: uuid.UUID
+    user: int
+    held: Decimal
+    live: bool = True
+
+
+@dataclass
+class Row:
+    id: uuid.UUID
+    user: int
+    type: str
+    amount: Decimal
+    refunded: bool = False
+
+
+@dataclass
+class Model:
+    """The ledger's rules, as plainly as they can be written."""
+    accounts: list[Account]
+    holds: list[Hold] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    keys: dict[tuple[int, str], tuple[str, Decimal, int]] = field(default_factory=dict)  # -> kind, value, row
+
+    def held(self, user: int, but: Hold | None = None) -> Decimal:
+        return sum((h.held for h in self.holds if h.user == user and h.live and h is not but), D(0))
+
+    def available(self, user: int) -> Decimal:
+        return self.accounts[user].balance - self.held(user)
+
+    @staticmethod
+    def valid(amount: Decimal) -> None:
+        if amount <= 0:
+            raise Refused("22023")
+
+    def replay(self, user: int, key: str | None, kind: str, value: Decimal) -> int | None:
+        if key is None or (user, key) not in self.keys:
+            return None
+        if self.keys[(user, key)][:2] != (kind, value):
+            raise Refused("KN005")
+        return self.keys[(user, key)][2]
+
+    def check_spend(self, user: int, charge: Decimal, but: Hold | None = None) -> None:
+        a, held = self.accounts[user], self.held(user, but)
+        if a.balance - held < charge:
+            raise Refused("KN001")
+        for limit in (a.daily, a.monthly):
+            if limit is not None and a.spent + held + charge > limit:
+                raise Refused("KN002")
+
+    def grant(self, user: int, amount: Decimal, key: str | None) -> tuple[Decimal, Decimal] | int:
+        self.valid(amount)
+        if (i := self.replay(user, key, "purchase", amount)) is not None:
+            return i
+        self.accounts[user].balance += amount
+        return amount, self.accounts[user].balance
+
+    def charge(self, user: int, cost: Decimal, but: Hold | None = None) -> tuple[Decimal, Decimal]:
+        if self.accounts[user].unlimited:
+            return D(0), self.accounts[user].balance
+        charge = (cost * MARKUP).quantize(SIX, ROUND_HALF_UP)
+        self.check_spend(user, charge, but)
+        self.accounts[user].balance -= charge
+        self.accounts[user].spent += charge
+        return -charge, self.accounts[user].balance
+
+    def deduct(self, user: int, cost: Decimal, key: str | None) -> tuple[Decimal, Decimal] | int:
+        self.valid(cost)
+        if (i := self.replay(user, key, "usage", cost)) is not None:
+            return i
+        return self.charge(user, cost)
+
+    def reserve(self, user: int, cost: Decimal) -> Decimal:
+        self.valid(cost)
+        if self.accounts[user].unlimited:
+            return D(0)
+        held = (cost * MARKUP).quantize(SIX, ROUND_HALF_UP)
+        self.check_spend(user, held)
+        return held
+
+    def capture(self, hold: Hold, cost: Decimal) -> tuple[Decimal, Decimal]:
+        self.valid(cost)
+        if not hold.live:
+            raise Refused("KN003")
+        result = self.charge(hold.user, cost, but=hold)
+        hold.live = False
+        return result
+
+    def release(self, hold: Hold) -> None:
+        if not hold.live:
+            raise Refused("KN003")
+        hold.live = False
+
+    def refund(self, row: Row, how: str) -> tuple[Decimal, Decimal]:
+        whole = abs(row.amount)
+        amount = {"whole": whole, "half": (whole / 2).quantize(SIX, ROUND_HALF_UP), "too much": whole * 2}[how]
+        self.valid(amount)
+        if row.type not in ("purchase", "usage") or amount > whole:
+            raise Refused("22023")
+        if row.refunded:
+            raise Refused("23505")
+        delta = amount if row.type == "usage" else -amount
+        if delta < 0 and self.available(row.user) < amount:
+            raise Refused("KN001")
+        self.accounts[row.user].balance += delta
+        row.refunded = True
+        return delta, self.accounts[row.user].balance
+
+
+def attempt(fn) -> Any:
+    try:
+        return fn()
+    except Refused as exc:
+        return exc.sqlstate
+    except errors.KeenError as exc:
+        return exc.sqlstate
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(ops=st.lists(op, min_size=10, max_size=30))
+def test_random_ledger_sequences_agree_with_the_model(db, keen, admin_id, make_user, ops):
+    users = [make_user("model") for _ in range(USERS)] + [admin_id]
+    with keen.as_user(admin_id) as tx:
+        admin_balance = tx.credits.get_balance(admin_id).current_balance
+    model = Model([Account(D(0)) for _ in range(USERS)] + [Account(admin_balance, unlimited=True)])
+    nonce = uuid.uuid4().hex[:8]  # the admin's account outlives a sequence: its keys must not
+
+    for step in ops:
+        kind = step[0]
+        actual: Any
+        expected: Any
+        if kind in ("grant", "deduct"):
+            _, u, value, key = step
+            full_key = key and f"{nonce}-{key}"
+            if kind == "grant":
+                expected = attempt(lambda: model.grant(u, value, key))
+                actual = attempt(lambda: _grant(keen, admin_id, users[u], value, full_key))
+            else:
+                expected = attempt(lambda: model.deduct(u, value, key))
+                actual = attempt(lambda: _call(keen, users[u], lambda tx: tx.credits.deduct_credits(
+                    users[u], value, idempotency_key=full_key)))
+            if isinstance(expected, int):          # a replay: the first row, again
+                assert not isinstance(actual, str), step
+                assert actual.id == model.rows[expected].id, step
+                continue
+            assert _shape(actual) == expected, step
+            if not isinstance(actual, str):
+                row_type = "purchase" if kind == "grant" else actual.transaction_type
+                model.rows.append(Row(actual.id, u, row_type, actual.amount))
+                if key:
+                    model.keys[(u, key)] = ("purchase" if kind == "grant" else "usage", value, len(model.rows) - 1)
+        elif kind == "reserve":
+            _, u, cost = step
+            expected = attempt(lambda: model.reserve(u, cost))
+            actual = attempt(lambda: _call(keen, users[u], lambda tx: tx.credits.reserve_credits(users[u], cost)))
+            if isinstance(actual, str) or isinstance(expected, str):
+                assert actual == expected, step
+            else:
+                assert actual.held_credits == expected, step
+                model.holds.append(Hold(actual.reservation_id, u, expected))
+                assert actual.available_balance == model.available(u), step
+        elif kind in ("capture", "release"):
+            if not model.holds:
+                continue
+            hold = model.holds[step[1] % len(model.holds)]
+            if kind == "capture":
+                expected = attempt(lambda: model.capture(hold, step[2]))
+                actual = attempt(lambda: _call(keen, users[hold.user], lambda tx: tx.credits.capture_reservation(
+                    hold.id, step[2])))
+                assert _shape(actual) == expected, step
+                if not isinstance(actual, str):
+                    model.rows.append(Row(actual.id, hold.user, actual.transaction_type, actual.amount))
+            else:
+                expected = attempt(lambda: model.release(hold))
+                actual = attempt(lambda: _call(keen, users[hold.user], lambda tx: tx.credits.release_reservation(hold.id)))
+                assert actual == expected, step
+        elif kind == "refund":
+            if not model.rows:
+                continue
+            row = model.rows[step[1] % len(model.rows)]
+            expected = attempt(lambda: model.refund(row, step[2]))
+            whole = abs(row.amount)
+            amount = None if step[2] == "whole" else (
+                (whole / 2).quantize(SIX, ROUND_HALF_UP) if step[2] == "half" else whole * 2)
+            actual = attempt(lambda: _call(keen, admin_id, lambda tx: tx.credits.refund_credits(row.id, "model", amount)))
+            assert _shape(actual) == expected, step
+            if not isinstance(actual, str):
+                model.rows.append(Row(actual.id, row.user, "refund", actual.amount))
+        else:
+            _, u, daily, monthly = step
+            _call(keen, users[u], lambda tx: tx.credits.set_spending_limits(users[u], daily, monthly))
+            model.accounts[u].daily, model.accounts[u].monthly = daily, monthly
+            expected = None
+
+        event(f"{kind}: {expected if isinstance(expected, str) else 'ok'}")  # --hypothesis-show-statistics
+        with keen.as_user(admin_id) as tx:
+            seen = [tx.credits.get_balance(x) for x in users]
+        assert [(b.current_balance, b.available_balance, b.spent_today) for b in seen] == [
+            (a.balance, model.available(i), a.spent) for i, a in enumerate(model.accounts)], step
+
+    assert_ledger_clean(db)
+
+
+def _call(keen, actor, fn) -> Any:
+    with keen.as_user(actor) as tx:
+        return fn(tx)
+
+
+def _grant(keen, admin_id, user, amount, key) -> Any:
+    with keen.as_user(admin_id) as tx:
+        return tx.credits.add_credits(user, amount, "model grant", key)
+
+
+def _shape(result: Any) -> Any:
+    """A ledger row as (amount, balance_after); a refusal as its SQLSTATE."""
+    if isinstance(result, str):
+        return result
+    return result.amount, result.balance_after
