@@ -111,16 +111,9 @@ def integrity_checks(maintenance_url: str) -> list[str]:
 
 
 def _audit_chain_problems(conn: psycopg.Connection) -> list[str]:
-    """verify_audit_chain() may return a boolean or rows with an `ok` column."""
-    cur = conn.execute("SELECT * FROM keen.verify_audit_chain()")
-    names = [c.name for c in cur.description]
-    rows = cur.fetchall()
-    if "ok" in names:
-        i = names.index("ok")
-        return [", ".join(f"{n}={v}" for n, v in zip(names, r)) for r in rows if not r[i]][:10]
-    if len(names) == 1 and rows and isinstance(rows[0][0], bool):
-        return [] if all(r[0] for r in rows) else ["the chain is broken"]
-    return []
+    """keen.verify_audit_chain() returns one row per broken link, none when the chain holds."""
+    rows = conn.execute("SELECT chain_name, chain_seq, problem FROM keen.verify_audit_chain()").fetchall()
+    return [f"chain {c} entry {seq}: {problem}" for c, seq, problem in rows[:10]]
 
 
 def compare(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:

@@ -161,3 +161,18 @@ def settings_for(db, settings):
     from keen_db import config
 
     return config.load(db.superuser_url)
+
+
+def test_restore_drops_the_database_when_the_audit_chain_is_broken(populated, settings, target, tmp_path, make_user):
+    make_user("audited")  # registration writes audit entries
+    with populated.su() as conn:
+        assert conn.execute("SELECT count(*) FROM keen.audit_logs").fetchone()[0] > 0
+        with conn.transaction():  # tamper as an attacker with superuser rights would: triggers off
+            conn.execute("SET LOCAL session_replication_role = replica")
+            conn.execute("UPDATE keen.audit_logs SET event_data = '{\"tampered\": true}' "
+                         "WHERE id = (SELECT min(id) FROM keen.audit_logs)")
+    path = tmp_path / "b"
+    bk.take_backup(populated.superuser_url, path)
+    with pytest.raises(bk.BackupError, match="verify_audit_chain: chain main entry 1"):
+        bk.restore_backup(settings_for(populated, settings), path, target)
+    assert not _exists(settings, target)
