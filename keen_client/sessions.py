@@ -76,19 +76,9 @@ class TreeRow:
 
 
 @dataclass(frozen=True)
-class SessionNode:
-    """A session in a tree read by SessionsApi.tree: its own figures, its children (in
-    session_tree's order: git_branch, then id) and its parent (None for the tree's top)."""
-    id: UUID
-    session_id: str
-    parent_session_id: UUID | None
-    session_depth: int
-    git_branch: str
-    current_phase: str
-    execution_status: str
-    claude_cost_usd: Decimal
-    keen_cost_credits: Decimal
-    tokens_used: int
+class SessionNode(TreeRow):
+    """A session in a tree read by SessionsApi.tree: its own figures (TreeRow's), its children
+    (in session_tree's order: git_branch, then id) and its parent (None for the tree's top)."""
     children: tuple["SessionNode", ...] = ()
     parent: "SessionNode | None" = field(default=None, compare=False, repr=False)
 
