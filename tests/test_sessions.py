@@ -586,6 +586,25 @@ def test_cancel_ends_the_session_and_its_running_descendants_and_charges_nothing
     assert_ledger_clean(db)
 
 
+def test_nested_cancels_at_once_queue_instead_of_deadlocking(keen, make_user):
+    user = make_user()
+    for _ in range(3):
+        root = create(keen, user)
+        middle = create(keen, user, parent=root.id)
+        for i in range(6):
+            leaf = create(keen, user, parent=middle.id, branch=f"leaf/{i}")
+            create(keen, user, parent=leaf.id)
+
+        def cancel(i, top=root.id, inner=middle.id):
+            with keen.as_user(user) as tx:
+                return tx.sessions.cancel_session(inner if i % 2 else top, f"stop {i}")
+
+        results = run_together(4, cancel)
+        assert all(isinstance(r, (list, errors.SessionStateError)) for r in results), results
+        with keen.as_user(user) as tx:
+            assert tx.sessions.tree_summary(root.id).running_count == 0
+
+
 def test_the_tree_summary_sets_own_cost_against_the_subtrees(db, keen, admin_id, make_user):
     user = make_user()
     grant(keen, admin_id, user, 100)

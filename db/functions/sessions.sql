@@ -430,9 +430,9 @@ COMMENT ON FUNCTION keen.complete_session(uuid, boolean, numeric, text[], text[]
 
 -- keen.cancel_session: cancels a running session and every running session below it (status
 -- cancelled, success false, end_time now, error_message the reason). Nothing is charged.
--- Descendants are updated until none is left running, so a child created concurrently under
--- one of them (its creator held the parent's lock first) is caught by the next pass; after a
--- pass, no running parent is left to create under.
+-- Descendants are locked in tree_path order and updated until none is left running, so a
+-- child created concurrently under one of them (its creator held the parent's lock first) is
+-- caught by the next pass; after a pass, no running parent is left to create under.
 -- Returns the sessions it cancelled, by depth then git_branch.
 -- Who: the session's owner, or an admin.
 -- Raises: P0002 for an absent or foreign session; KN004 when it is not running.
@@ -455,14 +455,22 @@ BEGIN
            updated_at = pg_catalog.clock_timestamp()
      WHERE s.id = p_id;
     LOOP
-        WITH cancelled AS (
+        -- Lock in tree_path order, the order every cancel uses: two cancels of nested subtrees
+        -- then meet at the inner session and queue there instead of deadlocking.
+        WITH todo AS (
+            SELECT s.id FROM keen.agent_sessions s
+             WHERE s.tree_path > v_session.tree_path
+               AND s.tree_path < v_session.tree_path || '\x01'::bytea
+               AND s.execution_status = 'running'
+             ORDER BY s.tree_path
+               FOR NO KEY UPDATE),
+        cancelled AS (
             UPDATE keen.agent_sessions s
                SET execution_status = 'cancelled', success = false, error_message = v_reason,
                    end_time = pg_catalog.clock_timestamp(), last_activity_at = pg_catalog.clock_timestamp(),
                    updated_at = pg_catalog.clock_timestamp()
-             WHERE s.tree_path > v_session.tree_path
-               AND s.tree_path < v_session.tree_path || '\x01'::bytea
-               AND s.execution_status = 'running'
+              FROM todo
+             WHERE s.id = todo.id
             RETURNING s.id)
         SELECT pg_catalog.array_agg(c.id) INTO v_more FROM cancelled c;
         EXIT WHEN v_more IS NULL;
