@@ -381,7 +381,7 @@ AS $$
 DECLARE
     v_session keen.agent_sessions;
     v_charge keen.credit_transactions;
-    v_credits numeric := 0;
+    v_credits numeric := 0.0;
 BEGIN
     IF p_success IS NULL THEN
         RAISE EXCEPTION 'p_success must be true or false' USING ERRCODE = '22023';
