@@ -168,8 +168,20 @@ def take_backup(superuser_url: str, path: Path) -> dict[str, Any]:
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise BackupError(f"{path} exists and is not an empty directory; choose a new path")
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)  # a backup holds password hashes and every tenant's data
+    try:
+        return _write_backup(superuser_url, path)
+    except BaseException:  # no half-written backup left behind
+        for name in (ARCHIVE, ROLES, MANIFEST + ".part"):
+            (path / name).unlink(missing_ok=True)
+        if created:
+            path.rmdir()
+        raise
+
+
+def _write_backup(superuser_url: str, path: Path) -> dict[str, Any]:
     started = time.monotonic()
     with psycopg.connect(superuser_url, autocommit=True) as conn:
         if not conn.execute("SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles "

@@ -67,9 +67,10 @@ def test_backup_holds_every_tenant_whatever_row_level_security_shows(populated, 
     assert oct((tmp_path / "b").stat().st_mode & 0o777) == "0o700"
 
 
-def test_backup_refuses_a_role_that_row_level_security_would_filter(populated, tmp_path):
+def test_backup_refuses_a_role_that_row_level_security_would_filter_and_leaves_nothing(populated, tmp_path):
     with pytest.raises(bk.BackupError, match="bypasses row-level security"):
         bk.take_backup(populated.maintenance_url, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
 
 
 def test_backup_refuses_a_non_empty_directory(populated, tmp_path):
