@@ -5,8 +5,9 @@
 --   * The balance of an account changes only together with a new keen.credit_transactions row
 --     whose amount is the change, in the same statement sequence, under the account row's lock.
 --     So the balance always equals the sum of the account's ledger (keen.verify_ledger).
---   * One lock per account: writers lock the credit_accounts row (first, and only it, or it then
---     the account's reservation rows), so concurrent calls serialize briefly and never deadlock.
+--   * One lock order per account: the account lock (keen.credit_lock, an advisory lock keyed by
+--     the user), then the credit_accounts row, then the account's reservation rows. Concurrent
+--     calls serialize briefly on the account and never deadlock with each other.
 --   * Work per call is constant: spending limits read day/month counters kept in the account
 --     row; live holds are summed through the partial index only while one may be live
 --     (live_holds_until in the future).
@@ -85,6 +86,25 @@ $$;
 REVOKE ALL ON FUNCTION keen.credit_authorize(uuid) FROM PUBLIC;
 COMMENT ON FUNCTION keen.credit_authorize(uuid) IS 'Internal: 42501 unless the actor is p_user_id or an admin.';
 
+-- keen.credit_lock: the account lock: a transaction-level advisory lock keyed by the user
+-- (class 1263420242, 'KNCR'; one account per user). Every function that changes an account row
+-- takes it first, then the row. Waiting here instead of on the row lock matters: a contended row
+-- lock is resumed through EvalPlanQual, which evaluates every row-level-security InitPlan of the
+-- statement (the admin and maintenance checks too) while holding the row; queued here, the next
+-- statement starts with a fresh snapshot and the row lock is never contended. A hash collision
+-- between two users only makes them share a queue. Who: the ledger functions. Raises nothing.
+CREATE OR REPLACE FUNCTION keen.credit_lock(p_user_id uuid)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+BEGIN
+    PERFORM pg_catalog.pg_advisory_xact_lock(1263420242, pg_catalog.hashtext(p_user_id::text));
+END
+$$;
+REVOKE ALL ON FUNCTION keen.credit_lock(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen.credit_lock(uuid) IS 'Internal: the account lock (advisory, per user), taken before the account row.';
+
 -- keen.credit_replay: the first result of an idempotency key on p_user_id's account, or a NULL
 -- row when the key is new. p_kind 'usage' matches a usage or admin_bypass row with the same
 -- Claude cost and session; 'purchase' a purchase of the same amount.
@@ -152,6 +172,7 @@ BEGIN
     SELECT a.user_id, a.id, a.auto_recharge_threshold, a.auto_recharge_amount, p_usage.balance_after, p_usage.id
       FROM keen.credit_accounts a
      WHERE a.id = p_usage.account_id
+       AND a.auto_recharge_threshold IS NOT NULL AND a.auto_recharge_amount IS NOT NULL
     ON CONFLICT (account_id) WHERE status = 'pending' DO NOTHING;
 END
 $$;
@@ -223,6 +244,7 @@ BEGIN
         RETURN v_row;
     END IF;
 
+    PERFORM keen.credit_lock(p_user_id);
     SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.id = v_account.id FOR UPDATE;
     -- Under the lock: a retry of the same key that committed meanwhile is now visible.
     IF p_idempotency_key IS NOT NULL THEN
@@ -360,6 +382,7 @@ BEGIN
         END IF;
     END IF;
 
+    PERFORM keen.credit_lock(p_user_id);
     UPDATE keen.credit_accounts a
        SET current_balance = a.current_balance + p_amount,
            lifetime_purchased = a.lifetime_purchased + p_amount,
@@ -402,9 +425,12 @@ COMMENT ON FUNCTION keen.add_credits(uuid, numeric, text, text) IS 'Admin: a pur
 -- keen.deduct_credits: charges a usage: round(p_claude_cost_usd * markup_multiplier, 6) credits,
 -- the multiplier read from keen.settings and stored on the row. An unlimited account (the
 -- admin's) records an admin_bypass row: amount 0, cost and multiplier kept, balance untouched.
--- Fast path, one statement under the lock: an account with no live hold and whose balance and
--- limits cover the charge is updated by a single conditional UPDATE, then the row is inserted.
--- Anything else (short balance, limit, holds, unlimited) goes through keen.credit_charge.
+-- Fast path: one statement both moves the balance (a conditional UPDATE that takes the row lock
+-- only when the balance and limits cover the charge and no hold can be live) and appends the
+-- ledger row; the lock is held for that statement and the commit, nothing else. Row-level
+-- security is its guard: another tenant's account is invisible to it. Anything else (short
+-- balance, limit, holds, unlimited, another tenant, a racing retry) takes the general path,
+-- keen.credit_charge, which also decides the error.
 -- Who: the account's owner or an admin (keen.complete_session calls it for its session).
 -- Raises 22023 (cost NULL, NaN, infinite, zero or negative, over 1,000,000 USD, more than 6
 -- decimals; a bad description or key), 42501 (another user's account), P0002 (no account, or a
@@ -424,15 +450,22 @@ DECLARE
     v_charge numeric;
     v_today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
     v_month date := pg_catalog.date_trunc('month', (pg_catalog.now() AT TIME ZONE 'UTC'))::date;
-    v_account_id uuid;
-    v_balance numeric;
-    v_recharge boolean;
-    v_threshold numeric;
 BEGIN
-    PERFORM keen.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
-    PERFORM keen.credit_check_text(p_description, p_idempotency_key);
-    PERFORM keen.credit_authorize(p_user_id);
-    -- A retry answers from the ledger without touching the account row.
+    -- The checks of credit_check_amount/credit_check_text, written out: this is the hot path.
+    -- NaN sorts above every number, so "<= 1000000" also refuses it and +Infinity.
+    IF p_claude_cost_usd IS NULL OR NOT (p_claude_cost_usd > 0 AND p_claude_cost_usd <= 1000000)
+       OR p_claude_cost_usd <> pg_catalog.round(p_claude_cost_usd, 6)
+       OR p_description IS NULL OR pg_catalog.length(p_description) NOT BETWEEN 1 AND 1000
+       OR pg_catalog.length(p_idempotency_key) NOT BETWEEN 1 AND 255 OR p_user_id IS NULL THEN
+        PERFORM keen.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
+        PERFORM keen.credit_check_text(p_description, p_idempotency_key);
+        PERFORM keen.credit_authorize(p_user_id);
+    END IF;
+    IF pg_catalog.btrim(p_description) = '' THEN
+        PERFORM keen.credit_check_text(p_description, p_idempotency_key);
+    END IF;
+    -- A retry answers from the ledger without touching the account row (nothing is found for
+    -- another tenant's account: the policies hide it, and the general path refuses it below).
     IF p_idempotency_key IS NOT NULL THEN
         v_row := keen.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
         IF v_row.id IS NOT NULL THEN
@@ -442,70 +475,73 @@ BEGIN
     IF p_session_id IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM keen.agent_sessions s WHERE s.user_id = p_user_id AND s.id = p_session_id
     ) THEN
+        PERFORM keen.credit_authorize(p_user_id);
         RAISE EXCEPTION 'session % not found', p_session_id USING ERRCODE = 'P0002';
     END IF;
 
-    -- numeric(10,4) is how the ledger stores it; charge with exactly what is stored.
-    v_multiplier := keen.setting_numeric('markup_multiplier');
+    v_multiplier := keen.setting_numeric('markup_multiplier');  -- numeric(10,4): as the ledger stores it
     v_charge := pg_catalog.round(p_claude_cost_usd * v_multiplier, 6);
     IF v_charge <= 0 THEN
         RAISE EXCEPTION 'a cost of % USD rounds to a charge of 0 credits', p_claude_cost_usd USING ERRCODE = '22023';
     END IF;
 
-    -- Fast path: the row lock is taken here and held to commit; everything above ran unlocked.
-    UPDATE keen.credit_accounts a
-       SET current_balance = a.current_balance - v_charge,
-           lifetime_spent = a.lifetime_spent + v_charge,
-           spent_day_total = CASE WHEN a.spent_day >= v_today THEN a.spent_day_total ELSE 0 END + v_charge,
-           spent_day = GREATEST(a.spent_day, v_today),
-           spent_month_total = CASE WHEN a.spent_month >= v_month THEN a.spent_month_total ELSE 0 END + v_charge,
-           spent_month = GREATEST(a.spent_month, v_month),
-           updated_at = pg_catalog.now()
-     WHERE a.user_id = p_user_id
-       AND NOT a.unlimited_credits
-       AND (a.live_holds_until IS NULL OR a.live_holds_until <= pg_catalog.now())
-       AND a.current_balance >= v_charge
-       AND (a.daily_limit IS NULL
-            OR CASE WHEN a.spent_day >= v_today THEN a.spent_day_total ELSE 0 END + v_charge <= a.daily_limit)
-       AND (a.monthly_limit IS NULL
-            OR CASE WHEN a.spent_month >= v_month THEN a.spent_month_total ELSE 0 END + v_charge <= a.monthly_limit)
-    RETURNING a.id, a.current_balance, a.auto_recharge_enabled, a.auto_recharge_threshold
-         INTO v_account_id, v_balance, v_recharge, v_threshold;
+    -- The account lock (see keen.credit_lock), then one statement under it.
+    PERFORM pg_catalog.pg_advisory_xact_lock(1263420242, pg_catalog.hashtext(p_user_id::text));
+    WITH charged AS (
+        UPDATE keen.credit_accounts a
+           SET current_balance = a.current_balance - v_charge,
+               lifetime_spent = a.lifetime_spent + v_charge,
+               spent_day_total = CASE WHEN a.spent_day >= v_today THEN a.spent_day_total ELSE 0 END + v_charge,
+               spent_day = GREATEST(a.spent_day, v_today),
+               spent_month_total = CASE WHEN a.spent_month >= v_month THEN a.spent_month_total ELSE 0 END + v_charge,
+               spent_month = GREATEST(a.spent_month, v_month),
+               updated_at = pg_catalog.now()
+         WHERE a.user_id = p_user_id
+           AND NOT a.unlimited_credits
+           AND (a.live_holds_until IS NULL OR a.live_holds_until <= pg_catalog.now())
+           AND a.current_balance >= v_charge
+           AND (a.daily_limit IS NULL
+                OR CASE WHEN a.spent_day >= v_today THEN a.spent_day_total ELSE 0 END + v_charge <= a.daily_limit)
+           AND (a.monthly_limit IS NULL
+                OR CASE WHEN a.spent_month >= v_month THEN a.spent_month_total ELSE 0 END + v_charge <= a.monthly_limit)
+        RETURNING a.id, a.current_balance, a.auto_recharge_enabled, a.auto_recharge_threshold, a.auto_recharge_amount
+    ), appended AS (
+        INSERT INTO keen.credit_transactions AS t
+               (user_id, account_id, transaction_type, amount, balance_after, claude_cost_usd,
+                markup_multiplier, session_id, description, idempotency_key)
+        SELECT p_user_id, c.id, 'usage', -v_charge, c.current_balance, p_claude_cost_usd,
+               v_multiplier, p_session_id, p_description, p_idempotency_key
+          FROM charged c
+        ON CONFLICT (account_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING t.*
+    ), recharge AS (
+        -- This usage took the balance below the auto-recharge threshold: one pending request
+        -- (while one is pending, a further crossing adds nothing).
+        INSERT INTO keen.credit_recharge_requests
+               (user_id, account_id, threshold, requested_amount, balance_at_request, triggered_by)
+        SELECT p_user_id, c.id, c.auto_recharge_threshold, c.auto_recharge_amount, x.balance_after, x.id
+          FROM charged c JOIN appended x ON true
+         WHERE c.auto_recharge_enabled AND c.auto_recharge_amount IS NOT NULL
+           AND x.balance_after < c.auto_recharge_threshold AND c.current_balance + v_charge >= c.auto_recharge_threshold
+        ON CONFLICT (account_id) WHERE status = 'pending' DO NOTHING
+    )
+    -- No row: the fast path did not apply. A row of NULLs: charged, but a retry of the same
+    -- key committed between the look-up and the lock (its row won the unique index).
+    SELECT x.* INTO v_row FROM charged c LEFT JOIN appended x ON true;
     IF NOT FOUND THEN
+        PERFORM keen.credit_authorize(p_user_id);
         RETURN keen.credit_charge(p_user_id, p_claude_cost_usd, v_multiplier, v_charge, p_session_id,
                                   p_description, p_idempotency_key, NULL, '{}'::jsonb);
     END IF;
-
-    IF p_idempotency_key IS NULL THEN
-        INSERT INTO keen.credit_transactions
-               (user_id, account_id, transaction_type, amount, balance_after, claude_cost_usd,
-                markup_multiplier, session_id, description)
-        VALUES (p_user_id, v_account_id, 'usage', -v_charge, v_balance, p_claude_cost_usd,
-                v_multiplier, p_session_id, p_description)
-        RETURNING * INTO v_row;
-    ELSE
-        INSERT INTO keen.credit_transactions
-               (user_id, account_id, transaction_type, amount, balance_after, claude_cost_usd,
-                markup_multiplier, session_id, description, idempotency_key)
-        VALUES (p_user_id, v_account_id, 'usage', -v_charge, v_balance, p_claude_cost_usd,
-                v_multiplier, p_session_id, p_description, p_idempotency_key)
-        ON CONFLICT (account_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-        RETURNING * INTO v_row;
-        IF NOT FOUND THEN
-            -- A retry of the same key committed between the look-up and the lock: give the
-            -- charge back (same transaction, lock still held) and answer with the first result.
-            UPDATE keen.credit_accounts a
-               SET current_balance = a.current_balance + v_charge,
-                   lifetime_spent = a.lifetime_spent - v_charge,
-                   spent_day_total = a.spent_day_total - v_charge,
-                   spent_month_total = a.spent_month_total - v_charge
-             WHERE a.id = v_account_id;
-            RETURN keen.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
-        END IF;
-    END IF;
-
-    IF v_recharge AND v_balance < v_threshold AND v_balance + v_charge >= v_threshold THEN
-        PERFORM keen.credit_request_recharge(v_row);
+    IF v_row.id IS NULL THEN
+        -- Give the charge back (same transaction, lock still held), answer with the first result.
+        UPDATE keen.credit_accounts a
+           SET current_balance = a.current_balance + v_charge,
+               lifetime_spent = a.lifetime_spent - v_charge,
+               spent_day_total = a.spent_day_total - v_charge,
+               spent_month_total = a.spent_month_total - v_charge
+         WHERE a.user_id = p_user_id;
+        RETURN keen.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
     END IF;
     RETURN v_row;
 END
@@ -567,6 +603,7 @@ BEGIN
     ) THEN
         RAISE EXCEPTION 'session % not found', p_session_id USING ERRCODE = 'P0002';
     END IF;
+    PERFORM keen.credit_lock(p_user_id);
     SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.id = v_account.id FOR UPDATE;
     -- Under the lock: a retry of the same key that committed meanwhile is now visible.
     IF p_idempotency_key IS NOT NULL THEN
@@ -655,6 +692,7 @@ BEGIN
     END IF;
 
     -- Account first, then the hold: the one lock order of the ledger.
+    PERFORM keen.credit_lock(v_res.user_id);
     PERFORM 1 FROM keen.credit_accounts a WHERE a.id = v_res.account_id FOR UPDATE;
     SELECT r.* INTO v_res FROM keen.credit_reservations r WHERE r.id = p_reservation_id;
     IF v_res.status <> 'held' OR v_res.expires_at <= pg_catalog.now() THEN
@@ -695,6 +733,7 @@ BEGIN
     END IF;
     PERFORM keen.credit_authorize(v_res.user_id);
     -- Account first, then the hold: the one lock order of the ledger.
+    PERFORM keen.credit_lock(v_res.user_id);
     PERFORM 1 FROM keen.credit_accounts a WHERE a.id = v_res.account_id FOR UPDATE;
     UPDATE keen.credit_reservations r
        SET status = 'released', ended_at = pg_catalog.now()
@@ -766,6 +805,7 @@ BEGIN
         PERFORM keen.credit_check_amount('p_monthly_limit', p_monthly_limit, 1000000000000);
     END IF;
     PERFORM keen.credit_authorize(p_user_id);
+    PERFORM keen.credit_lock(p_user_id);
     UPDATE keen.credit_accounts a
        SET daily_limit = p_daily_limit, monthly_limit = p_monthly_limit, updated_at = pg_catalog.now()
      WHERE a.user_id = p_user_id;
@@ -914,6 +954,7 @@ BEGIN
     END IF;
     v_delta := CASE WHEN v_original.transaction_type = 'usage' THEN v_amount ELSE -v_amount END;
 
+    PERFORM keen.credit_lock(v_original.user_id);
     SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.id = v_original.account_id FOR UPDATE;
     -- Under the lock: a concurrent refund of the same transaction has committed or never will.
     IF EXISTS (SELECT 1 FROM keen.credit_transactions t WHERE t.refund_of = v_original.id) THEN
@@ -983,6 +1024,7 @@ BEGIN
         PERFORM keen.credit_check_amount('p_amount', p_amount, 1000000000);
     END IF;
     PERFORM keen.credit_authorize(p_user_id);
+    PERFORM keen.credit_lock(p_user_id);
     UPDATE keen.credit_accounts a
        SET auto_recharge_enabled = p_enabled,
            auto_recharge_threshold = COALESCE(p_threshold, a.auto_recharge_threshold),
