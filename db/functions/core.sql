@@ -6,16 +6,20 @@
 -- keen_auth can read (keen.auth_secrets). A proof is worthless in another transaction or session.
 -- Who: keen_auth's functions only (no grant: whoever could call it could forge an actor).
 -- keen.actor_id inlines the same expression (it is called on every policy and hot path).
+-- PL/pgSQL, not SQL: a SQL function with a SET clause is never inlined, and is parsed and
+-- planned again in every statement that calls it (act_as runs once per transaction).
 CREATE OR REPLACE FUNCTION keen.actor_proof(p_user_id uuid)
 RETURNS text
-LANGUAGE sql STABLE PARALLEL RESTRICTED
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
-    SELECT pg_catalog.encode(keen_ext.hmac(
-               p_user_id::text || ':' || pg_catalog.pg_backend_pid() || ':' || EXTRACT(EPOCH FROM pg_catalog.now()),
-               k.value, 'sha256'), 'hex')
-      FROM keen.auth_secrets k
-     WHERE k.name = 'actor_hmac_key'
+BEGIN
+    RETURN (SELECT pg_catalog.encode(keen_ext.hmac(
+                       p_user_id::text || ':' || pg_catalog.pg_backend_pid() || ':' || EXTRACT(EPOCH FROM pg_catalog.now()),
+                       k.value, 'sha256'), 'hex')
+              FROM keen.auth_secrets k
+             WHERE k.name = 'actor_hmac_key');
+END
 $$;
 ALTER FUNCTION keen.actor_proof(uuid) OWNER TO keen_auth;
 REVOKE ALL ON FUNCTION keen.actor_proof(uuid) FROM PUBLIC;
