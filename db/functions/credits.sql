@@ -157,6 +157,47 @@ $$;
 REVOKE ALL ON FUNCTION keen.credit_live_holds(uuid, uuid) FROM PUBLIC;
 COMMENT ON FUNCTION keen.credit_live_holds(uuid, uuid) IS 'Internal: sum of the live holds of an account.';
 
+-- keen.credit_check_spend: may the account spend p_amount more credits now? Its available
+-- balance (balance minus live holds, leaving out p_except_reservation) must cover it, and the
+-- usage of the UTC day and month plus live holds plus p_amount must stay within the limits.
+-- Returns the live holds it counted. Who: the ledger functions, holding the account lock.
+-- Raises KN001 (available balance short), then KN002 (daily, then monthly limit).
+CREATE OR REPLACE FUNCTION keen.credit_check_spend(p_account keen.credit_accounts, p_amount numeric,
+                                                   p_except_reservation uuid)
+RETURNS numeric
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+DECLARE
+    v_holds numeric := 0;
+    v_today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
+    v_month date := pg_catalog.date_trunc('month', (pg_catalog.now() AT TIME ZONE 'UTC'))::date;
+    v_day_total numeric := CASE WHEN p_account.spent_day >= v_today THEN p_account.spent_day_total ELSE 0 END;
+    v_month_total numeric := CASE WHEN p_account.spent_month >= v_month THEN p_account.spent_month_total ELSE 0 END;
+BEGIN
+    IF p_account.live_holds_until > pg_catalog.now() THEN
+        v_holds := keen.credit_live_holds(p_account.id, p_except_reservation);
+    END IF;
+    IF p_account.current_balance - v_holds < p_amount THEN
+        RAISE EXCEPTION 'insufficient credits: % available, % required', p_account.current_balance - v_holds, p_amount
+            USING ERRCODE = 'KN001';
+    END IF;
+    IF p_account.daily_limit IS NOT NULL AND v_day_total + v_holds + p_amount > p_account.daily_limit THEN
+        RAISE EXCEPTION 'daily spending limit of % would be passed (% spent today, % held, % more)',
+                        p_account.daily_limit, v_day_total, v_holds, p_amount
+            USING ERRCODE = 'KN002';
+    END IF;
+    IF p_account.monthly_limit IS NOT NULL AND v_month_total + v_holds + p_amount > p_account.monthly_limit THEN
+        RAISE EXCEPTION 'monthly spending limit of % would be passed (% spent this month, % held, % more)',
+                        p_account.monthly_limit, v_month_total, v_holds, p_amount
+            USING ERRCODE = 'KN002';
+    END IF;
+    RETURN v_holds;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.credit_check_spend(keen.credit_accounts, numeric, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen.credit_check_spend(keen.credit_accounts, numeric, uuid) IS 'Internal: KN001 / KN002 unless the account may spend this much more now.';
+
 -- keen.credit_request_recharge: records the pending auto-recharge request of a threshold
 -- crossing; while one is pending for the account, further crossings add nothing.
 -- Who: the ledger functions, when a usage took the balance from at or above the threshold to
@@ -218,9 +259,6 @@ DECLARE
     v_row keen.credit_transactions;
     v_today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
     v_month date := pg_catalog.date_trunc('month', (pg_catalog.now() AT TIME ZONE 'UTC'))::date;
-    v_holds numeric := 0;
-    v_day_total numeric;
-    v_month_total numeric;
 BEGIN
     SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.user_id = p_user_id;
     IF NOT FOUND THEN
@@ -254,33 +292,14 @@ BEGIN
         END IF;
     END IF;
 
-    IF v_account.live_holds_until > pg_catalog.now() THEN
-        v_holds := keen.credit_live_holds(v_account.id, p_reservation_id);
-    END IF;
-    v_day_total := CASE WHEN v_account.spent_day >= v_today THEN v_account.spent_day_total ELSE 0 END;
-    v_month_total := CASE WHEN v_account.spent_month >= v_month THEN v_account.spent_month_total ELSE 0 END;
-
-    IF v_account.current_balance - v_holds < p_charge THEN
-        RAISE EXCEPTION 'insufficient credits: % available, % required', v_account.current_balance - v_holds, p_charge
-            USING ERRCODE = 'KN001';
-    END IF;
-    IF v_account.daily_limit IS NOT NULL AND v_day_total + v_holds + p_charge > v_account.daily_limit THEN
-        RAISE EXCEPTION 'daily spending limit of % would be passed (% spent today, % held, % required)',
-                        v_account.daily_limit, v_day_total, v_holds, p_charge
-            USING ERRCODE = 'KN002';
-    END IF;
-    IF v_account.monthly_limit IS NOT NULL AND v_month_total + v_holds + p_charge > v_account.monthly_limit THEN
-        RAISE EXCEPTION 'monthly spending limit of % would be passed (% spent this month, % held, % required)',
-                        v_account.monthly_limit, v_month_total, v_holds, p_charge
-            USING ERRCODE = 'KN002';
-    END IF;
+    PERFORM keen.credit_check_spend(v_account, p_charge, p_reservation_id);
 
     UPDATE keen.credit_accounts a
        SET current_balance = a.current_balance - p_charge,
            lifetime_spent = a.lifetime_spent + p_charge,
-           spent_day_total = v_day_total + p_charge,
+           spent_day_total = CASE WHEN a.spent_day >= v_today THEN a.spent_day_total ELSE 0 END + p_charge,
            spent_day = GREATEST(a.spent_day, v_today),
-           spent_month_total = v_month_total + p_charge,
+           spent_month_total = CASE WHEN a.spent_month >= v_month THEN a.spent_month_total ELSE 0 END + p_charge,
            spent_month = GREATEST(a.spent_month, v_month),
            updated_at = pg_catalog.now()
      WHERE a.id = v_account.id;
@@ -574,10 +593,6 @@ DECLARE
     v_multiplier numeric(10,4);
     v_held numeric;
     v_holds numeric := 0;
-    v_day_total numeric;
-    v_month_total numeric;
-    v_today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
-    v_month date := pg_catalog.date_trunc('month', (pg_catalog.now() AT TIME ZONE 'UTC'))::date;
 BEGIN
     PERFORM keen.credit_check_amount('p_estimated_claude_cost_usd', p_estimated_claude_cost_usd, 1000000);
     PERFORM keen.credit_check_text('a hold', p_idempotency_key);  -- the key only: holds carry no description
@@ -623,23 +638,7 @@ BEGIN
             RAISE EXCEPTION 'a cost of % USD rounds to a hold of 0 credits', p_estimated_claude_cost_usd
                 USING ERRCODE = '22023';
         END IF;
-        IF v_account.live_holds_until > pg_catalog.now() THEN
-            v_holds := keen.credit_live_holds(v_account.id, NULL);
-        END IF;
-        IF v_account.current_balance - v_holds < v_held THEN
-            RAISE EXCEPTION 'insufficient credits: % available, % to hold', v_account.current_balance - v_holds, v_held
-                USING ERRCODE = 'KN001';
-        END IF;
-        v_day_total := CASE WHEN v_account.spent_day >= v_today THEN v_account.spent_day_total ELSE 0 END;
-        v_month_total := CASE WHEN v_account.spent_month >= v_month THEN v_account.spent_month_total ELSE 0 END;
-        IF v_account.daily_limit IS NOT NULL AND v_day_total + v_holds + v_held > v_account.daily_limit THEN
-            RAISE EXCEPTION 'daily spending limit of % would be passed by a hold of %', v_account.daily_limit, v_held
-                USING ERRCODE = 'KN002';
-        END IF;
-        IF v_account.monthly_limit IS NOT NULL AND v_month_total + v_holds + v_held > v_account.monthly_limit THEN
-            RAISE EXCEPTION 'monthly spending limit of % would be passed by a hold of %', v_account.monthly_limit, v_held
-                USING ERRCODE = 'KN002';
-        END IF;
+        v_holds := keen.credit_check_spend(v_account, v_held, NULL);
     END IF;
 
     INSERT INTO keen.credit_reservations AS r
