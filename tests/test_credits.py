@@ -257,6 +257,20 @@ def test_a_user_cannot_touch_another_users_account(db, keen, funded, make_user):
     assert_ledger_clean(db)
 
 
+def test_a_refused_caller_holds_no_lock_on_the_account_it_tried(db, keen, funded, make_user):
+    mallory = make_user("mallory")
+    for call in ("SELECT keen.deduct_credits(%s, 1)", "SELECT keen.reserve_credits(%s, 1)"):
+        with psycopg.connect(db.app_url) as stuck:   # refused, then left open (aborted, not rolled back)
+            stuck.execute("SELECT keen.act_as(%s)", (mallory,))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                stuck.execute(call, (funded,))
+            with keen.as_user(funded) as tx:
+                tx.execute("SET LOCAL lock_timeout = '2s'")
+                tx.credits.deduct_credits(funded, D(1))
+    assert balance(keen, funded).current_balance == D(90)
+    assert_ledger_clean(db)
+
+
 def test_another_tenants_hold_transaction_or_session_reads_as_not_found(db, keen, admin_id, funded, make_user):
     mallory = make_user("mallory")
     grant(keen, admin_id, mallory, 100)

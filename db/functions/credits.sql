@@ -446,9 +446,8 @@ COMMENT ON FUNCTION keen.add_credits(uuid, numeric, text, text) IS 'Admin: a pur
 -- admin's) records an admin_bypass row: amount 0, cost and multiplier kept, balance untouched.
 -- Fast path: one statement both moves the balance (a conditional UPDATE that takes the row lock
 -- only when the balance and limits cover the charge and no hold can be live) and appends the
--- ledger row; the lock is held for that statement and the commit, nothing else. Row-level
--- security is its guard: another tenant's account is invisible to it. Anything else (short
--- balance, limit, holds, unlimited, another tenant, a racing retry) takes the general path,
+-- ledger row; the lock is held for that statement and the commit, nothing else. Anything else
+-- (short balance, limit, holds, unlimited, no account, a racing retry) takes the general path,
 -- keen.credit_charge, which also decides the error.
 -- Who: the account's owner or an admin (keen.complete_session calls it for its session).
 -- Raises 22023 (cost NULL, NaN, infinite, zero or negative, over 1,000,000 USD, more than 6
@@ -483,8 +482,12 @@ BEGIN
     IF pg_catalog.btrim(p_description) = '' THEN
         PERFORM keen.credit_check_text(p_description, p_idempotency_key);
     END IF;
-    -- A retry answers from the ledger without touching the account row (nothing is found for
-    -- another tenant's account: the policies hide it, and the general path refuses it below).
+    -- The owner, or else an admin (42501): before any lock, so that nobody can hold another
+    -- user's account lock.
+    IF p_user_id IS DISTINCT FROM keen.actor_id() THEN
+        PERFORM keen.credit_authorize(p_user_id);
+    END IF;
+    -- A retry answers from the ledger without touching the account row.
     IF p_idempotency_key IS NOT NULL THEN
         v_row := keen.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
         IF v_row.id IS NOT NULL THEN
@@ -494,7 +497,6 @@ BEGIN
     IF p_session_id IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM keen.agent_sessions s WHERE s.user_id = p_user_id AND s.id = p_session_id
     ) THEN
-        PERFORM keen.credit_authorize(p_user_id);
         RAISE EXCEPTION 'session % not found', p_session_id USING ERRCODE = 'P0002';
     END IF;
 
@@ -548,7 +550,6 @@ BEGIN
     -- key committed between the look-up and the lock (its row won the unique index).
     SELECT x.* INTO v_row FROM charged c LEFT JOIN appended x ON true;
     IF NOT FOUND THEN
-        PERFORM keen.credit_authorize(p_user_id);
         RETURN keen.credit_charge(p_user_id, p_claude_cost_usd, v_multiplier, v_charge, p_session_id,
                                   p_description, p_idempotency_key, NULL, '{}'::jsonb);
     END IF;
