@@ -215,6 +215,7 @@ def test_a_float_is_refused_by_the_client_before_anything_is_sent(db, keen, fund
         with keen.as_user(funded) as tx:
             tx.credits.deduct_credits(funded, 0.1)
     assert ledger_rows(db, funded) == 1
+    assert_ledger_clean(db)
 
 
 def test_money_comes_back_as_decimal(db, keen, funded):
@@ -235,6 +236,7 @@ def test_only_an_admin_may_add_credits(db, keen, make_user):
         with keen.transaction() as tx:  # no actor at all
             tx.credits.add_credits(user, D(100), "anonymous")
     assert ledger_rows(db, user) == 0
+    assert_ledger_clean(db)
 
 
 def test_a_user_cannot_touch_another_users_account(db, keen, funded, make_user):
@@ -474,6 +476,7 @@ def test_a_hold_needs_a_ttl_above_zero_and_at_most_a_week(db, keen, funded, ttl)
         with keen.as_user(funded) as tx:
             tx.credits.reserve_credits(funded, D(1), ttl=ttl)
     assert hold_rows(db, funded) == 0
+    assert_ledger_clean(db)
 
 
 def test_a_capture_is_priced_at_the_multiplier_quoted_with_the_hold(db, keen, admin_id, funded):
