@@ -2,8 +2,10 @@
 
 Settings are pinned: synchronous_commit=on for every connection (PGOPTIONS for pgbench, the
 pool's options for the client), pgbench -M prepared, -j 2 (-j 1 at one client), no vacuum
-between runs. Throughput figures are the median of at least three interleaved rounds (each
-round runs every figure once, in the same order), so a slow minute hurts all of them alike.
+between runs. Throughput figures are the median of at least three interleaved rounds (five of
+10 s by default; each round runs every figure once, in the same order, the two sides of a
+ratio back to back), and each ratio is the median of its per-round ratios, so a slow minute
+hurts both sides of a ratio alike.
 
 Data (created fresh in the database keen_bench, migrated by keen_db.deploy; pgbench's own
 tpcb-like tables in keen_bench_tpcb; both dropped at the end unless --keep):
@@ -240,7 +242,7 @@ class Config:
             base = cls(quick=True, rounds=3, seconds=2.0, ledger_rows=100_000, tree_sizes=(1_000, 10_000),
                        tenfold=False)
         else:
-            base = cls()
+            base = cls(rounds=5, seconds=10.0)
         return cls(**{**base.__dict__, **{k: v for k, v in over.items() if v is not None}})
 
 
@@ -370,29 +372,35 @@ class Bench:
         users = ["-D", f"users={cfg.users}"]
         hot = ["-D", "users=1"]
         ev = ["-D", f"sid={getattr(self, 'event_session', '')}", "-D", f"uid={bench_uid(HOT_USER)}"]
+        # Figures that are divided by each other run back to back, so a burst of other load
+        # on the machine hits both sides of a ratio alike.
+        deduct = self.has_function("keen.deduct_credits(uuid,numeric,uuid,text,text)")
+        if not deduct:
+            self.skipped["deduct"] = "keen.deduct_credits is not defined yet"
         self.sample("tpcb_tps", self._pgbench(self.s.superuser_url(self.tpcb_db), ["-b", "tpcb-like"], d, c))
+        if deduct:
+            self.sample("deduct_tps", self._pgbench(app, ["-f", self.script("deduct"), *users], d, c))
+            client = self.client_round(d, c)
+            if client is not None:
+                self.sample("client_tps", client)
+            self.sample("script_tps", self._pgbench(su, ["-f", self.script("script"), *users], d, c))
+            self.sample("hot_tps_c1", self._pgbench(app, ["-f", self.script("deduct"), *hot], d, 1))
+            self.sample("hot_tps_c8", self._pgbench(app, ["-f", self.script("deduct"), *hot], d, c))
         self.sample("update_ceiling_tps", self._pgbench(su, ["-f", self.script("update")], d, c))
+        if deduct:
+            self.sample("replay_tps", self._pgbench(app, ["-f", self.script("replay")], d, c))
         if self.sessions:
             self.sample("partitioned_tps", self._pgbench(su, ["-f", self.script("partitioned"), *ev], d, c))
             self.sample("twin_tps", self._pgbench(su, ["-f", self.script("twin"), *ev], d, c))
-        if not self.has_function("keen.deduct_credits(uuid,numeric,uuid,text,text)"):
-            self.skipped["deduct"] = "keen.deduct_credits is not defined yet"
-            return
-        self.sample("deduct_tps", self._pgbench(app, ["-f", self.script("deduct"), *users], d, c))
-        self.sample("script_tps", self._pgbench(su, ["-f", self.script("script"), *users], d, c))
-        self.sample("hot_tps_c1", self._pgbench(app, ["-f", self.script("deduct"), *hot], d, 1))
-        self.sample("hot_tps_c8", self._pgbench(app, ["-f", self.script("deduct"), *hot], d, c))
-        self.sample("replay_tps", self._pgbench(app, ["-f", self.script("replay")], d, c))
-        self.sample("client_tps", self.client_round(d, c))
 
-    def client_round(self, seconds: float, threads: int) -> float:
+    def client_round(self, seconds: float, threads: int) -> float | None:
         """Deductions through keen_client (pool, one transaction per call) from `threads` threads."""
         try:
             from keen_client import Keen, PoolSettings
             from keen_client.credits import CreditsApi  # noqa: F401 - the area must exist
         except ImportError:
             self.skipped["client"] = "keen_client.credits is not there yet"
-            return 0.0
+            return None
         import random
 
         done, errors = [0] * threads, [0] * threads
@@ -505,7 +513,10 @@ class Bench:
             r[key] = round(statistics.median(values), 3)
 
         def ratio(a: str, b: str) -> float | None:
-            return round(r[a] / r[b], 3) if r.get(a) and r.get(b) else None
+            """The median of the ratios of each round (or interleaved pair), not the ratio of
+            the medians: each round's two sides ran moments apart, under the same load."""
+            pairs = [x / y for x, y in zip(self.samples.get(a, []), self.samples.get(b, [])) if y]
+            return round(statistics.median(pairs), 3) if pairs else None
 
         r["ratio_deduct_vs_tpcb"] = ratio("deduct_tps", "tpcb_tps")
         r["ratio_deduct_vs_script"] = ratio("deduct_tps", "script_tps")
@@ -594,12 +605,14 @@ def report(results: dict[str, Any], console) -> None:
 @click.option("--tpcb-scale", type=int, default=None, help="pgbench scale (default 10)")
 @click.option("--ledger-rows", type=int, default=None, help="ledger rows for platform_metrics")
 @click.option("--tree-sizes", type=(int, int), default=None, help="the two session trees (default 10000 100000)")
+@click.option("--tenfold/--no-tenfold", default=None,
+              help="grow the ledger tenfold and time platform_metrics again (default: on, off with --quick)")
 @click.option("--keep", is_flag=True, help="keep the bench databases afterwards")
 @click.option("--database", default=None, help=f"bench database name (default {BENCH_DB}; pgbench's is NAME_tpcb)")
 @click.pass_context
 def bench(ctx: click.Context, as_json: bool, quick: bool, rounds: int | None, seconds: float | None,
           users: int | None, tpcb_scale: int | None, ledger_rows: int | None,
-          tree_sizes: tuple[int, int] | None, keep: bool, database: str | None) -> None:
+          tree_sizes: tuple[int, int] | None, tenfold: bool | None, keep: bool, database: str | None) -> None:
     """Measure the DESIGN.md performance figures; print each ratio beside its goal."""
     from rich.console import Console
 
@@ -611,7 +624,7 @@ def bench(ctx: click.Context, as_json: bool, quick: bool, rounds: int | None, se
     if rounds is not None and rounds < 3:
         raise click.BadParameter("at least three rounds", param_hint="--rounds")
     cfg = Config.make(quick, rounds=rounds, seconds=seconds, users=users, tpcb_scale=tpcb_scale,
-                      ledger_rows=ledger_rows, tree_sizes=tree_sizes, keep=keep or None,
+                      ledger_rows=ledger_rows, tree_sizes=tree_sizes, tenfold=tenfold, keep=keep or None,
                       database=database)
     console = Console(stderr=as_json)
     results = run(s, cfg, echo=lambda m: console.print(f"[dim]{m}"))
