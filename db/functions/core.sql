@@ -65,14 +65,17 @@ COMMENT ON FUNCTION keen.actor_id() IS 'The acting user of this transaction (set
 -- which calls it, does not recurse. Raises: nothing.
 CREATE OR REPLACE FUNCTION keen.actor_is_admin()
 RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
-    SELECT COALESCE(
+BEGIN
+    -- PL/pgSQL, not SQL: a SQL function with a SET clause is planned again on every call.
+    RETURN COALESCE(
         (SELECT u.is_admin AND u.account_status = 'active'
            FROM keen.users u
           WHERE u.id = keen.actor_id()),
-        false)
+        false);
+END
 $$;
 ALTER FUNCTION keen.actor_is_admin() OWNER TO keen_auth;
 REVOKE ALL ON FUNCTION keen.actor_is_admin() FROM PUBLIC;
@@ -85,14 +88,16 @@ COMMENT ON FUNCTION keen.actor_is_admin() IS 'True only if the actor''s row in k
 -- Who: anyone (policies call it). Raises: nothing.
 CREATE OR REPLACE FUNCTION keen.session_is_maintenance()
 RETURNS boolean
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
-    SELECT session_user = 'keen_maintenance'
+BEGIN
+    RETURN session_user = 'keen_maintenance'
         OR EXISTS (SELECT 1
                      FROM pg_catalog.pg_auth_members m
                     WHERE m.roleid = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = 'keen_maintenance')
-                      AND m.member = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = session_user))
+                      AND m.member = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = session_user));
+END
 $$;
 REVOKE ALL ON FUNCTION keen.session_is_maintenance() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.session_is_maintenance() TO keen_app, keen_maintenance, keen_auth;
@@ -102,10 +107,12 @@ COMMENT ON FUNCTION keen.session_is_maintenance() IS 'True when the login role i
 -- Who: anyone (policies call it as (SELECT keen.actor_sees_all_tenants())). Raises: nothing.
 CREATE OR REPLACE FUNCTION keen.actor_sees_all_tenants()
 RETURNS boolean
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
-    SELECT keen.actor_is_admin() OR keen.session_is_maintenance()
+BEGIN
+    RETURN keen.actor_is_admin() OR keen.session_is_maintenance();
+END
 $$;
 REVOKE ALL ON FUNCTION keen.actor_sees_all_tenants() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.actor_sees_all_tenants() TO keen_app, keen_maintenance, keen_auth;
