@@ -103,3 +103,27 @@ def test_every_acknowledged_charge_survives_a_killed_postmaster(embedded, round_
                              "ON u.id = a.user_id WHERE u.username LIKE 'bench_user_%'").fetchone()[0]
         charged = conn.execute("SELECT count(*) FROM keen.credit_transactions WHERE idempotency_key LIKE 'crash-%'").fetchone()[0]
         assert total == USERS * Decimal("1000000") - charged * Decimal("0.05")
+
+
+def test_the_pool_replaces_connections_a_crash_broke(embedded):
+    from keen_client import Keen, PoolSettings
+
+    keen = Keen(embedded.settings.role_url("keen_app"), PoolSettings(min_size=4, max_size=4, check_after=0.2))
+    try:
+        keen.pool.wait()
+        user = bench_uid(1)
+        with keen.as_user(user) as tx:
+            tx.credits.deduct_credits(user, Decimal("0.01"))
+        pid = embedded.postmaster_pid()
+        os.kill(pid, signal.SIGKILL)
+        while Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
+        embedded.cli("up")
+        time.sleep(0.3)  # idle longer than check_after: every checkout is pinged first
+        for _ in range(8):  # more than the pool holds: each broken connection is replaced
+            with keen.as_user(user) as tx:
+                tx.credits.deduct_credits(user, Decimal("0.01"))
+    finally:
+        keen.close()
+    with embedded.maintenance() as conn:
+        assert conn.execute("SELECT count(*) FROM keen.verify_ledger() WHERE NOT ok").fetchone()[0] == 0
