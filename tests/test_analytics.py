@@ -186,7 +186,7 @@ class Raw:
             if inside(c["created_at"]):
                 r = row(c["user_id"])
                 kind = c["transaction_type"]
-                if kind == "purchase":
+                if kind == "purchase" or (kind == "refund" and c["amount"] < 0):
                     r["credits_purchased"] += c["amount"]
                 if kind == "usage":
                     r["credits_used"] -= c["amount"]
@@ -217,7 +217,9 @@ class Raw:
 
         exact_seconds = sum((seconds(s["end_time"] - s["start_time"]) for s in ended), Decimal(0))
         depth_sum = sum(s["session_depth"] for s in started)
-        used, refunded = -total("usage"), total("refund")
+        used = -total("usage")
+        refunded = sum((c["amount"] for c in money if c["transaction_type"] == "refund" and c["amount"] > 0), Decimal(0))
+        purchase_refunds = sum((c["amount"] for c in money if c["transaction_type"] == "refund" and c["amount"] < 0), Decimal(0))
         return dict(
             total_users=sum(created < hi for created in self.users.values()),
             active_users=len(self.expected_user_rows(d)),
@@ -232,7 +234,7 @@ class Raw:
             total_claude_costs_usd=sum((c["claude_cost_usd"] for c in money
                                         if c["transaction_type"] in ("usage", "admin_bypass")), Decimal(0)),
             total_credit_revenue=used - refunded,
-            total_credits_purchased=total("purchase"),
+            total_credits_purchased=total("purchase") + purchase_refunds,
             total_credits_used=used,
             total_credits_refunded=refunded,
             total_tokens_consumed=sum(s["tokens_used"] for s in ended),
@@ -269,6 +271,9 @@ def build_world(db, make_user, admin_id, seed: int = 6) -> Raw:
     for user in (alice, bob, carol):
         raw.money(user, "purchase", Decimal("10000.000000"), at(DAY - timedelta(days=3)))
     raw.money(dave, "purchase", Decimal("50.000000"), at(AFTER, 0, 0, 0, 1))
+    # A purchase refunded on the day: it nets the purchases out and is no revenue.
+    bought = raw.money(carol, "purchase", Decimal("20.000000"), at(DAY, 2))
+    raw.money(carol, "refund", Decimal("-20.000000"), at(DAY, 3), refund_of=bought["id"])
 
     for user in (admin, alice, bob, carol):
         roots = []

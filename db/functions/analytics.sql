@@ -7,7 +7,8 @@
 --   active user     a user with any row on the day: a session started or ended, a phase
 --                   transition, a tool execution, a git operation or a credit transaction
 --   credits used    usage charges (minus the negative amounts of `usage` rows)
---   credit revenue  usage charges minus refunds; purchases are not revenue
+--   credit revenue  usage charges minus refunds of usage; purchases are not revenue
+--   purchased       purchases minus refunds of purchases (refund rows with a negative amount)
 --   claude cost     claude_cost_usd of `usage` and `admin_bypass` rows
 --   sessions        started ones count on their start day; outcomes, durations, tokens and
 --                   files count on the day the session ended
@@ -124,9 +125,12 @@ BEGIN
          GROUP BY g.user_id
     ), ledger AS (
         SELECT c.user_id,
-               COALESCE(pg_catalog.sum(c.amount) FILTER (WHERE c.transaction_type = 'purchase'), 0) AS purchased,
+               -- A refund of a purchase takes credits back (amount < 0): it nets the purchase out.
+               -- A refund of usage gives credits back (amount > 0): it lowers the revenue.
+               COALESCE(pg_catalog.sum(c.amount) FILTER (WHERE c.transaction_type = 'purchase'
+                                                            OR (c.transaction_type = 'refund' AND c.amount < 0)), 0) AS purchased,
                COALESCE(-pg_catalog.sum(c.amount) FILTER (WHERE c.transaction_type = 'usage'), 0) AS used,
-               COALESCE(pg_catalog.sum(c.amount) FILTER (WHERE c.transaction_type = 'refund'), 0) AS refunded,
+               COALESCE(pg_catalog.sum(c.amount) FILTER (WHERE c.transaction_type = 'refund' AND c.amount > 0), 0) AS refunded,
                -- What the bypass waived, at list price: added to the charges it is the day's work in credits.
                COALESCE(pg_catalog.sum(pg_catalog.round(c.claude_cost_usd * c.markup_multiplier, 6))
                           FILTER (WHERE c.transaction_type = 'admin_bypass'), 0) AS waived,
