@@ -22,25 +22,8 @@ WAIT = 60  # seconds a helper thread may take before the test gives up (never as
 
 
 def new_session(db, keen: Keen, user_id, name: str | None = None) -> uuid.UUID:
-    """A root session of the user: through keen.create_session once it exists, else inserted
-    directly by the superuser (bootstrap, before the sessions area landed)."""
+    """A root session of the user, through keen.create_session."""
     name = name or f"s-{uuid.uuid4().hex[:8]}"
-    with db.su() as conn:
-        has_api = conn.execute("SELECT to_regprocedure('keen.create_session(uuid, text, text, text, text, uuid, jsonb)') "
-                               "IS NOT NULL").fetchone()[0]
-        if not has_api:
-            session_id = uuid.uuid4()
-            has_path = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
-                                    "'keen.agent_sessions'::regclass AND attname = 'tree_path')").fetchone()[0]
-            if has_path:
-                conn.execute("INSERT INTO keen.agent_sessions (id, user_id, session_id, git_branch, vision, "
-                             "working_directory, tree_path) VALUES (%s, %s, %s, 'main', 'watch it', '/tmp/w', "
-                             "'\\x00'::bytea || uuid_send(%s))", (session_id, user_id, name, session_id))
-            else:
-                conn.execute("INSERT INTO keen.agent_sessions (id, user_id, session_id, git_branch, vision, "
-                             "working_directory) VALUES (%s, %s, %s, 'main', 'watch it', '/tmp/w')",
-                             (session_id, user_id, name))
-            return session_id
     with keen.as_user(user_id) as tx:
         return tx.scalar("SELECT id FROM keen.create_session(%s, %s, 'main', 'watch it', '/tmp/w')", (user_id, name))
 
