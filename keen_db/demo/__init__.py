@@ -75,7 +75,8 @@ def demo(ctx: click.Context) -> None:
     from ..doctor import run_checks
 
     s: config.Settings = ctx.obj
-    console = Console()
+    # Piped output (make demo | tee, CI logs) gets room for the wide tables instead of 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=132)
     try:
         cluster.ensure_running(s)
     except cluster.ClusterError as exc:
