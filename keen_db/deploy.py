@@ -149,6 +149,13 @@ def seed(superuser_conninfo: str) -> None:
         "markup": markup,
     }
     with psycopg.connect(superuser_conninfo) as conn:
+        # Never promote an account somebody registered with the admin's e-mail: it would turn
+        # their sessions and API keys into admin ones.
+        taken = conn.execute("SELECT is_admin FROM keen.users WHERE email = pg_catalog.lower(%s)",
+                             (params["email"],)).fetchone()
+        if taken is not None and not taken[0]:
+            raise ValueError(f"{params['email']} belongs to a registered user who is not an admin: "
+                             f"refusing to make it the admin (choose another ADMIN_EMAIL)")
         for path in sorted((DB_DIR / "seeds").glob("*.sql")):
             conn.execute(path.read_text(), params)
 

@@ -162,6 +162,27 @@ REVOKE ALL ON FUNCTION keen.set_actor(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.set_actor(uuid) TO keen_owner;
 COMMENT ON FUNCTION keen.set_actor(uuid) IS 'Internal: sets (or clears) the actor with its proof; keen_owner''s functions only.';
 
+-- keen.require_read_committed: the ledger and login rules read what other transactions
+-- committed a moment ago (live holds, failure counts written by the login recorder); in a
+-- REPEATABLE READ or SERIALIZABLE snapshot they would not see it, so those levels are refused.
+-- Who: keen's functions (keen_owner, keen_auth). Raises 25000 at any other isolation level.
+CREATE OR REPLACE FUNCTION keen.require_read_committed()
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+BEGIN
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'keen-db''s ledger and login functions run at READ COMMITTED, not %',
+            pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))
+            USING ERRCODE = '25000';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.require_read_committed() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.require_read_committed() TO keen_auth;
+COMMENT ON FUNCTION keen.require_read_committed() IS 'Internal: 25000 unless the transaction is READ COMMITTED.';
+
 -- keen.setting_numeric: a numeric platform setting.
 -- Who: keen functions (owner) and keen_app. Raises 22023 for an unknown or non-numeric key.
 CREATE OR REPLACE FUNCTION keen.setting_numeric(p_key text)

@@ -92,13 +92,15 @@ COMMENT ON FUNCTION keen.credit_authorize(uuid) IS 'Internal: 42501 unless the a
 -- lock is resumed through EvalPlanQual, which evaluates every row-level-security InitPlan of the
 -- statement (the admin and maintenance checks too) while holding the row; queued here, the next
 -- statement starts with a fresh snapshot and the row lock is never contended. A hash collision
--- between two users only makes them share a queue. Who: the ledger functions. Raises nothing.
+-- between two users only makes them share a queue. Who: the ledger functions. Raises 25000
+-- outside READ COMMITTED (keen.require_read_committed).
 CREATE OR REPLACE FUNCTION keen.credit_lock(p_user_id uuid)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
 BEGIN
+    PERFORM keen.require_read_committed();
     PERFORM pg_catalog.pg_advisory_xact_lock(1263420242, pg_catalog.hashtext(p_user_id::text));
 END
 $$;
@@ -449,11 +451,13 @@ COMMENT ON FUNCTION keen.add_credits(uuid, numeric, text, text) IS 'Admin: a pur
 -- ledger row; the lock is held for that statement and the commit, nothing else. Anything else
 -- (short balance, limit, holds, unlimited, no account, a racing retry) takes the general path,
 -- keen.credit_charge, which also decides the error.
--- Who: the account's owner or an admin (keen.complete_session calls it for its session).
+-- Who: the account's owner or an admin.
 -- Raises 22023 (cost NULL, NaN, infinite, zero or negative, over 1,000,000 USD, more than 6
--- decimals; a bad description or key), 42501 (another user's account), P0002 (no account, or a
+-- decimals; a bad description or key, or a key in complete_session's reserved
+-- "session-complete:" space), 42501 (another user's account), P0002 (no account, or a
 -- session that is not this user's), KN001 (available balance short), KN002 (a daily or monthly
--- limit would be passed), KN005 (the idempotency key was used for another request).
+-- limit would be passed), KN005 (the idempotency key was used for another request), 25000
+-- (a transaction that is not READ COMMITTED).
 CREATE OR REPLACE FUNCTION keen.deduct_credits(p_user_id uuid, p_claude_cost_usd numeric,
                                                p_session_id uuid DEFAULT NULL,
                                                p_description text DEFAULT 'Agent execution',
@@ -469,6 +473,11 @@ DECLARE
     v_today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
     v_month date := pg_catalog.date_trunc('month', (pg_catalog.now() AT TIME ZONE 'UTC'))::date;
 BEGIN
+    -- complete_session's key: nobody may claim it first and so make a session uncompletable.
+    IF pg_catalog.left(p_idempotency_key, 17) = 'session-complete:' THEN
+        RAISE EXCEPTION 'idempotency keys beginning with "session-complete:" are reserved for keen.complete_session'
+            USING ERRCODE = '22023';
+    END IF;
     -- The checks of credit_check_amount/credit_check_text, written out: this is the hot path.
     -- NaN sorts above every number, so "<= 1000000" also refuses it and +Infinity.
     IF p_claude_cost_usd IS NULL OR NOT (p_claude_cost_usd > 0 AND p_claude_cost_usd <= 1000000)
@@ -506,7 +515,10 @@ BEGIN
         RAISE EXCEPTION 'a cost of % USD rounds to a charge of 0 credits', p_claude_cost_usd USING ERRCODE = '22023';
     END IF;
 
-    -- The account lock (see keen.credit_lock), then one statement under it.
+    -- The account lock (see keen.credit_lock, written out: the hot path), then one statement under it.
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM keen.require_read_committed();
+    END IF;
     PERFORM pg_catalog.pg_advisory_xact_lock(1263420242, pg_catalog.hashtext(p_user_id::text));
     WITH charged AS (
         UPDATE keen.credit_accounts a

@@ -355,17 +355,19 @@ COMMENT ON FUNCTION keen.update_session_progress(uuid, text, integer, integer, b
     'Progress of a running session (phase change writes phase_transitions); 22023, P0002, KN004.';
 
 -- keen.complete_session: ends a running session, in one transaction: status completed (p_success)
--- or failed, success, end_time, files, error, report; for a cost above 0 the charge, made by
--- keen.deduct_credits on the owner's account with the idempotency key
--- 'session-complete:<id>' (the admin bypass, limits and the ledger are its rules); the
+-- or failed, success, end_time, files, error, report; for a cost above 0 the charge by the
+-- rules of keen.deduct_credits (its input checks and its locked path, keen.credit_charge) on the
+-- owner's account with the idempotency key 'session-complete:<id>', a key deduct_credits
+-- reserves for this function (the admin bypass, limits and the ledger are its rules); the
 -- session's claude_cost_usd and keen_cost_credits (the credits actually charged: 0 for an
 -- admin bypass, whose notional value stays on the ledger row) are set. A successful session
 -- enters the COMPLETE phase (a phase_transitions row) if it was not in it yet.
 -- The session row is locked first: concurrent completions serialize and all but the first
 -- see a finished session.
 -- Who: the session's owner, or an admin (who charges the owner).
--- Raises: 22023 for a NULL p_success or a cost that is NULL, NaN, infinite or negative;
--- P0002 for an absent or foreign session; KN004 when it is not running (completing twice);
+-- Raises: 22023 for a NULL p_success or a cost that is NULL, NaN, infinite, negative, over
+-- 1,000,000 USD, of more than 6 decimals or whose charge rounds to 0; P0002 for an absent or
+-- foreign session; KN004 when it is not running (completing twice);
 -- KN001, KN002 from the charge, which abort everything: the session stays running, unchanged.
 CREATE OR REPLACE FUNCTION keen.complete_session(p_id uuid, p_success boolean,
                                                  p_claude_cost_usd numeric DEFAULT 0,
@@ -381,6 +383,7 @@ AS $$
 DECLARE
     v_session keen.agent_sessions;
     v_charge keen.credit_transactions;
+    v_multiplier numeric(10,4);
     v_credits numeric := 0.0;
 BEGIN
     IF p_success IS NULL THEN
@@ -393,12 +396,18 @@ BEGIN
 
     v_session := keen.lock_session(p_id, true);
     IF p_claude_cost_usd > 0 THEN
-        SELECT * INTO v_charge
-          FROM keen.deduct_credits(p_user_id => v_session.user_id,
-                                   p_claude_cost_usd => p_claude_cost_usd,
-                                   p_session_id => p_id,
-                                   p_description => 'Agent session ' || v_session.session_id,
-                                   p_idempotency_key => 'session-complete:' || p_id);
+        -- deduct_credits' input rules, then its locked path (keen.credit_charge) under the key
+        -- 'session-complete:<id>', which deduct_credits refuses to anyone else: nobody can
+        -- claim it first and leave the session uncompletable.
+        PERFORM keen.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
+        v_multiplier := keen.setting_numeric('markup_multiplier');
+        IF pg_catalog.round(p_claude_cost_usd * v_multiplier, 6) <= 0 THEN
+            RAISE EXCEPTION 'a cost of % USD rounds to a charge of 0 credits', p_claude_cost_usd USING ERRCODE = '22023';
+        END IF;
+        v_charge := keen.credit_charge(v_session.user_id, p_claude_cost_usd, v_multiplier,
+                                       pg_catalog.round(p_claude_cost_usd * v_multiplier, 6), p_id,
+                                       'Agent session ' || v_session.session_id, 'session-complete:' || p_id,
+                                       NULL, '{}'::jsonb);
         v_credits := CASE WHEN v_charge.is_admin_bypass THEN 0 ELSE -v_charge.amount END;
     END IF;
     IF p_success AND v_session.current_phase <> 'COMPLETE' THEN

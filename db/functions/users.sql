@@ -406,15 +406,21 @@ BEGIN
     END IF;
     IF p_audit THEN
         v_data := pg_catalog.jsonb_build_object('email', v_email, 'failures_in_window', v_failures, 'locked_out', v_locked);
+        -- The count above must commit whatever happens to its audit entry: an audit chain
+        -- held too long (lock_timeout) costs the entry, never the count.
         BEGIN
-            PERFORM keen.write_audit('auth', CASE p_reason WHEN 'inactive' THEN 'login_refused_inactive' ELSE 'login_failed' END,
-                                     p_user_id, v_data, CASE WHEN v_locked THEN 'high' ELSE 'medium' END, p_ip);
-        EXCEPTION WHEN foreign_key_violation THEN
-            -- The user was registered by a transaction that has not committed (this session
-            -- cannot see it yet): keep its id in the data instead.
-            PERFORM keen.write_audit('auth', CASE p_reason WHEN 'inactive' THEN 'login_refused_inactive' ELSE 'login_failed' END,
-                                     NULL, v_data || pg_catalog.jsonb_build_object('user_id', p_user_id),
-                                     CASE WHEN v_locked THEN 'high' ELSE 'medium' END, p_ip);
+            BEGIN
+                PERFORM keen.write_audit('auth', CASE p_reason WHEN 'inactive' THEN 'login_refused_inactive' ELSE 'login_failed' END,
+                                         p_user_id, v_data, CASE WHEN v_locked THEN 'high' ELSE 'medium' END, p_ip);
+            EXCEPTION WHEN foreign_key_violation THEN
+                -- The user was registered by a transaction that has not committed (this session
+                -- cannot see it yet): keep its id in the data instead.
+                PERFORM keen.write_audit('auth', CASE p_reason WHEN 'inactive' THEN 'login_refused_inactive' ELSE 'login_failed' END,
+                                         NULL, v_data || pg_catalog.jsonb_build_object('user_id', p_user_id),
+                                         CASE WHEN v_locked THEN 'high' ELSE 'medium' END, p_ip);
+            END;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'failed login for % counted but not audited: %', v_email, SQLERRM;
         END;
     END IF;
 END
@@ -568,6 +574,9 @@ DECLARE
     v_chain_locked boolean;
     v_user keen.users;
 BEGIN
+    -- The failure count is committed by the recorder's own connection: a REPEATABLE READ
+    -- snapshot would never see it (and so never lock out).
+    PERFORM keen.require_read_committed();
     -- One login per e-mail at a time: parallel guesses cannot outrun the failure count.
     PERFORM pg_catalog.pg_advisory_xact_lock(7302, pg_catalog.hashtext(v_email));
     IF (SELECT pg_catalog.count(*) FROM keen.login_attempts a

@@ -34,4 +34,5 @@ ON CONFLICT (email) DO UPDATE
             AND keen_ext.crypt(%(password)s, u.password_hash) = u.password_hash
            THEN u.updated_at
            ELSE pg_catalog.now()
-       END;
+       END
+ WHERE u.is_admin;  -- an existing non-admin is never promoted (keen_db.deploy.seed refuses first)
