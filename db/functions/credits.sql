@@ -658,7 +658,7 @@ BEGIN
            (user_id, account_id, session_id, estimated_claude_cost_usd, markup_multiplier, held_credits,
             expires_at, idempotency_key)
     VALUES (p_user_id, v_account.id, p_session_id, p_estimated_claude_cost_usd, v_multiplier, v_held,
-            pg_catalog.now() + p_ttl, p_idempotency_key)
+            pg_catalog.clock_timestamp() + p_ttl, p_idempotency_key)
     RETURNING r.* INTO v_res;
     IF v_held > 0 AND v_account.live_holds_until IS DISTINCT FROM GREATEST(v_account.live_holds_until, v_res.expires_at) THEN
         UPDATE keen.credit_accounts a SET live_holds_until = v_res.expires_at WHERE a.id = v_account.id;
