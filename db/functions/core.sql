@@ -162,6 +162,43 @@ REVOKE ALL ON FUNCTION keen.set_actor(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.set_actor(uuid) TO keen_owner;
 COMMENT ON FUNCTION keen.set_actor(uuid) IS 'Internal: sets (or clears) the actor with its proof; keen_owner''s functions only.';
 
+-- keen.require_actor: the actor of the transaction.
+-- Who: keen's functions (every area). Raises 28000 when there is no (valid) actor.
+CREATE OR REPLACE FUNCTION keen.require_actor()
+RETURNS uuid
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+DECLARE
+    v_actor uuid := keen.actor_id();
+BEGIN
+    IF v_actor IS NULL THEN
+        RAISE EXCEPTION 'no actor: call keen.act_as or keen.authenticate_api_key first'
+            USING ERRCODE = '28000';
+    END IF;
+    RETURN v_actor;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.require_actor() FROM PUBLIC;
+COMMENT ON FUNCTION keen.require_actor() IS 'Internal: the actor, or 28000.';
+
+-- keen.require_admin: the actor, who must be an admin according to keen.users.
+-- Who: keen's functions (every area). Raises 42501 when there is no actor or it is not an active admin.
+CREATE OR REPLACE FUNCTION keen.require_admin()
+RETURNS uuid
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+BEGIN
+    IF NOT keen.actor_is_admin() THEN
+        RAISE EXCEPTION 'only an admin may do this' USING ERRCODE = '42501';
+    END IF;
+    RETURN keen.actor_id();
+END
+$$;
+REVOKE ALL ON FUNCTION keen.require_admin() FROM PUBLIC;
+COMMENT ON FUNCTION keen.require_admin() IS 'Internal: the admin actor, or 42501.';
+
 -- keen.require_read_committed: the ledger and login rules read what other transactions
 -- committed a moment ago (live holds, failure counts written by the login recorder); in a
 -- REPEATABLE READ or SERIALIZABLE snapshot they would not see it, so those levels are refused.

@@ -14,27 +14,8 @@
 -- each other's commit, so an emitting transaction should commit promptly; one transaction
 -- emitting into two sessions locks them in the order it emits (emit in a fixed order).
 
--- Renamed to keen.streaming_require_actor (internal names carry their area's prefix).
-DROP FUNCTION IF EXISTS keen.require_actor();
-
--- keen.streaming_require_actor: the actor of the transaction.
--- Who: internal (the connection functions). Raises 28000 when no actor is set.
-CREATE OR REPLACE FUNCTION keen.streaming_require_actor()
-RETURNS uuid
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, keen, pg_temp
-AS $$
-DECLARE
-    v_actor uuid := keen.actor_id();
-BEGIN
-    IF v_actor IS NULL THEN
-        RAISE EXCEPTION 'no actor: call keen.act_as first' USING ERRCODE = '28000';
-    END IF;
-    RETURN v_actor;
-END
-$$;
-REVOKE ALL ON FUNCTION keen.streaming_require_actor() FROM PUBLIC;
-COMMENT ON FUNCTION keen.streaming_require_actor() IS 'Internal: the actor of the transaction; 28000 when none is set.';
+-- The actor check is core.sql's keen.require_actor (this file had its own copy).
+DROP FUNCTION IF EXISTS keen.streaming_require_actor();
 
 -- keen.session_connection_detach: takes closed connections off the websocket_connections
 -- arrays of their sessions (the order of the others kept). p_session_ids[i] is the session
@@ -91,7 +72,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.streaming_require_actor();
+    v_actor uuid := keen.require_actor();
     v_admin boolean := keen.actor_is_admin();
     v_old keen.websocket_connections;
     v_row keen.websocket_connections;
@@ -167,7 +148,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.streaming_require_actor();
+    v_actor uuid := keen.require_actor();
 BEGIN
     UPDATE keen.websocket_connections c
        SET last_ping_at = pg_catalog.now(), connection_status = 'active', updated_at = pg_catalog.now()
@@ -193,7 +174,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.streaming_require_actor();
+    v_actor uuid := keen.require_actor();
     v_row keen.websocket_connections;
 BEGIN
     SELECT * INTO v_row FROM keen.websocket_connections c

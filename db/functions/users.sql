@@ -17,42 +17,9 @@
 -- Small shared checks
 -- ---------------------------------------------------------------------------------------------
 
--- keen.users_require_actor: the actor of the transaction.
--- Who: keen_owner's functions. Raises 28000 when there is no (valid) actor.
-CREATE OR REPLACE FUNCTION keen.users_require_actor()
-RETURNS uuid
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
-AS $$
-DECLARE
-    v_actor uuid := keen.actor_id();
-BEGIN
-    IF v_actor IS NULL THEN
-        RAISE EXCEPTION 'no actor: call keen.act_as or keen.authenticate_api_key first'
-            USING ERRCODE = '28000';
-    END IF;
-    RETURN v_actor;
-END
-$$;
-REVOKE ALL ON FUNCTION keen.users_require_actor() FROM PUBLIC;
-COMMENT ON FUNCTION keen.users_require_actor() IS 'Internal: the actor, or 28000.';
-
--- keen.users_require_admin: the actor, who must be an admin according to keen.users.
--- Who: keen_owner's functions. Raises 42501 when there is no actor or it is not an active admin.
-CREATE OR REPLACE FUNCTION keen.users_require_admin()
-RETURNS uuid
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
-AS $$
-BEGIN
-    IF NOT keen.actor_is_admin() THEN
-        RAISE EXCEPTION 'only an admin may do this' USING ERRCODE = '42501';
-    END IF;
-    RETURN keen.actor_id();
-END
-$$;
-REVOKE ALL ON FUNCTION keen.users_require_admin() FROM PUBLIC;
-COMMENT ON FUNCTION keen.users_require_admin() IS 'Internal: the admin actor, or 42501.';
+-- The actor checks moved to core.sql (keen.require_actor, keen.require_admin).
+DROP FUNCTION IF EXISTS keen.users_require_actor();
+DROP FUNCTION IF EXISTS keen.users_require_admin();
 
 -- keen.users_check_password: the password rule (8 characters at least, 72 bytes at most, the
 -- most bcrypt reads). Who: keen_owner's functions. Raises 22023.
@@ -632,7 +599,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
 BEGIN
-    PERFORM keen.users_require_admin();
+    PERFORM keen.require_admin();
     IF p_limit IS NULL OR p_limit < 1 OR p_limit > 1000 THEN
         RAISE EXCEPTION 'limit must be between 1 and 1000' USING ERRCODE = '22023';
     END IF;
@@ -665,7 +632,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.users_require_admin();
+    v_actor uuid := keen.require_admin();
     v_user keen.users;
 BEGIN
     IF p_reason IS NOT NULL AND pg_catalog.length(p_reason) > 1000 THEN
@@ -743,7 +710,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.users_require_actor();
+    v_actor uuid := keen.require_actor();
     v_user keen.users;
 BEGIN
     SELECT * INTO v_user FROM keen.users u WHERE u.id = v_actor FOR UPDATE;
@@ -779,7 +746,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.users_require_actor();
+    v_actor uuid := keen.require_actor();
     v_user keen.users;
 BEGIN
     IF p_display_name IS NOT NULL
@@ -830,7 +797,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.users_require_actor();
+    v_actor uuid := keen.require_actor();
     v_token text;
     v_id uuid;
     v_scopes text[];
@@ -933,7 +900,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.users_require_actor();
+    v_actor uuid := keen.require_actor();
     v_token keen.auth_tokens;
 BEGIN
     SELECT * INTO v_token FROM keen.auth_tokens t WHERE t.id = p_token_id FOR UPDATE;

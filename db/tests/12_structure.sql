@@ -101,8 +101,8 @@ SELECT function_privs_are('keen', f, a, 'keen_app', ARRAY[]::text[], 'keen_app m
                ('configure_login_recorder', ARRAY['text']),
                ('login_recorder_status', ARRAY[]::text[]),
                ('set_account_status', ARRAY['uuid', 'text', 'text', 'text']),
-               ('users_require_actor', ARRAY[]::text[]),
-               ('users_require_admin', ARRAY[]::text[]),
+               ('require_actor', ARRAY[]::text[]),
+               ('require_admin', ARRAY[]::text[]),
                ('users_check_password', ARRAY['text'])) AS internal(f, a);
 SELECT function_privs_are('keen', 'verify_audit_chain', ARRAY[]::text[], 'keen_maintenance', ARRAY['EXECUTE'],
                           'the maintenance role may verify the audit chain');
