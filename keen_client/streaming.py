@@ -13,6 +13,7 @@ from uuid import UUID
 
 import psycopg
 from psycopg.types.json import Jsonb
+from psycopg import sql
 
 from .errors import KeenError
 
@@ -185,7 +186,7 @@ def listen(keen: "Keen", session_id: UUID | str, after_event_id: int = 0, *,
                                    connect_timeout=keen.settings.connect_timeout,
                                    application_name="keen_listener")
             with conn:
-                conn.execute(f"LISTEN {CHANNEL}")
+                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                 connected = True
                 failures = 0
                 while True:

@@ -46,11 +46,11 @@ def hold_rows(db, user_id) -> int:
 
 
 def make_session(db, user_id) -> uuid.UUID:
-    """An agent session row for user_id, inserted directly (the sessions API is another area's)."""
-    with db.su() as conn:
-        return conn.execute(
-            "INSERT INTO keen.agent_sessions (user_id, session_id, git_branch, vision, working_directory) "
-            "VALUES (%s, %s, 'main', 'test', '/tmp') RETURNING id", (user_id, uuid.uuid4().hex)).fetchone()[0]
+    """A running agent session of user_id, through keen.create_session."""
+    with psycopg.connect(db.app_url) as conn:
+        conn.execute("SELECT keen.act_as(%s)", (user_id,))
+        return conn.execute("SELECT id FROM keen.create_session(%s, %s, 'main', 'test', '/tmp')",
+                            (user_id, uuid.uuid4().hex)).fetchone()[0]
 
 
 @pytest.fixture

@@ -270,7 +270,7 @@ def test_a_parent_of_another_user_is_not_found_even_for_an_admin(keen, admin_id,
         create(keen, bob, parent=uuid.uuid4())
 
 
-def test_another_tenants_session_is_not_found_by_every_function(keen, make_user):
+def test_another_tenants_session_is_not_found_by_every_function(db, keen, make_user):
     alice, bob = make_user("alice"), make_user("bob")
     sid = create(keen, alice).id
     calls = {
@@ -295,6 +295,7 @@ def test_another_tenants_session_is_not_found_by_every_function(keen, make_user)
         assert tx.sessions.list_sessions() == []
         assert tx.scalar("SELECT count(*) FROM keen.agent_sessions") == 0
     assert session(keen, alice, sid).execution_status == "running"
+    assert_ledger_clean(db)  # the refused completions charged nobody
 
 
 class _with_id:
