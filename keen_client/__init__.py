@@ -1,5 +1,6 @@
 """keen_client: the thin Python client of keen-db (pool, actor context, typed rows, errors)."""
+
 from .client import Keen, PoolSettings, Tx
 from .errors import KeenError
 
-__all__ = ["Keen", "PoolSettings", "Tx", "KeenError"]
+__all__ = ["Keen", "KeenError", "PoolSettings", "Tx"]

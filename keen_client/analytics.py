@@ -1,5 +1,6 @@
 """Analytics: the daily rollup, platform metrics, a user's usage, the 24-hour dashboard.
 Every rule is in db/functions/analytics.sql; this module calls and maps."""
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class DailyUsage:
     """One row of keen.daily_usage_stats: a user's figures for one UTC day."""
+
     id: UUID
     user_id: UUID
     date_bucket: date
@@ -50,6 +52,7 @@ class DailyUsage:
 class PlatformMetrics:
     """keen.platform_metrics over UTC days from_..to; money and ratios are Decimal, averages
     and markup_effectiveness are None when there is nothing to average or divide by."""
+
     from_: date
     to: date
     days_in_range: int
@@ -81,7 +84,7 @@ class PlatformMetrics:
     phase_time_seconds: dict[str, int]
 
     @classmethod
-    def from_json(cls, text: str) -> "PlatformMetrics":
+    def from_json(cls, text: str) -> PlatformMetrics:
         """From the function's jsonb as text, numbers kept exact (Decimal, never float)."""
         data: dict[str, Any] = json.loads(text, parse_float=Decimal)
         data["from_"] = date.fromisoformat(data.pop("from"))
@@ -93,6 +96,7 @@ class PlatformMetrics:
 @dataclass(frozen=True)
 class DashboardHour:
     """One UTC hour of keen.admin_dashboard_metrics (the last 24 hours)."""
+
     hour_bucket: datetime
     sessions_started: int
     sessions_completed: int
@@ -129,7 +133,7 @@ DASHBOARD_SQL = """
 class AnalyticsApi:
     """tx.analytics: see CONTRACT.md "Analytics" and docs/analytics.md."""
 
-    def __init__(self, tx: "Tx"):
+    def __init__(self, tx: Tx):
         self.tx = tx
 
     def rollup_daily_analytics(self, day: date | None = None) -> None:

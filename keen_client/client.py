@@ -1,14 +1,16 @@
 """The pooled client: a Keen holds a psycopg_pool; a Tx is one transaction on one connection,
 optionally acting as one user. Area APIs (tx.users, tx.credits, ...) live in their modules."""
+
 from __future__ import annotations
 
 import importlib
 import os
 import time
 import weakref
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -32,6 +34,7 @@ AREAS = {
 @dataclass(frozen=True)
 class PoolSettings:
     """Pool size and timeouts; each from the environment unless given."""
+
     min_size: int = int(os.environ.get("KEEN_POOL_MIN_SIZE", "1"))
     max_size: int = int(os.environ.get("KEEN_POOL_MAX_SIZE", "10"))
     timeout: float = float(os.environ.get("KEEN_POOL_TIMEOUT", "30"))  # wait for a connection
@@ -117,13 +120,12 @@ class Tx:
 class Keen:
     """A pool of keen_app connections.
 
-        keen = Keen()                       # KEEN_APP_URL or the local keen-db
-        with keen.as_user(user_id) as tx:   # one transaction acting as that user
-            tx.credits.deduct_credits(user_id, Decimal("0.25"))
+    keen = Keen()                       # KEEN_APP_URL or the local keen-db
+    with keen.as_user(user_id) as tx:   # one transaction acting as that user
+        tx.credits.deduct_credits(user_id, Decimal("0.25"))
     """
 
-    def __init__(self, conninfo: str | None = None, settings: PoolSettings | None = None,
-                 open: bool = True):
+    def __init__(self, conninfo: str | None = None, settings: PoolSettings | None = None, open: bool = True):
         self.settings = settings or PoolSettings()
         s = self.settings
         self.conninfo = conninfo or default_url()
@@ -149,7 +151,7 @@ class Keen:
     def close(self) -> None:
         self.pool.close()
 
-    def __enter__(self) -> "Keen":
+    def __enter__(self) -> Keen:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,8 +1,9 @@
 """SQLSTATE -> exception, in one place (CONTRACT.md section 4)."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import psycopg
 

@@ -1,12 +1,14 @@
 """Agent sessions: the recursive tree, phases, tool executions, git operations and completion
 (which charges through keen.deduct_credits). Every rule is in db/functions/sessions.sql; this
 module calls, maps rows to frozen dataclasses, and assembles session_tree's rows into a tree."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
@@ -23,6 +25,7 @@ STATUSES = ("running", "completed", "failed", "cancelled")
 @dataclass(frozen=True)
 class AgentSession:
     """One row of keen.agent_sessions (tree_path, the internal materialized path, left out)."""
+
     id: UUID
     user_id: UUID
     session_id: str
@@ -63,6 +66,7 @@ class AgentSession:
 @dataclass(frozen=True)
 class TreeRow:
     """One row of keen.session_tree."""
+
     id: UUID
     session_id: str
     parent_session_id: UUID | None
@@ -79,10 +83,11 @@ class TreeRow:
 class SessionNode(TreeRow):
     """A session in a tree read by SessionsApi.tree: its own figures (TreeRow's), its children
     (in session_tree's order: git_branch, then id) and its parent (None for the tree's top)."""
-    children: tuple["SessionNode", ...] = ()
-    parent: "SessionNode | None" = field(default=None, compare=False, repr=False)
 
-    def walk(self) -> Iterator["SessionNode"]:
+    children: tuple[SessionNode, ...] = ()
+    parent: SessionNode | None = field(default=None, compare=False, repr=False)
+
+    def walk(self) -> Iterator[SessionNode]:
         """This node and every node below it, parents before children."""
         stack = [self]
         while stack:
@@ -90,7 +95,7 @@ class SessionNode(TreeRow):
             yield node
             stack.extend(reversed(node.children))
 
-    def find(self, session_uuid: UUID | str) -> "SessionNode | None":
+    def find(self, session_uuid: UUID | str) -> SessionNode | None:
         key = UUID(str(session_uuid))
         return next((n for n in self.walk() if n.id == key), None)
 
@@ -133,6 +138,7 @@ def build_tree(rows: Sequence[TreeRow]) -> SessionNode:
 @dataclass(frozen=True)
 class TreeSummary:
     """keen.session_tree_summary: the session's own figures against its whole subtree's."""
+
     root_id: UUID
     session_count: int
     max_depth: int
@@ -222,14 +228,26 @@ TOOL = """id, session_id, user_id, tool_name, tool_parameters, execution_timesta
 GIT = """id, session_id, user_id, operation_type, branch_name, commit_hash, operation_timestamp, commit_message,
         files_changed, lines_added, lines_deleted, merge_conflicts, success, error_message, created_at"""
 
-CREATE_SQL = "SELECT " + SESSION + """ FROM keen.create_session(p_user_id => %s, p_session_id => %s,
+CREATE_SQL = (
+    "SELECT "
+    + SESSION
+    + """ FROM keen.create_session(p_user_id => %s, p_session_id => %s,
         p_git_branch => %s, p_vision => %s, p_working_directory => %s, p_parent_id => %s, p_agent_options => %s)"""
+)
 GET_SQL = "SELECT " + SESSION + " FROM keen.get_session(p_id => %s)"
-PROGRESS_SQL = "SELECT " + SESSION + """ FROM keen.update_session_progress(p_id => %s, p_current_phase => %s,
+PROGRESS_SQL = (
+    "SELECT "
+    + SESSION
+    + """ FROM keen.update_session_progress(p_id => %s, p_current_phase => %s,
         p_iteration_count => %s, p_tool_calls_count => %s, p_tokens_used => %s, p_context_tokens_used => %s)"""
-COMPLETE_SQL = "SELECT " + SESSION + """ FROM keen.complete_session(p_id => %s, p_success => %s,
+)
+COMPLETE_SQL = (
+    "SELECT "
+    + SESSION
+    + """ FROM keen.complete_session(p_id => %s, p_success => %s,
         p_claude_cost_usd => %s, p_files_created => %s, p_files_modified => %s, p_files_deleted => %s,
         p_error_message => %s, p_completion_report => %s)"""
+)
 CANCEL_SQL = "SELECT " + SESSION + " FROM keen.cancel_session(p_id => %s, p_reason => %s)"
 LIST_SQL = "SELECT " + SESSION + " FROM keen.list_sessions(p_limit => %s, p_offset => %s, p_status => %s)"
 TREE_SQL = """SELECT id, session_id, parent_session_id, session_depth, git_branch, current_phase, execution_status,
@@ -238,50 +256,98 @@ SUMMARY_SQL = """SELECT root_id, session_count, max_depth, levels, own_claude_co
         own_tokens_used, subtree_claude_cost_usd, subtree_keen_cost_credits, subtree_tokens_used,
         running_count, completed_count, failed_count, cancelled_count
       FROM keen.session_tree_summary(p_id => %s)"""
-PHASE_SQL = "SELECT " + TRANSITION + """ FROM keen.record_phase_transition(p_id => %s, p_to_phase => %s,
+PHASE_SQL = (
+    "SELECT "
+    + TRANSITION
+    + """ FROM keen.record_phase_transition(p_id => %s, p_to_phase => %s,
         p_summary => %s, p_key_findings => %s, p_next_actions => %s, p_confidence => %s,
         p_estimated_time_remaining => %s, p_phase_metadata => %s)"""
-TOOL_SQL = "SELECT " + TOOL + """ FROM keen.record_tool_execution(p_session_id => %s, p_tool_name => %s,
+)
+TOOL_SQL = (
+    "SELECT "
+    + TOOL
+    + """ FROM keen.record_tool_execution(p_session_id => %s, p_tool_name => %s,
         p_execution_time_ms => %s, p_success => %s, p_tool_parameters => %s, p_result_data => %s,
         p_error_message => %s, p_tokens_consumed => %s, p_cost => %s, p_execution_context => %s)"""
-GIT_SQL = "SELECT " + GIT + """ FROM keen.record_git_operation(p_session_id => %s, p_operation_type => %s,
+)
+GIT_SQL = (
+    "SELECT "
+    + GIT
+    + """ FROM keen.record_git_operation(p_session_id => %s, p_operation_type => %s,
         p_branch_name => %s, p_success => %s, p_commit_hash => %s, p_commit_message => %s,
         p_files_changed => %s, p_lines_added => %s, p_lines_deleted => %s, p_merge_conflicts => %s,
         p_error_message => %s)"""
+)
 
 
 class SessionsApi:
     """tx.sessions: see CONTRACT.md "Agent sessions" and docs/sessions.md."""
 
-    def __init__(self, tx: "Tx"):
+    def __init__(self, tx: Tx):
         self.tx = tx
 
-    def create_session(self, user_id: UUID | str, session_id: str, git_branch: str, vision: str,
-                       working_directory: str, parent_id: UUID | str | None = None,
-                       agent_options: dict[str, Any] | None = None) -> AgentSession:
+    def create_session(
+        self,
+        user_id: UUID | str,
+        session_id: str,
+        git_branch: str,
+        vision: str,
+        working_directory: str,
+        parent_id: UUID | str | None = None,
+        agent_options: dict[str, Any] | None = None,
+    ) -> AgentSession:
         """A root session, or a child of parent_id (its `id`, not its session_id)."""
-        return self.tx.one(CREATE_SQL, (user_id, session_id, git_branch, vision, working_directory, parent_id,
-                                        Jsonb(agent_options or {})), AgentSession)
+        return self.tx.one(
+            CREATE_SQL,
+            (user_id, session_id, git_branch, vision, working_directory, parent_id, Jsonb(agent_options or {})),
+            AgentSession,
+        )
 
     def get_session(self, id: UUID | str) -> AgentSession:
         return self.tx.one(GET_SQL, (id,), AgentSession)
 
-    def update_session_progress(self, id: UUID | str, current_phase: str | None = None,
-                                iteration_count: int | None = None, tool_calls_count: int | None = None,
-                                tokens_used: int | None = None,
-                                context_tokens_used: int | None = None) -> AgentSession:
+    def update_session_progress(
+        self,
+        id: UUID | str,
+        current_phase: str | None = None,
+        iteration_count: int | None = None,
+        tool_calls_count: int | None = None,
+        tokens_used: int | None = None,
+        context_tokens_used: int | None = None,
+    ) -> AgentSession:
         """Counters given replace the stored totals; a new phase is recorded as a transition."""
-        return self.tx.one(PROGRESS_SQL, (id, current_phase, iteration_count, tool_calls_count, tokens_used,
-                                          context_tokens_used), AgentSession)
+        return self.tx.one(
+            PROGRESS_SQL,
+            (id, current_phase, iteration_count, tool_calls_count, tokens_used, context_tokens_used),
+            AgentSession,
+        )
 
-    def complete_session(self, id: UUID | str, success: bool, claude_cost_usd: Decimal | int = 0,
-                         files_created: Sequence[str] = (), files_modified: Sequence[str] = (),
-                         files_deleted: Sequence[str] = (), error_message: str | None = None,
-                         completion_report: Any = None) -> AgentSession:
+    def complete_session(
+        self,
+        id: UUID | str,
+        success: bool,
+        claude_cost_usd: Decimal | int = 0,
+        files_created: Sequence[str] = (),
+        files_modified: Sequence[str] = (),
+        files_deleted: Sequence[str] = (),
+        error_message: str | None = None,
+        completion_report: Any = None,
+    ) -> AgentSession:
         """Ends the session and charges its cost, in this one transaction."""
-        return self.tx.one(COMPLETE_SQL, (id, success, money(claude_cost_usd), list(files_created),
-                                          list(files_modified), list(files_deleted), error_message,
-                                          jsonb(completion_report)), AgentSession)
+        return self.tx.one(
+            COMPLETE_SQL,
+            (
+                id,
+                success,
+                money(claude_cost_usd),
+                list(files_created),
+                list(files_modified),
+                list(files_deleted),
+                error_message,
+                jsonb(completion_report),
+            ),
+            AgentSession,
+        )
 
     def cancel_session(self, id: UUID | str, reason: str | None = None) -> list[AgentSession]:
         """Cancels the session and its running descendants; returns those it cancelled."""
@@ -302,27 +368,91 @@ class SessionsApi:
     def tree_summary(self, id: UUID | str) -> TreeSummary:
         return self.tx.one(SUMMARY_SQL, (id,), TreeSummary)
 
-    def record_phase_transition(self, id: UUID | str, to_phase: str, summary: str = "",
-                                key_findings: Sequence[str] = (), next_actions: Sequence[str] = (),
-                                confidence: Decimal | None = None, estimated_time_remaining: str | None = None,
-                                phase_metadata: dict[str, Any] | None = None) -> PhaseTransition:
+    def record_phase_transition(
+        self,
+        id: UUID | str,
+        to_phase: str,
+        summary: str = "",
+        key_findings: Sequence[str] = (),
+        next_actions: Sequence[str] = (),
+        confidence: Decimal | None = None,
+        estimated_time_remaining: str | None = None,
+        phase_metadata: dict[str, Any] | None = None,
+    ) -> PhaseTransition:
         """A phase change with its report (update_session_progress records one without)."""
-        return self.tx.one(PHASE_SQL, (id, to_phase, summary, list(key_findings), list(next_actions), confidence,
-                                       estimated_time_remaining, Jsonb(phase_metadata or {})), PhaseTransition)
+        return self.tx.one(
+            PHASE_SQL,
+            (
+                id,
+                to_phase,
+                summary,
+                list(key_findings),
+                list(next_actions),
+                confidence,
+                estimated_time_remaining,
+                Jsonb(phase_metadata or {}),
+            ),
+            PhaseTransition,
+        )
 
-    def record_tool_execution(self, session_id: UUID | str, tool_name: str, execution_time_ms: int, success: bool,
-                              tool_parameters: dict[str, Any] | None = None, result_data: Any = None,
-                              error_message: str | None = None, tokens_consumed: int = 0,
-                              cost: Decimal | int = 0,
-                              execution_context: dict[str, Any] | None = None) -> ToolExecution:
-        return self.tx.one(TOOL_SQL, (session_id, tool_name, execution_time_ms, success, Jsonb(tool_parameters or {}),
-                                      jsonb(result_data), error_message, tokens_consumed, money(cost),
-                                      Jsonb(execution_context or {})), ToolExecution)
+    def record_tool_execution(
+        self,
+        session_id: UUID | str,
+        tool_name: str,
+        execution_time_ms: int,
+        success: bool,
+        tool_parameters: dict[str, Any] | None = None,
+        result_data: Any = None,
+        error_message: str | None = None,
+        tokens_consumed: int = 0,
+        cost: Decimal | int = 0,
+        execution_context: dict[str, Any] | None = None,
+    ) -> ToolExecution:
+        return self.tx.one(
+            TOOL_SQL,
+            (
+                session_id,
+                tool_name,
+                execution_time_ms,
+                success,
+                Jsonb(tool_parameters or {}),
+                jsonb(result_data),
+                error_message,
+                tokens_consumed,
+                money(cost),
+                Jsonb(execution_context or {}),
+            ),
+            ToolExecution,
+        )
 
-    def record_git_operation(self, session_id: UUID | str, operation_type: str, branch_name: str, success: bool,
-                             commit_hash: str | None = None, commit_message: str | None = None,
-                             files_changed: Sequence[str] = (), lines_added: int = 0, lines_deleted: int = 0,
-                             merge_conflicts: Any = None, error_message: str | None = None) -> GitOperation:
-        return self.tx.one(GIT_SQL, (session_id, operation_type, branch_name, success, commit_hash, commit_message,
-                                     list(files_changed), lines_added, lines_deleted, jsonb(merge_conflicts),
-                                     error_message), GitOperation)
+    def record_git_operation(
+        self,
+        session_id: UUID | str,
+        operation_type: str,
+        branch_name: str,
+        success: bool,
+        commit_hash: str | None = None,
+        commit_message: str | None = None,
+        files_changed: Sequence[str] = (),
+        lines_added: int = 0,
+        lines_deleted: int = 0,
+        merge_conflicts: Any = None,
+        error_message: str | None = None,
+    ) -> GitOperation:
+        return self.tx.one(
+            GIT_SQL,
+            (
+                session_id,
+                operation_type,
+                branch_name,
+                success,
+                commit_hash,
+                commit_message,
+                list(files_changed),
+                lines_added,
+                lines_deleted,
+                jsonb(merge_conflicts),
+                error_message,
+            ),
+            GitOperation,
+        )

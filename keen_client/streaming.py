@@ -1,19 +1,21 @@
 """Streaming: live connections, the session event stream, its partitions, and the listener.
 
 The rules live in db/functions/streaming.sql; this module calls them and maps the rows."""
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from ipaddress import IPv4Address, IPv6Address
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import psycopg
-from psycopg.types.json import Jsonb
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from .errors import KeenError
 
@@ -62,13 +64,14 @@ class EventPartition:
 @dataclass(frozen=True)
 class EventNotice:
     """The payload of a keen_events notification: ids only, never the data."""
+
     event_id: int
     session_id: UUID
     user_id: UUID
     event_type: str
 
     @classmethod
-    def parse(cls, payload: str) -> "EventNotice":
+    def parse(cls, payload: str) -> EventNotice:
         d = json.loads(payload)
         return cls(int(d["event_id"]), UUID(d["session_id"]), UUID(d["user_id"]), d["event_type"])
 
@@ -79,16 +82,23 @@ _CONNECTION_COLUMNS = ", ".join(WebsocketConnection.__dataclass_fields__)
 class StreamingApi:
     """tx.streaming: each method is one call of the SQL API in the Tx's transaction."""
 
-    def __init__(self, tx: "Tx"):
+    def __init__(self, tx: Tx):
         self.tx = tx
 
-    def register_connection(self, connection_id: str, client_ip: str, client_type: str,
-                            session_id: UUID | str | None = None, user_agent: str | None = None,
-                            subscribed_events: Sequence[str] = ()) -> WebsocketConnection:
+    def register_connection(
+        self,
+        connection_id: str,
+        client_ip: str,
+        client_type: str,
+        session_id: UUID | str | None = None,
+        user_agent: str | None = None,
+        subscribed_events: Sequence[str] = (),
+    ) -> WebsocketConnection:
         return self.tx.one(
             f"SELECT {_CONNECTION_COLUMNS} FROM keen.register_connection(%s, %s, %s, %s, %s, %s)",
             (connection_id, client_ip, client_type, session_id, user_agent, list(subscribed_events)),
-            WebsocketConnection)
+            WebsocketConnection,
+        )
 
     def ping_connection(self, connection_id: str) -> None:
         self.tx.execute("SELECT keen.ping_connection(%s)", (connection_id,))
@@ -99,34 +109,39 @@ class StreamingApi:
     def reap_stale_connections(self, older_than: timedelta) -> int:
         return self.tx.scalar("SELECT keen.reap_stale_connections(%s)", (older_than,))
 
-    def emit_event(self, session_id: UUID | str, event_type: str, event_data: Any = None,
-                   event_source: str = "agent") -> int:
+    def emit_event(
+        self, session_id: UUID | str, event_type: str, event_data: Any = None, event_source: str = "agent"
+    ) -> int:
         data = Jsonb({} if event_data is None else event_data)
-        return self.tx.scalar("SELECT keen.emit_event(%s, %s, %s, %s)",
-                              (session_id, event_type, data, event_source))
+        return self.tx.scalar("SELECT keen.emit_event(%s, %s, %s, %s)", (session_id, event_type, data, event_source))
 
-    def events_since(self, session_id: UUID | str, after_event_id: int = 0,
-                     limit: int = 1000) -> list[StreamEvent]:
+    def events_since(self, session_id: UUID | str, after_event_id: int = 0, limit: int = 1000) -> list[StreamEvent]:
         return self.tx.all(
             "SELECT event_id, session_id, event_type, event_data, event_source, created_at "
             "FROM keen.events_since(%s, %s, %s)",
-            (session_id, after_event_id, limit), StreamEvent)
+            (session_id, after_event_id, limit),
+            StreamEvent,
+        )
 
-    def prepare_event_partitions(self, months_ahead: int = 2,
-                                 from_: datetime | None = None) -> list[EventPartition]:
+    def prepare_event_partitions(self, months_ahead: int = 2, from_: datetime | None = None) -> list[EventPartition]:
         return self.tx.all(
             "SELECT partition_name, range_start, range_end, rows_moved "
             "FROM keen.prepare_event_partitions(%s, COALESCE(%s, pg_catalog.now()))",
-            (months_ahead, from_), EventPartition)
+            (months_ahead, from_),
+            EventPartition,
+        )
 
     def drop_old_event_partitions(self, keep: timedelta) -> list[EventPartition]:
         return self.tx.all(
             "SELECT partition_name, range_start, range_end FROM keen.drop_old_event_partitions(%s)",
-            (keep,), EventPartition)
+            (keep,),
+            EventPartition,
+        )
 
 
-def _fetch(conn: psycopg.Connection, session_id: UUID | str, after: int, limit: int,
-           as_user: UUID | str | None) -> list[StreamEvent]:
+def _fetch(
+    conn: psycopg.Connection, session_id: UUID | str, after: int, limit: int, as_user: UUID | str | None
+) -> list[StreamEvent]:
     """One short transaction: act as the user, read the events after `after`."""
     from .client import Tx
 
@@ -141,14 +156,24 @@ def _dropped(exc: BaseException, conn: psycopg.Connection | None) -> bool:
     """True when `exc` means the connection was lost (and a reconnect may resume)."""
     cause = exc.__cause__ if isinstance(exc, KeenError) else exc
     return isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError)) and (
-        conn is None or conn.closed or conn.broken)
+        conn is None or conn.closed or conn.broken
+    )
 
 
-def listen(keen: "Keen", session_id: UUID | str, after_event_id: int = 0, *,
-           as_user: UUID | str | None = None, timeout: float | None = None,
-           idle_timeout: float | None = None, max_events: int | None = None,
-           batch_size: int = 500, poll_interval: float = 5.0, reconnect_delay: float = 0.2,
-           max_reconnects: int | None = None) -> Iterator[StreamEvent]:
+def listen(
+    keen: Keen,
+    session_id: UUID | str,
+    after_event_id: int = 0,
+    *,
+    as_user: UUID | str | None = None,
+    timeout: float | None = None,
+    idle_timeout: float | None = None,
+    max_events: int | None = None,
+    batch_size: int = 500,
+    poll_interval: float = 5.0,
+    reconnect_delay: float = 0.2,
+    max_reconnects: int | None = None,
+) -> Iterator[StreamEvent]:
     """Follow one session's events live: yields StreamEvent, oldest first, each exactly once.
 
     A dedicated autocommit connection (keen.conninfo, not the pool) LISTENs on keen_events;
@@ -174,17 +199,25 @@ def listen(keen: "Keen", session_id: UUID | str, after_event_id: int = 0, *,
 
     def remaining() -> float | None:
         now = time.monotonic()
-        limits = [t for t in ((started + timeout) if timeout is not None else None,
-                              (last_event_at + idle_timeout) if idle_timeout is not None else None)
-                  if t is not None]
+        limits = [
+            t
+            for t in (
+                (started + timeout) if timeout is not None else None,
+                (last_event_at + idle_timeout) if idle_timeout is not None else None,
+            )
+            if t is not None
+        ]
         return None if not limits else max(0.0, min(limits) - now)
 
     while True:
         conn: psycopg.Connection | None = None
         try:
-            conn = psycopg.connect(keen.conninfo, autocommit=True,
-                                   connect_timeout=keen.settings.connect_timeout,
-                                   application_name="keen_listener")
+            conn = psycopg.connect(
+                keen.conninfo,
+                autocommit=True,
+                connect_timeout=keen.settings.connect_timeout,
+                application_name="keen_listener",
+            )
             with conn:
                 conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                 connected = True

@@ -17,6 +17,7 @@ pg_basebackup into $KEEN_HOME/basebackups; `pitr` copies the newest base backup 
 before the target time into a new KEEN_HOME-shaped directory, replays the archive up to the
 target on another port, promotes the copy and verifies it.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -53,42 +54,54 @@ class BackupError(RuntimeError):
 
 # --- facts: what a backup promises and a restore must show -------------------------------
 
+
 def _rows(conn: psycopg.Connection, query: str) -> list[tuple]:
     return conn.execute(query).fetchall()
 
 
 def table_counts(conn: psycopg.Connection) -> dict[str, int]:
     """Rows of every ordinary table (partitions one by one) outside the system schemas."""
-    tables = _rows(conn, """
+    tables = _rows(
+        conn,
+        """
         SELECT n.nspname, c.relname
           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
            AND n.nspname !~ '^pg_toast'
-         ORDER BY 1, 2""")
-    return {f"{schema}.{table}": conn.execute(
-                sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))).fetchone()[0]
-            for schema, table in tables}
+         ORDER BY 1, 2""",
+    )
+    return {
+        f"{schema}.{table}": conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        ).fetchone()[0]
+        for schema, table in tables
+    }
 
 
 def ledger_totals(conn: psycopg.Connection) -> dict[str, dict[str, str | int]]:
     """Per account: balance, sum of its transactions' amounts, number of transactions."""
     if conn.execute("SELECT pg_catalog.to_regclass('keen.credit_accounts')").fetchone()[0] is None:
         return {}
-    rows = _rows(conn, """
+    rows = _rows(
+        conn,
+        """
         SELECT a.user_id::text, a.current_balance::text,
                COALESCE(t.total, 0)::numeric(20,6)::text, COALESCE(t.entries, 0)
           FROM keen.credit_accounts a
           LEFT JOIN (SELECT account_id, sum(amount) AS total, count(*) AS entries
                        FROM keen.credit_transactions GROUP BY account_id) t ON t.account_id = a.id
-         ORDER BY a.user_id""")
+         ORDER BY a.user_id""",
+    )
     return {r[0]: {"balance": r[1], "ledger_sum": r[2], "entries": r[3]} for r in rows}
 
 
 def migrations(conn: psycopg.Connection) -> list[str]:
     if conn.execute("SELECT pg_catalog.to_regclass('public._yoyo_migration')").fetchone()[0] is None:
         return []
-    return [r[0] for r in _rows(conn, "SELECT migration_id FROM public._yoyo_migration "
-                                      "ORDER BY applied_at_utc, migration_id")]
+    return [
+        r[0]
+        for r in _rows(conn, "SELECT migration_id FROM public._yoyo_migration ORDER BY applied_at_utc, migration_id")
+    ]
 
 
 def facts(conn: psycopg.Connection) -> dict[str, Any]:
@@ -125,7 +138,11 @@ def compare(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
             diffs.append(f"table {name}: {e} row(s) in the backup, {a} restored")
     for user in sorted(set(expected["ledger"]) | set(actual["ledger"])):
         e, a = expected["ledger"].get(user), actual["ledger"].get(user)
-        if e is None or a is None or any(Decimal(str(e[k])) != Decimal(str(a[k])) for k in ("balance", "ledger_sum", "entries")):
+        if (
+            e is None
+            or a is None
+            or any(Decimal(str(e[k])) != Decimal(str(a[k])) for k in ("balance", "ledger_sum", "entries"))
+        ):
             diffs.append(f"account of {user}: backup {e}, restored {a}")
     if expected["migrations"] != actual["migrations"]:
         diffs.append(f"migrations: backup {expected['migrations']}, restored {actual['migrations']}")
@@ -133,6 +150,7 @@ def compare(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
 
 
 # --- libpq programs ------------------------------------------------------------------------
+
 
 def _libpq(conninfo: str, **override: str) -> tuple[str, dict[str, str]]:
     """A conninfo without its password, and the environment that carries it (PGPASSWORD)."""
@@ -158,10 +176,11 @@ def sha256_file(path: Path) -> str:
 
 
 def _utcnow() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 # --- logical backup ------------------------------------------------------------------------
+
 
 def take_backup(superuser_url: str, path: Path) -> dict[str, Any]:
     """Write a backup directory at `path` (which must not exist or be empty); returns the manifest."""
@@ -184,10 +203,13 @@ def take_backup(superuser_url: str, path: Path) -> dict[str, Any]:
 def _write_backup(superuser_url: str, path: Path) -> dict[str, Any]:
     started = time.monotonic()
     with psycopg.connect(superuser_url, autocommit=True) as conn:
-        if not conn.execute("SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles "
-                            "WHERE rolname = current_user").fetchone()[0]:
-            raise BackupError("a backup needs a role that bypasses row-level security (a superuser): "
-                              "anything else would silently leave other tenants' rows out")
+        if not conn.execute(
+            "SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user"
+        ).fetchone()[0]:
+            raise BackupError(
+                "a backup needs a role that bypasses row-level security (a superuser): "
+                "anything else would silently leave other tenants' rows out"
+            )
         database = conn.execute("SELECT current_database()").fetchone()[0]
         # One snapshot for the dump and the manifest, so the counts describe exactly the archive.
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -196,12 +218,32 @@ def _write_backup(superuser_url: str, path: Path) -> dict[str, Any]:
         server_version = conn.execute("SHOW server_version").fetchone()[0]
         taken_at = conn.execute("SELECT pg_catalog.now()").fetchone()[0]
         dsn, env = _libpq(superuser_url)
-        _tool([cluster.pg_bin("pg_dump"), "--format=custom", f"--snapshot={snapshot}",
-               "--file", str(path / ARCHIVE), "--dbname", dsn], env)
+        _tool(
+            [
+                cluster.pg_bin("pg_dump"),
+                "--format=custom",
+                f"--snapshot={snapshot}",
+                "--file",
+                str(path / ARCHIVE),
+                "--dbname",
+                dsn,
+            ],
+            env,
+        )
         conn.execute("COMMIT")
     dsn, env = _libpq(superuser_url, dbname="postgres")
-    _tool([cluster.pg_bin("pg_dumpall"), "--roles-only", "--no-role-passwords",
-           "--file", str(path / ROLES), "--dbname", dsn], env)
+    _tool(
+        [
+            cluster.pg_bin("pg_dumpall"),
+            "--roles-only",
+            "--no-role-passwords",
+            "--file",
+            str(path / ROLES),
+            "--dbname",
+            dsn,
+        ],
+        env,
+    )
     _tool([cluster.pg_bin("pg_restore"), "--list", str(path / ARCHIVE)])  # the archive reads back
     for name in (ARCHIVE, ROLES):
         os.chmod(path / name, 0o600)
@@ -210,8 +252,10 @@ def _write_backup(superuser_url: str, path: Path) -> dict[str, Any]:
         "database": database,
         "taken_at": taken_at.isoformat(),
         "server_version": server_version,
-        "files": {name: {"sha256": sha256_file(path / name), "bytes": (path / name).stat().st_size}
-                  for name in (ARCHIVE, ROLES)},
+        "files": {
+            name: {"sha256": sha256_file(path / name), "bytes": (path / name).stat().st_size}
+            for name in (ARCHIVE, ROLES)
+        },
         "role_passwords": "not included: `keen-db up` or `keen-db migrate` sets the login roles' passwords",
         "seconds": round(time.monotonic() - started, 2),
         **manifest_facts,
@@ -240,8 +284,10 @@ def read_verified_manifest(path: Path) -> dict[str, Any]:
         size, digest = f.stat().st_size, sha256_file(f)
         if size != meta["bytes"] or digest != meta["sha256"]:
             what = "truncated" if size < meta["bytes"] else "corrupted"
-            raise BackupError(f"{f} is {what}: {size} bytes with SHA-256 {digest[:16]}..., the manifest "
-                              f"says {meta['bytes']} bytes with {meta['sha256'][:16]}...; nothing was restored")
+            raise BackupError(
+                f"{f} is {what}: {size} bytes with SHA-256 {digest[:16]}..., the manifest "
+                f"says {meta['bytes']} bytes with {meta['sha256'][:16]}...; nothing was restored"
+            )
     return manifest
 
 
@@ -308,8 +354,18 @@ def restore_backup(s: config.Settings, path: Path, target: str, jobs: int = 2) -
         dsn, env = _libpq(s.superuser_url(target))
         # Row security stays on: the superuser's COPY bypasses it anyway, while a materialized
         # view's REFRESH runs as its owner under FORCED policies (off, it would be an error).
-        _tool([cluster.pg_bin("pg_restore"), "--exit-on-error", "--enable-row-security", f"--jobs={jobs}",
-               "--dbname", dsn, str(path / ARCHIVE)], env)
+        _tool(
+            [
+                cluster.pg_bin("pg_restore"),
+                "--exit-on-error",
+                "--enable-row-security",
+                f"--jobs={jobs}",
+                "--dbname",
+                dsn,
+                str(path / ARCHIVE),
+            ],
+            env,
+        )
         _refresh_views(s.role_url("keen_maintenance", target))
         with psycopg.connect(s.superuser_url(target), autocommit=True) as conn:
             conn.execute("ANALYZE")
@@ -336,6 +392,7 @@ def restore_backup(s: config.Settings, path: Path, target: str, jobs: int = 2) -
 
 # --- point-in-time recovery ----------------------------------------------------------------
 
+
 def basebackups_dir(s: config.Settings) -> Path:
     return s.home / "basebackups"
 
@@ -344,14 +401,15 @@ def list_basebackups(s: config.Settings) -> list[tuple[Path, dict[str, Any]]]:
     """Verified base backups, oldest first, each with the <name>.json written beside it."""
     root = basebackups_dir(s)
     infos = sorted(root.glob("*.json")) if root.exists() else []
-    return [(info.with_suffix(""), json.loads(info.read_text())) for info in infos
-            if info.with_suffix("").is_dir()]
+    return [(info.with_suffix(""), json.loads(info.read_text())) for info in infos if info.with_suffix("").is_dir()]
 
 
 def _require_embedded(s: config.Settings) -> None:
     if not s.embedded:
-        raise BackupError("point-in-time recovery manages the embedded cluster only "
-                          "(KEEN_DATABASE_URL is set); use your server's own tools")
+        raise BackupError(
+            "point-in-time recovery manages the embedded cluster only "
+            "(KEEN_DATABASE_URL is set); use your server's own tools"
+        )
     if not cluster.running(s):
         raise BackupError(f"the embedded cluster in {s.home} is not running (run keen-db up)")
 
@@ -368,14 +426,26 @@ def take_basebackup(s: config.Settings, keep: int = 2) -> tuple[Path, dict[str, 
     marker = s.wal_archive_dir / cluster.ARCHIVE_MARKER
     if not marker.exists():
         marker.touch()
-    started_at = dt.datetime.now(dt.timezone.utc)
+    started_at = dt.datetime.now(dt.UTC)
     dest = root / started_at.strftime("%Y%m%dT%H%M%S%fZ")
     dsn, env = _libpq(s.superuser_url("postgres"))
     t0 = time.monotonic()
-    cluster._run([cluster.pg_bin("pg_basebackup"), "--pgdata", str(dest), "--format=plain",
-                  "--wal-method=stream", "--checkpoint=fast", "--manifest-checksums=SHA256",
-                  f"--label=keen-db {started_at.isoformat()}", "--dbname", dsn], env=env)
-    ended_at = dt.datetime.now(dt.timezone.utc)
+    cluster._run(
+        [
+            cluster.pg_bin("pg_basebackup"),
+            "--pgdata",
+            str(dest),
+            "--format=plain",
+            "--wal-method=stream",
+            "--checkpoint=fast",
+            "--manifest-checksums=SHA256",
+            f"--label=keen-db {started_at.isoformat()}",
+            "--dbname",
+            dsn,
+        ],
+        env=env,
+    )
+    ended_at = dt.datetime.now(dt.UTC)
     res = cluster._run([cluster.pg_bin("pg_verifybackup"), str(dest)], check=False)
     if res.returncode != 0:
         shutil.rmtree(dest, ignore_errors=True)
@@ -406,8 +476,9 @@ def _prune(s: config.Settings, keep: int) -> None:
     if kept:
         oldest = kept[0][1]["start_wal"]
         for ext in (".gz", None):
-            cluster._run([cluster.pg_bin("pg_archivecleanup"), *(["-x", ext] if ext else []),
-                          str(s.wal_archive_dir), oldest])
+            cluster._run(
+                [cluster.pg_bin("pg_archivecleanup"), *(["-x", ext] if ext else []), str(s.wal_archive_dir), oldest]
+            )
         # pg_archivecleanup leaves the older backups' label files (NAME.OFFSET.backup).
         for f in s.wal_archive_dir.glob("*.backup*"):
             if f.name[8:24] < oldest[8:]:
@@ -422,7 +493,7 @@ def parse_time(text: str) -> dt.datetime | None:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise BackupError(f"{text!r} is not a time: use ISO 8601 like 2025-01-31T14:05:00Z, or 'latest'") from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def archive_current_wal(s: config.Settings, timeout: float = 60) -> None:
@@ -435,12 +506,16 @@ def archive_current_wal(s: config.Settings, timeout: float = 60) -> None:
         segment = conn.execute("SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())").fetchone()[0]
         deadline = time.monotonic() + timeout
         while True:
-            last, failed = conn.execute("SELECT last_archived_wal, last_failed_wal FROM pg_catalog.pg_stat_archiver").fetchone()
+            last, failed = conn.execute(
+                "SELECT last_archived_wal, last_failed_wal FROM pg_catalog.pg_stat_archiver"
+            ).fetchone()
             if last and last[8:] >= segment[8:]:
                 return
             if time.monotonic() > deadline:
-                raise BackupError(f"WAL segment {segment} was not archived within {timeout:.0f}s "
-                                  f"(last archived {last}, last failure {failed}); see {s.log_file}")
+                raise BackupError(
+                    f"WAL segment {segment} was not archived within {timeout:.0f}s "
+                    f"(last archived {last}, last failure {failed}); see {s.log_file}"
+                )
             time.sleep(0.2)
 
 
@@ -450,25 +525,36 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def point_in_time_recovery(s: config.Settings, target_time: dt.datetime | None, target_dir: Path,
-                           port: int | None = None, stop: bool = False,
-                           log=lambda _msg: None) -> dict[str, Any]:
+def point_in_time_recovery(
+    s: config.Settings,
+    target_time: dt.datetime | None,
+    target_dir: Path,
+    port: int | None = None,
+    stop: bool = False,
+    log=lambda _msg: None,
+) -> dict[str, Any]:
     """Bring a copy of the embedded cluster back to `target_time` (None: as far as the archive
     goes) in `target_dir` (a new KEEN_HOME) on `port`, promote it and verify it. The copy is
     left running unless `stop`. Returns a report."""
     _require_embedded(s)
     t0 = time.monotonic()
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     if target_time and target_time > now:
         raise BackupError(f"{target_time.isoformat()} is in the future")
     target_dir = Path(target_dir).resolve()
     if target_dir.exists() and any(target_dir.iterdir()):
         raise BackupError(f"{target_dir} exists and is not empty; the copy needs a new directory")
-    candidates = [(d, i) for d, i in list_basebackups(s)
-                  if target_time is None or dt.datetime.fromisoformat(i["ended_at"]) <= target_time]
+    candidates = [
+        (d, i)
+        for d, i in list_basebackups(s)
+        if target_time is None or dt.datetime.fromisoformat(i["ended_at"]) <= target_time
+    ]
     if not candidates:
-        raise BackupError("no base backup finished before " + (target_time.isoformat() if target_time else "now")
-                          + " (run keen-db basebackup; a recovery can only start from one)")
+        raise BackupError(
+            "no base backup finished before "
+            + (target_time.isoformat() if target_time else "now")
+            + " (run keen-db basebackup; a recovery can only start from one)"
+        )
     base, info = candidates[-1]
     log(f"base backup {base.name} (ended {info['ended_at']})")
     res = cluster._run([cluster.pg_bin("pg_verifybackup"), str(base)], check=False)
@@ -486,9 +572,11 @@ def point_in_time_recovery(s: config.Settings, target_time: dt.datetime | None, 
     shutil.copytree(s.secrets_dir, copy.secrets_dir)  # the copy's roles have the same passwords
     for d, mode in ((copy.run_dir, 0o755), (copy.log_file.parent, 0o755), (copy.wal_archive_dir, 0o700)):
         cluster._owned_dir(d, mode)
-    lines = [f"restore_command = '{cluster.restore_command(s.wal_archive_dir)}'",
-             "recovery_target_action = 'promote'",
-             "recovery_target_timeline = 'latest'"]
+    lines = [
+        f"restore_command = '{cluster.restore_command(s.wal_archive_dir)}'",
+        "recovery_target_action = 'promote'",
+        "recovery_target_timeline = 'latest'",
+    ]
     if target_time:
         lines += [f"recovery_target_time = '{target_time.isoformat()}'", "recovery_target_inclusive = true"]
     uid, gid = cluster._server_uid_gid()
@@ -529,12 +617,16 @@ def point_in_time_recovery(s: config.Settings, target_time: dt.datetime | None, 
         "seconds": round(time.monotonic() - t0, 2),
     }
     if problems:
-        raise BackupError("the recovered copy fails its integrity checks:\n  " + "\n  ".join(problems)
-                          + f"\n(the copy is in {copy.home}, port {copy.port})")
+        raise BackupError(
+            "the recovered copy fails its integrity checks:\n  "
+            + "\n  ".join(problems)
+            + f"\n(the copy is in {copy.home}, port {copy.port})"
+        )
     return report
 
 
 # --- commands ------------------------------------------------------------------------------
+
 
 def _fail(message: str) -> None:
     click.echo(f"keen-db: {message}", err=True)
@@ -559,10 +651,12 @@ def backup(ctx: click.Context, path: Path) -> None:
         m = take_backup(s.superuser_url(), path)
     except (BackupError, psycopg.Error) as exc:
         _fail(str(exc).strip())
-    click.echo(f"backup of {m['database']!r} written to {path}: {len(m['tables'])} tables, "
-               f"{sum(m['tables'].values())} rows, {len(m['ledger'])} accounts, "
-               f"{m['files'][ARCHIVE]['bytes']} bytes, sha256 {m['files'][ARCHIVE]['sha256'][:16]}..., "
-               f"{m['seconds']}s")
+    click.echo(
+        f"backup of {m['database']!r} written to {path}: {len(m['tables'])} tables, "
+        f"{sum(m['tables'].values())} rows, {len(m['ledger'])} accounts, "
+        f"{m['files'][ARCHIVE]['bytes']} bytes, sha256 {m['files'][ARCHIVE]['sha256'][:16]}..., "
+        f"{m['seconds']}s"
+    )
 
 
 @click.command()
@@ -578,13 +672,17 @@ def restore(ctx: click.Context, path: Path, target_db: str, jobs: int) -> None:
         r = restore_backup(s, path, target_db, jobs)
     except (BackupError, psycopg.Error) as exc:
         _fail(str(exc).strip())
-    click.echo(f"restored {path} into {r['database']!r} and verified it: {r['tables']} tables and "
-               f"{r['rows']} rows match the manifest, {r['accounts']} accounts match their ledger totals, "
-               f"verify_ledger clean; {r['seconds']}s")
+    click.echo(
+        f"restored {path} into {r['database']!r} and verified it: {r['tables']} tables and "
+        f"{r['rows']} rows match the manifest, {r['accounts']} accounts match their ledger totals, "
+        f"verify_ledger clean; {r['seconds']}s"
+    )
 
 
 @click.command()
-@click.option("--keep", default=2, show_default=True, help="base backups to keep (older ones and their WAL are removed)")
+@click.option(
+    "--keep", default=2, show_default=True, help="base backups to keep (older ones and their WAL are removed)"
+)
 @click.pass_context
 def basebackup(ctx: click.Context, keep: int) -> None:
     """Take a verified base backup of the embedded cluster (for keen-db pitr)."""
@@ -594,14 +692,20 @@ def basebackup(ctx: click.Context, keep: int) -> None:
         dest, info = take_basebackup(s, keep)
     except (BackupError, cluster.ClusterError, psycopg.Error) as exc:
         _fail(str(exc).strip())
-    click.echo(f"base backup {dest} verified by pg_verifybackup: {info['bytes']} bytes in {info['seconds']}s; "
-               f"recovery possible to any time after {info['ended_at']}")
+    click.echo(
+        f"base backup {dest} verified by pg_verifybackup: {info['bytes']} bytes in {info['seconds']}s; "
+        f"recovery possible to any time after {info['ended_at']}"
+    )
 
 
 @click.command()
 @click.option("--to", "to", required=True, help="ISO 8601 time (UTC unless a zone is given) or 'latest'")
-@click.option("--target-dir", required=True, type=click.Path(path_type=Path),
-              help="new directory for the recovered copy (a KEEN_HOME of its own)")
+@click.option(
+    "--target-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="new directory for the recovered copy (a KEEN_HOME of its own)",
+)
 @click.option("--port", type=int, default=None, help="port of the copy (default: a free one)")
 @click.option("--stop", is_flag=True, help="stop the copy once it is verified")
 @click.option("--json", "as_json", is_flag=True, help="print the report as one JSON line")
@@ -611,22 +715,29 @@ def pitr(ctx: click.Context, to: str, target_dir: Path, port: int | None, stop: 
     s: config.Settings = ctx.obj
     _ensure(s)
     try:
-        report = point_in_time_recovery(s, parse_time(to), target_dir, port, stop,
-                                        log=(lambda m: None) if as_json else click.echo)
+        report = point_in_time_recovery(
+            s, parse_time(to), target_dir, port, stop, log=(lambda m: None) if as_json else click.echo
+        )
     except (BackupError, cluster.ClusterError, psycopg.Error) as exc:
         _fail(str(exc).strip())
     if as_json:
         click.echo(json.dumps(report))
         return
-    click.echo(f"recovered to {report['target_time']} (last replayed commit {report['last_replayed_commit']}) "
-               f"in {report['recovery_seconds']}s; verified: {report['rows']} rows, {report['accounts']} accounts, "
-               f"verify_ledger clean")
+    click.echo(
+        f"recovered to {report['target_time']} (last replayed commit {report['last_replayed_commit']}) "
+        f"in {report['recovery_seconds']}s; verified: {report['rows']} rows, {report['accounts']} accounts, "
+        f"verify_ledger clean"
+    )
     if report["running"]:
-        click.echo(f"the copy runs on port {report['port']}: KEEN_HOME={report['home']} KEEN_PORT={report['port']} "
-                   f"keen-db url --superuser; stop it with KEEN_HOME={report['home']} KEEN_PORT={report['port']} keen-db down")
+        click.echo(
+            f"the copy runs on port {report['port']}: KEEN_HOME={report['home']} KEEN_PORT={report['port']} "
+            f"keen-db url --superuser; stop it with KEEN_HOME={report['home']} KEEN_PORT={report['port']} keen-db down"
+        )
     else:
-        click.echo(f"the copy is stopped in {report['home']} (start it with KEEN_HOME={report['home']} "
-                   f"KEEN_PORT={report['port']} keen-db up)")
+        click.echo(
+            f"the copy is stopped in {report['home']} (start it with KEEN_HOME={report['home']} "
+            f"KEEN_PORT={report['port']} keen-db up)"
+        )
 
 
 COMMANDS = [backup, restore, basebackup, pitr]

@@ -15,6 +15,7 @@ tpcb-like tables in keen_bench_tpcb; both dropped at the end unless --keep):
   * the ledger grown to 1,000,000 rows over the past year and a year of daily rollups, for
     platform_metrics (the tenfold check adds 9,000,000 more rows; skipped with --quick).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,11 +27,12 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import psycopg
@@ -144,8 +146,17 @@ def seed_tree(conn: psycopg.Connection, user_id: uuid.UUID, prefix: str, nodes: 
         # for every row once it is large.
         conn.execute("ANALYZE keen.agent_sessions")
         limit = min(nodes - made, width * fanout)
-        conn.execute(SEED_TREE_LEVEL, {"user": user_id, "prefix": prefix, "depth": depth,
-                                       "parents": -(-limit // fanout), "fanout": fanout, "limit": limit})
+        conn.execute(
+            SEED_TREE_LEVEL,
+            {
+                "user": user_id,
+                "prefix": prefix,
+                "depth": depth,
+                "parents": -(-limit // fanout),
+                "fanout": fanout,
+                "limit": limit,
+            },
+        )
         made, depth, width = made + limit, depth + 1, limit
     return root
 
@@ -235,12 +246,13 @@ class Config:
     database: str = BENCH_DB
 
     @classmethod
-    def make(cls, quick: bool, **over: Any) -> "Config":
+    def make(cls, quick: bool, **over: Any) -> Config:
         if quick:
             # The trees are 1k and 10k nodes here (the same tenfold growth; the sizes are in
             # the settings of the result): seeding 110k sessions alone takes most of a minute.
-            base = cls(quick=True, rounds=3, seconds=2.0, ledger_rows=100_000, tree_sizes=(1_000, 10_000),
-                       tenfold=False)
+            base = cls(
+                quick=True, rounds=3, seconds=2.0, ledger_rows=100_000, tree_sizes=(1_000, 10_000), tenfold=False
+            )
         else:
             base = cls(rounds=5, seconds=10.0)
         return cls(**{**base.__dict__, **{k: v for k, v in over.items() if v is not None}})
@@ -248,7 +260,12 @@ class Config:
 
 GOALS: list[tuple[str, str, str, Callable[[float], bool]]] = [
     ("ratio_deduct_vs_tpcb", "deduct_credits (10k users, 8 clients) / pgbench tpcb-like", ">= 1.5", lambda v: v >= 1.5),
-    ("ratio_deduct_vs_script", "deduct_credits / the same work as a multi-statement script", ">= 1.4", lambda v: v >= 1.4),
+    (
+        "ratio_deduct_vs_script",
+        "deduct_credits / the same work as a multi-statement script",
+        ">= 1.4",
+        lambda v: v >= 1.4,
+    ),
     ("ratio_hot_c8_vs_c1", "one hot user: 8 clients / 1 client", ">= 0.9", lambda v: v >= 0.9),
     ("ratio_hot_vs_update_ceiling", "hot user at 8 clients / bare UPDATE ... RETURNING", ">= 0.6", lambda v: v >= 0.6),
     ("ratio_replay_vs_fresh", "idempotent replay / fresh deduction (hot user, 8 clients)", ">= 2", lambda v: v >= 2),
@@ -257,7 +274,12 @@ GOALS: list[tuple[str, str, str, Callable[[float], bool]]] = [
     ("ratio_session_tree_100k_vs_10k", "session_tree 100k nodes / 10k nodes", "<= 12", lambda v: v <= 12),
     ("subtree_vs_pk_ratio", "subtree (<= 100 nodes) / primary-key lookup", "<= 2", lambda v: v <= 2),
     ("platform_metrics_ms", "platform_metrics over a year of rollups (ms)", "< 50", lambda v: v < 50),
-    ("ratio_platform_metrics_10x", "platform_metrics with a tenfold ledger / before", "flat (<= 1.5)", lambda v: v <= 1.5),
+    (
+        "ratio_platform_metrics_10x",
+        "platform_metrics with a tenfold ledger / before",
+        "flat (<= 1.5)",
+        lambda v: v <= 1.5,
+    ),
 ]
 
 
@@ -279,8 +301,20 @@ class Bench:
         from .backup import _libpq
 
         dsn, env = _libpq(conninfo)
-        cmd = [cluster.pg_bin("pgbench"), "-n", "-M", "prepared", "-c", str(clients),
-               "-j", str(min(2, clients)), "-T", str(max(1, round(seconds))), *args, dsn]
+        cmd = [
+            cluster.pg_bin("pgbench"),
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            str(clients),
+            "-j",
+            str(min(2, clients)),
+            "-T",
+            str(max(1, round(seconds))),
+            *args,
+            dsn,
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env, "PGOPTIONS": PINNED})
         # Exit 2 with failed transactions (serialization, deadlock) is counted; an aborted
         # client (an error in the script) makes the figure meaningless.
@@ -314,14 +348,22 @@ class Bench:
         from .backup import _libpq
 
         dsn, env = _libpq(self.s.superuser_url(self.tpcb_db))
-        subprocess.run([cluster.pg_bin("pgbench"), "-i", "-q", "-s", str(cfg.tpcb_scale), dsn],
-                       check=True, capture_output=True, env={**os.environ, **env})
-        self.echo(f"{self.db}: migrate, {cfg.users} users, trees of {cfg.tree_sizes[0]} and {cfg.tree_sizes[1]} sessions")
+        subprocess.run(
+            [cluster.pg_bin("pgbench"), "-i", "-q", "-s", str(cfg.tpcb_scale), dsn],
+            check=True,
+            capture_output=True,
+            env={**os.environ, **env},
+        )
+        self.echo(
+            f"{self.db}: migrate, {cfg.users} users, trees of {cfg.tree_sizes[0]} and {cfg.tree_sizes[1]} sessions"
+        )
         deploy.deploy(self.s, self.db)
         with self.su() as conn:
             conn.execute(BENCH_OBJECTS)
             seed_users(conn, cfg.users)
-            self.admin = conn.execute("SELECT id FROM keen.users WHERE role = 'super_admin' ORDER BY created_at LIMIT 1").fetchone()[0]
+            self.admin = conn.execute(
+                "SELECT id FROM keen.users WHERE role = 'super_admin' ORDER BY created_at LIMIT 1"
+            ).fetchone()[0]
         self.sessions = self.has_function("keen.session_tree(uuid)")
         if self.sessions:
             self.seed_sessions()
@@ -334,8 +376,11 @@ class Bench:
         self.ledger_rows = per * cfg.users + cfg.users
         if self.has_function("keen.deduct_credits(uuid,numeric,uuid,text,text)"):
             with self.su() as conn:  # the key the replay figure repeats
-                conn.execute("SELECT (keen.deduct_credits(%s, 0.01, NULL, 'bench replay', 'bench-replay')).id "
-                             "FROM keen.act_as(%s)", (bench_uid(HOT_USER), bench_uid(HOT_USER)))
+                conn.execute(
+                    "SELECT (keen.deduct_credits(%s, 0.01, NULL, 'bench replay', 'bench-replay')).id "
+                    "FROM keen.act_as(%s)",
+                    (bench_uid(HOT_USER), bench_uid(HOT_USER)),
+                )
         with self.su() as conn:
             conn.execute("VACUUM ANALYZE")
             conn.execute("SELECT pg_stat_statements_reset()")
@@ -350,20 +395,31 @@ class Bench:
             self.trees = {size: seed_tree(conn, bench_uid(TREE_USER), f"tree{size}", size) for size in (small, big)}
             self.event_session = seed_tree(conn, bench_uid(HOT_USER), "events", 1)
             # A subtree of at most 100 nodes: the deepest node of the big tree that has children.
-            self.subtree = conn.execute("""
+            self.subtree = conn.execute(
+                """
                 SELECT p.id FROM keen.agent_sessions p
                  WHERE p.user_id = %s AND p.session_id LIKE %s || '-%%' AND p.session_depth > 0
                    AND EXISTS (SELECT 1 FROM keen.agent_sessions c WHERE c.parent_session_id = p.id)
-                 ORDER BY p.session_depth DESC LIMIT 1""", (bench_uid(TREE_USER), f"tree{big}")).fetchone()[0]
-            self.subtree_size = conn.execute(
-                "SELECT count(*) FROM keen.agent_sessions WHERE parent_session_id = %s", (self.subtree,)).fetchone()[0] + 1
-            self.pk_probe = conn.execute("SELECT id FROM keen.agent_sessions WHERE user_id = %s AND session_id = %s",
-                                         (bench_uid(TREE_USER), f"tree{small}-1-7")).fetchone()[0]
+                 ORDER BY p.session_depth DESC LIMIT 1""",
+                (bench_uid(TREE_USER), f"tree{big}"),
+            ).fetchone()[0]
+            self.subtree_size = (
+                conn.execute(
+                    "SELECT count(*) FROM keen.agent_sessions WHERE parent_session_id = %s", (self.subtree,)
+                ).fetchone()[0]
+                + 1
+            )
+            self.pk_probe = conn.execute(
+                "SELECT id FROM keen.agent_sessions WHERE user_id = %s AND session_id = %s",
+                (bench_uid(TREE_USER), f"tree{small}-1-7"),
+            ).fetchone()[0]
 
     def _deadlocks(self) -> int:
         with self.su("postgres") as conn:
-            return conn.execute("SELECT COALESCE(sum(deadlocks), 0)::int FROM pg_catalog.pg_stat_database "
-                                "WHERE datname IN (%s, %s)", (self.db, self.tpcb_db)).fetchone()[0]
+            return conn.execute(
+                "SELECT COALESCE(sum(deadlocks), 0)::int FROM pg_catalog.pg_stat_database WHERE datname IN (%s, %s)",
+                (self.db, self.tpcb_db),
+            ).fetchone()[0]
 
     # -- figures
     def throughput_round(self) -> None:
@@ -404,8 +460,7 @@ class Bench:
         import random
 
         done, errors = [0] * threads, [0] * threads
-        keen = Keen(self.s.role_url("keen_app", self.db),
-                    PoolSettings(min_size=threads, max_size=threads, timeout=30))
+        keen = Keen(self.s.role_url("keen_app", self.db), PoolSettings(min_size=threads, max_size=threads, timeout=30))
         keen.pool.wait()
         stop_at = time.monotonic() + seconds
 
@@ -417,7 +472,7 @@ class Bench:
                     with keen.as_user(user) as tx:
                         tx.credits.deduct_credits(user, Decimal("0.01"))
                     done[i] += 1
-                except Exception:  # noqa: BLE001 - counted in errors
+                except Exception:
                     errors[i] += 1
 
         t0 = time.monotonic()
@@ -495,16 +550,20 @@ class Bench:
             conn.execute("ANALYZE keen.credit_transactions")
         self.results["platform_metrics_10x_ms"] = self._platform_metrics_ms()
         self.results["ratio_platform_metrics_10x"] = round(
-            self.results["platform_metrics_10x_ms"] / max(self.results["platform_metrics_ms"], 1e-6), 3)
+            self.results["platform_metrics_10x_ms"] / max(self.results["platform_metrics_ms"], 1e-6), 3
+        )
 
     def top_statements(self, limit: int = 8) -> list[dict[str, Any]]:
         with self.su() as conn:
-            rows = conn.execute("""
+            rows = conn.execute(
+                """
                 SELECT pg_catalog.left(pg_catalog.regexp_replace(query, '\\s+', ' ', 'g'), 90), calls,
                        pg_catalog.round(mean_exec_time::numeric, 3), pg_catalog.round(total_exec_time::numeric)
                   FROM public.pg_stat_statements
                  WHERE dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
-                 ORDER BY total_exec_time DESC LIMIT %s""", (limit,)).fetchall()
+                 ORDER BY total_exec_time DESC LIMIT %s""",
+                (limit,),
+            ).fetchall()
         return [{"query": r[0], "calls": r[1], "mean_ms": float(r[2]), "total_ms": float(r[3])} for r in rows]
 
     def finish(self) -> dict[str, Any]:
@@ -515,7 +574,7 @@ class Bench:
         def ratio(a: str, b: str) -> float | None:
             """The median of the ratios of each round (or interleaved pair), not the ratio of
             the medians: each round's two sides ran moments apart, under the same load."""
-            pairs = [x / y for x, y in zip(self.samples.get(a, []), self.samples.get(b, [])) if y]
+            pairs = [x / y for x, y in zip(self.samples.get(a, []), self.samples.get(b, []), strict=False) if y]
             return round(statistics.median(pairs), 3) if pairs else None
 
         r["ratio_deduct_vs_tpcb"] = ratio("deduct_tps", "tpcb_tps")
@@ -529,11 +588,18 @@ class Bench:
         r["subtree_vs_pk_ratio"] = ratio("subtree_ms", "pk_lookup_ms")
         r["subtree_nodes"] = getattr(self, "subtree_size", None)
         r["errors"] = self.failures + max(0, self._deadlocks() - self.deadlocks_before)
-        r["settings"] = {"rounds": self.cfg.rounds, "seconds": self.cfg.seconds, "clients": self.cfg.clients,
-                         "users": self.cfg.users, "tpcb_scale": self.cfg.tpcb_scale,
-                         "tree_sizes": list(self.cfg.tree_sizes),
-                         "ledger_rows": getattr(self, "ledger_rows", None), "quick": self.cfg.quick,
-                         "pgbench": "-M prepared -j 2", "synchronous_commit": "on"}
+        r["settings"] = {
+            "rounds": self.cfg.rounds,
+            "seconds": self.cfg.seconds,
+            "clients": self.cfg.clients,
+            "users": self.cfg.users,
+            "tpcb_scale": self.cfg.tpcb_scale,
+            "tree_sizes": list(self.cfg.tree_sizes),
+            "ledger_rows": getattr(self, "ledger_rows", None),
+            "quick": self.cfg.quick,
+            "pgbench": "-M prepared -j 2",
+            "synchronous_commit": "on",
+        }
         r["skipped"] = self.skipped
         r["goals_met"] = {key: check(r[key]) for key, _, _, check in GOALS if r.get(key) is not None}
         return r
@@ -572,16 +638,37 @@ def report(results: dict[str, Any], console) -> None:
         t.add_column(col)
     for key, label, goal, check in GOALS:
         v = results.get(key)
-        t.add_row(label, "-" if v is None else str(v), goal,
-                  "-" if v is None else ("[green]met" if check(v) else "[red]missed"))
+        t.add_row(
+            label,
+            "-" if v is None else str(v),
+            goal,
+            "-" if v is None else ("[green]met" if check(v) else "[red]missed"),
+        )
     console.print(t)
     raw = Table(title="raw figures")
     raw.add_column("figure")
     raw.add_column("value")
-    for key in ("tpcb_tps", "deduct_tps", "script_tps", "hot_tps_c1", "hot_tps_c8", "update_ceiling_tps",
-                "replay_tps", "client_tps", "partitioned_tps", "twin_tps", "session_tree_10k_ms",
-                "session_tree_100k_ms", "subtree_ms", "subtree_nodes", "pk_lookup_ms", "platform_metrics_ms",
-                "platform_metrics_10x_ms", "errors", "setup_seconds"):
+    for key in (
+        "tpcb_tps",
+        "deduct_tps",
+        "script_tps",
+        "hot_tps_c1",
+        "hot_tps_c8",
+        "update_ceiling_tps",
+        "replay_tps",
+        "client_tps",
+        "partitioned_tps",
+        "twin_tps",
+        "session_tree_10k_ms",
+        "session_tree_100k_ms",
+        "subtree_ms",
+        "subtree_nodes",
+        "pk_lookup_ms",
+        "platform_metrics_ms",
+        "platform_metrics_10x_ms",
+        "errors",
+        "setup_seconds",
+    ):
         if results.get(key) is not None:
             raw.add_row(key, str(results[key]))
     console.print(raw)
@@ -605,14 +692,28 @@ def report(results: dict[str, Any], console) -> None:
 @click.option("--tpcb-scale", type=int, default=None, help="pgbench scale (default 10)")
 @click.option("--ledger-rows", type=int, default=None, help="ledger rows for platform_metrics")
 @click.option("--tree-sizes", type=(int, int), default=None, help="the two session trees (default 10000 100000)")
-@click.option("--tenfold/--no-tenfold", default=None,
-              help="grow the ledger tenfold and time platform_metrics again (default: on, off with --quick)")
+@click.option(
+    "--tenfold/--no-tenfold",
+    default=None,
+    help="grow the ledger tenfold and time platform_metrics again (default: on, off with --quick)",
+)
 @click.option("--keep", is_flag=True, help="keep the bench databases afterwards")
 @click.option("--database", default=None, help=f"bench database name (default {BENCH_DB}; pgbench's is NAME_tpcb)")
 @click.pass_context
-def bench(ctx: click.Context, as_json: bool, quick: bool, rounds: int | None, seconds: float | None,
-          users: int | None, tpcb_scale: int | None, ledger_rows: int | None,
-          tree_sizes: tuple[int, int] | None, tenfold: bool | None, keep: bool, database: str | None) -> None:
+def bench(
+    ctx: click.Context,
+    as_json: bool,
+    quick: bool,
+    rounds: int | None,
+    seconds: float | None,
+    users: int | None,
+    tpcb_scale: int | None,
+    ledger_rows: int | None,
+    tree_sizes: tuple[int, int] | None,
+    tenfold: bool | None,
+    keep: bool,
+    database: str | None,
+) -> None:
     """Measure the DESIGN.md performance figures; print each ratio beside its goal."""
     from rich.console import Console
 
@@ -623,9 +724,18 @@ def bench(ctx: click.Context, as_json: bool, quick: bool, rounds: int | None, se
         raise click.ClickException(str(exc)) from None
     if rounds is not None and rounds < 3:
         raise click.BadParameter("at least three rounds", param_hint="--rounds")
-    cfg = Config.make(quick, rounds=rounds, seconds=seconds, users=users, tpcb_scale=tpcb_scale,
-                      ledger_rows=ledger_rows, tree_sizes=tree_sizes, tenfold=tenfold, keep=keep or None,
-                      database=database)
+    cfg = Config.make(
+        quick,
+        rounds=rounds,
+        seconds=seconds,
+        users=users,
+        tpcb_scale=tpcb_scale,
+        ledger_rows=ledger_rows,
+        tree_sizes=tree_sizes,
+        tenfold=tenfold,
+        keep=keep or None,
+        database=database,
+    )
     console = Console(stderr=as_json)
     results = run(s, cfg, echo=lambda m: console.print(f"[dim]{m}"))
     report(results, console)

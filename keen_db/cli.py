@@ -1,5 +1,6 @@
 """The keen-db command line (click). Every command takes --database-url (default
 KEEN_DATABASE_URL, else the embedded cluster under $KEEN_HOME)."""
+
 from __future__ import annotations
 
 import importlib
@@ -25,8 +26,12 @@ def _fail(message: str) -> None:
 
 
 @click.group()
-@click.option("--database-url", envvar="KEEN_DATABASE_URL", default=None,
-              help="superuser URL of an existing server (default: the embedded cluster)")
+@click.option(
+    "--database-url",
+    envvar="KEEN_DATABASE_URL",
+    default=None,
+    help="superuser URL of an existing server (default: the embedded cluster)",
+)
 @click.pass_context
 def cli(ctx: click.Context, database_url: str | None) -> None:
     """keen-db: the database layer of keen."""
@@ -49,11 +54,10 @@ def up(ctx: click.Context) -> None:
     ensure_ready(s)
     try:
         applied = deploy.deploy(s)
-    except Exception as exc:  # noqa: BLE001 - any failure is reported, exit 1
+    except Exception as exc:
         _fail(f"deploy failed: {exc}")
     where = f"{s.home} (port {s.port})" if s.embedded else "the server at KEEN_DATABASE_URL"
-    click.echo(f"keen-db is ready: database {s.database!r} on {where}; "
-               f"{len(applied)} migration(s) applied")
+    click.echo(f"keen-db is ready: database {s.database!r} on {where}; {len(applied)} migration(s) applied")
 
 
 @cli.command()
@@ -92,8 +96,10 @@ def migrate(ctx: click.Context) -> None:
     cluster.ensure_database(s)
     applied = deploy.migrate(s.superuser_url())
     deploy.set_role_passwords(s, s.superuser_url())
-    click.echo(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}; "
-               f"functions and policies re-applied")
+    click.echo(
+        f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}; "
+        f"functions and policies re-applied"
+    )
 
 
 @cli.command()

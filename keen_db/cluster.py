@@ -3,6 +3,7 @@
 initdb and postgres refuse to run as root, so when we are root every server command goes
 through `runuser -u postgres`; the data, socket and log directories belong to that user.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,9 @@ def _server_uid_gid() -> tuple[int, int]:
 def _run(cmd: list[str], check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a server program as the server user; `env` adds variables (e.g. PGPASSWORD: never
     on the command line, where `ps` shows it)."""
-    res = subprocess.run(_as_server_user(cmd), capture_output=True, text=True,
-                         env={**os.environ, **env} if env else None)
+    res = subprocess.run(
+        _as_server_user(cmd), capture_output=True, text=True, env={**os.environ, **env} if env else None
+    )
     if check and res.returncode != 0:
         raise ClusterError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
     return res
@@ -101,8 +103,20 @@ def init(s: Settings) -> None:
     os.chown(pwfile, uid, gid)
     os.chmod(pwfile, 0o600)
     try:
-        _run([pg_bin("initdb"), "-D", str(s.data_dir), "-U", SERVER_USER, "--auth=scram-sha-256",
-              f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C.UTF-8", "--data-checksums"])
+        _run(
+            [
+                pg_bin("initdb"),
+                "-D",
+                str(s.data_dir),
+                "-U",
+                SERVER_USER,
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "--data-checksums",
+            ]
+        )
     finally:
         os.unlink(pwfile)
     conf = s.data_dir / "postgresql.conf"
@@ -120,15 +134,16 @@ def archive_command(archive: Path) -> str:
     replay WAL onto, and a busy dev cluster writes gigabytes of it. Idempotent: a segment
     already archived with the same content counts as done (after a crash PostgreSQL may retry
     one), a different one fails loudly. The copy is synced before it is renamed into place."""
-    return (f'[ -f "{archive}/{ARCHIVE_MARKER}" ] || exit 0; f="{archive}/%f.gz"; '
-            f'if [ -f "$f" ]; then gzip -dc "$f" | cmp -s - "%p"; '
-            f'else gzip -1 -c "%p" > "$f.part" && sync "$f.part" && mv "$f.part" "$f"; fi')
+    return (
+        f'[ -f "{archive}/{ARCHIVE_MARKER}" ] || exit 0; f="{archive}/%f.gz"; '
+        f'if [ -f "$f" ]; then gzip -dc "$f" | cmp -s - "%p"; '
+        f'else gzip -1 -c "%p" > "$f.part" && sync "$f.part" && mv "$f.part" "$f"; fi'
+    )
 
 
 def restore_command(archive: Path) -> str:
     """The inverse of archive_command (plain copies from older set-ups are read too)."""
-    return (f'if [ -f "{archive}/%f.gz" ]; then gzip -dc "{archive}/%f.gz" > "%p"; '
-            f'else cp "{archive}/%f" "%p"; fi')
+    return f'if [ -f "{archive}/%f.gz" ]; then gzip -dc "{archive}/%f.gz" > "%p"; else cp "{archive}/%f" "%p"; fi'
 
 
 def write_conf(s: Settings) -> None:
@@ -207,8 +222,10 @@ def _clear_stale_pid(s: Settings, grace: float = 15.0) -> None:
     while orphans := _orphans(s):
         if time.monotonic() > deadline:
             if signalled:
-                raise ClusterError(f"processes of a crashed server still run in {s.data_dir}: "
-                                   f"pids {orphans}; stop them, then run keen-db up again")
+                raise ClusterError(
+                    f"processes of a crashed server still run in {s.data_dir}: "
+                    f"pids {orphans}; stop them, then run keen-db up again"
+                )
             for orphan in orphans:
                 try:
                     os.kill(orphan, signal.SIGQUIT)
@@ -223,8 +240,9 @@ def start(s: Settings, timeout: int = 60) -> None:
         return
     _clear_stale_pid(s)
     write_conf(s)
-    res = _run([pg_bin("pg_ctl"), "start", "-D", str(s.data_dir), "-l", str(s.log_file), "-w",
-                "-t", str(timeout)], check=False)
+    res = _run(
+        [pg_bin("pg_ctl"), "start", "-D", str(s.data_dir), "-l", str(s.log_file), "-w", "-t", str(timeout)], check=False
+    )
     if res.returncode != 0:
         tail = ""
         if s.log_file.exists():
@@ -270,5 +288,7 @@ def ensure_running(s: Settings) -> None:
             init(s)
         start(s)
     except OSError as exc:  # KEEN_HOME cannot be created or written
-        raise ClusterError(f"cannot use KEEN_HOME={s.home}: {exc.strerror or exc}; "
-                           f"set KEEN_HOME to a writable directory the postgres user can reach") from exc
+        raise ClusterError(
+            f"cannot use KEEN_HOME={s.home}: {exc.strerror or exc}; "
+            f"set KEEN_HOME to a writable directory the postgres user can reach"
+        ) from exc

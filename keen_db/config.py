@@ -1,4 +1,5 @@
 """Where things live: $KEEN_HOME, the port, the database name, the generated secrets."""
+
 from __future__ import annotations
 
 import os
@@ -62,8 +63,12 @@ class Settings:
         if self.database_url:
             return with_database(self.database_url, database) if database else self.database_url
         return make_conninfo(
-            "", host="127.0.0.1", port=self.port, user="postgres",
-            password=self.secret("postgres"), dbname=database or self.database,
+            "",
+            host="127.0.0.1",
+            port=self.port,
+            user="postgres",
+            password=self.secret("postgres"),
+            dbname=database or self.database,
         )
 
     def role_url(self, role: str, database: str | None = None) -> str:

@@ -1,12 +1,13 @@
 """Migrations (yoyo), the repeatable files (functions, policies), role passwords and seeds."""
+
 from __future__ import annotations
 
 import hashlib
 import os
-from decimal import Decimal, InvalidOperation
+from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Iterator
 
 import psycopg
 from psycopg import sql
@@ -46,9 +47,7 @@ def apply_repeatables(conn) -> list[str]:
             (rel, file_sha256(path)),
         )
         applied.append(rel)
-    cur.execute(
-        "DELETE FROM keen.deployed_files WHERE NOT (path = ANY (%s))", (applied,)
-    )
+    cur.execute("DELETE FROM keen.deployed_files WHERE NOT (path = ANY (%s))", (applied,))
     cur.execute("""
         DO $own$
         DECLARE v_fn regprocedure;
@@ -123,8 +122,11 @@ def migration_status(superuser_conninfo: str) -> tuple[list[str], list[str]]:
 def set_role_passwords(s: Settings, superuser_conninfo: str) -> None:
     with psycopg.connect(superuser_conninfo, autocommit=True) as conn:
         for role in LOGIN_ROLES:
-            conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(
-                sql.Identifier(role), sql.Literal(s.secret(role, env=f"{role.upper()}_PASSWORD"))))
+            conn.execute(
+                sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(s.secret(role, env=f"{role.upper()}_PASSWORD"))
+                )
+            )
         # The failed-login recorder's loopback login (db/functions/users.sql), kept in the database.
         recorder = s.secret("keen_recorder", env="KEEN_RECORDER_PASSWORD")
         conn.execute(sql.SQL("ALTER ROLE keen_recorder WITH LOGIN PASSWORD {}").format(sql.Literal(recorder)))
@@ -151,11 +153,14 @@ def seed(superuser_conninfo: str) -> None:
     with psycopg.connect(superuser_conninfo) as conn:
         # Never promote an account somebody registered with the admin's e-mail: it would turn
         # their sessions and API keys into admin ones.
-        taken = conn.execute("SELECT is_admin FROM keen.users WHERE email = pg_catalog.lower(%s)",
-                             (params["email"],)).fetchone()
+        taken = conn.execute(
+            "SELECT is_admin FROM keen.users WHERE email = pg_catalog.lower(%s)", (params["email"],)
+        ).fetchone()
         if taken is not None and not taken[0]:
-            raise ValueError(f"{params['email']} belongs to a registered user who is not an admin: "
-                             f"refusing to make it the admin (choose another ADMIN_EMAIL)")
+            raise ValueError(
+                f"{params['email']} belongs to a registered user who is not an admin: "
+                f"refusing to make it the admin (choose another ADMIN_EMAIL)"
+            )
         for path in sorted((DB_DIR / "seeds").glob("*.sql")):
             conn.execute(path.read_text(), params)
 

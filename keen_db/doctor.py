@@ -1,7 +1,8 @@
 """`keen-db doctor`: the shell-first validation. Each check returns (name, ok, detail)."""
+
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 
@@ -105,8 +106,11 @@ def check_app_cannot_write(s: Settings, conn: psycopg.Connection) -> tuple[bool,
         SELECT i.inhrelid::regclass::text FROM pg_catalog.pg_inherits i
          WHERE i.inhparent = 'keen.streaming_events'::regclass
            AND pg_catalog.has_table_privilege('keen_app', i.inhrelid, 'SELECT')""").fetchall()
-    problems = [r[0] for r in rows] + [f"can read users.{r[0]}" for r in secrets] + \
-               [f"can read partition {r[0]} directly" for r in partitions]
+    problems = (
+        [r[0] for r in rows]
+        + [f"can read users.{r[0]}" for r in secrets]
+        + [f"can read partition {r[0]} directly" for r in partitions]
+    )
     if problems:
         return False, ", ".join(problems)
     return True, "keen_app holds no write privilege, no secret column, no partition"
@@ -148,10 +152,15 @@ def check_connections(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]
                (SELECT COALESCE(EXTRACT(EPOCH FROM pg_catalog.max(pg_catalog.now() - state_change)), 0)::int
                   FROM pg_catalog.pg_stat_activity WHERE state LIKE 'idle in transaction%%')""").fetchone()
     available = limit - reserved
-    detail = (f"{used} of {available} connections in use ({pooled} from keen_client pools), "
-              f"{idle_tx} idle in a transaction")
+    detail = (
+        f"{used} of {available} connections in use ({pooled} from keen_client pools), {idle_tx} idle in a transaction"
+    )
     if used > 0.9 * available:
-        return False, detail + ": the server is close to refusing connections (lower KEEN_POOL_MAX_SIZE or raise max_connections)"
+        return (
+            False,
+            detail
+            + ": the server is close to refusing connections (lower KEEN_POOL_MAX_SIZE or raise max_connections)",
+        )
     if oldest_idle_tx > 300:
         return False, detail + f": one has been idle in its transaction for {oldest_idle_tx}s (it holds its locks)"
     return True, detail
@@ -170,21 +179,26 @@ def check_wal_archiving(s: Settings, conn: psycopg.Connection) -> tuple[bool, st
                failed_count, last_failed_wal,
                COALESCE(last_failed_time > COALESCE(last_archived_time, '-infinity'), false)
           FROM pg_catalog.pg_stat_archiver""").fetchone()
-    waiting = conn.execute("SELECT count(*) FROM pg_catalog.pg_ls_archive_statusdir() "
-                           "WHERE name LIKE '%%.ready'").fetchone()[0]
-    detail = (f"{archived} segment(s) archived, last {last_wal or 'none'}"
-              + (f" {last_age}s ago" if last_age is not None else "")
-              + f", {waiting} waiting, {failed} failure(s) since stats reset")
+    waiting = conn.execute(
+        "SELECT count(*) FROM pg_catalog.pg_ls_archive_statusdir() WHERE name LIKE '%%.ready'"
+    ).fetchone()[0]
+    detail = (
+        f"{archived} segment(s) archived, last {last_wal or 'none'}"
+        + (f" {last_age}s ago" if last_age is not None else "")
+        + f", {waiting} waiting, {failed} failure(s) since stats reset"
+    )
     if s.embedded:
         if not (s.wal_archive_dir / cluster.ARCHIVE_MARKER).exists():
-            return True, ("no base backup yet, so WAL is not kept (nothing to replay it onto); "
-                          "run keen-db basebackup to make point-in-time recovery possible")
+            return True, (
+                "no base backup yet, so WAL is not kept (nothing to replay it onto); "
+                "run keen-db basebackup to make point-in-time recovery possible"
+            )
         backups = sorted((s.home / "basebackups").glob("*.json")) if (s.home / "basebackups").exists() else []
         detail += f"; {len(backups)} base backup(s)" + (f", newest {backups[-1].stem}" if backups else "")
     if failing:
         return False, f"archiving {last_failed} fails (see the server log): " + detail
     if waiting > 8:
-        return False, f"archiving falls behind: " + detail
+        return False, "archiving falls behind: " + detail
     return True, detail
 
 
@@ -204,7 +218,9 @@ def check_holds(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
 def check_event_partitions(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
     """The monthly partitions of keen.streaming_events for this UTC month and the next exist
     (keen.prepare_event_partitions, run daily, keeps them ahead); the default partition is empty."""
-    if not conn.execute("SELECT pg_catalog.to_regprocedure('keen.prepare_event_partitions(integer,timestamptz)')").fetchone()[0]:
+    if not conn.execute(
+        "SELECT pg_catalog.to_regprocedure('keen.prepare_event_partitions(integer,timestamptz)')"
+    ).fetchone()[0]:
         return True, "no partition maintenance defined (keen.prepare_event_partitions)"
     missing, ahead, in_default = conn.execute("""
         WITH months AS (

@@ -8,10 +8,11 @@ It logs in as keen_maintenance (the role that sees every tenant) and calls
 keen.rollup_daily_analytics once per day, one transaction per day, then refreshes the 24-hour
 dashboard. The rules are in db/functions/analytics.sql.
 """
+
 from __future__ import annotations
 
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import click
 import psycopg
@@ -25,6 +26,7 @@ REFRESH_SQL = "SELECT keen.refresh_dashboard_metrics()"
 
 class DayParam(click.ParamType):
     """A YYYY-MM-DD date, with a clear message for anything else."""
+
     name = "YYYY-MM-DD"
 
     def convert(self, value, param, ctx):
@@ -40,7 +42,7 @@ DAY = DayParam()
 
 
 def utc_today() -> date:
-    return datetime.now(timezone.utc).date()
+    return datetime.now(UTC).date()
 
 
 def days_to_roll(day: date | None, from_: date | None, to: date | None) -> list[date]:
@@ -65,11 +67,11 @@ def days_to_roll(day: date | None, from_: date | None, to: date | None) -> list[
 @click.option("--day", type=DAY, default=None, help="the UTC day to roll up (default: today, UTC)")
 @click.option("--from", "from_", type=DAY, default=None, help="first day of a backfill")
 @click.option("--to", type=DAY, default=None, help="last day of a backfill (default: today, UTC)")
-@click.option("--dashboard/--no-dashboard", default=True, show_default=True,
-              help="also refresh the 24-hour dashboard view")
+@click.option(
+    "--dashboard/--no-dashboard", default=True, show_default=True, help="also refresh the 24-hour dashboard view"
+)
 @click.pass_context
-def rollup(ctx: click.Context, day: date | None, from_: date | None, to: date | None,
-           dashboard: bool) -> None:
+def rollup(ctx: click.Context, day: date | None, from_: date | None, to: date | None, dashboard: bool) -> None:
     """Roll up daily analytics (per user and platform) as the maintenance role."""
     s: Settings = ctx.obj
     days = days_to_roll(day, from_, to)

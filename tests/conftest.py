@@ -1,6 +1,7 @@
 """Test harness: every test runs against a real PostgreSQL (the embedded cluster, or the server
 at KEEN_DATABASE_URL). The schema is built once per run into a template database; each test
 that asks for `db` gets a fresh copy (CREATE DATABASE ... TEMPLATE), dropped afterwards."""
+
 from __future__ import annotations
 
 import itertools
@@ -21,6 +22,7 @@ _counter = itertools.count()
 @dataclass(frozen=True)
 class Database:
     """A throwaway keen database and the URLs of its roles."""
+
     name: str
     superuser_url: str
     app_url: str
@@ -39,7 +41,9 @@ def create_database(s: config.Settings, name: str, template: str | None = None) 
     with _admin_conn(s) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         if template:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+            )
         else:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
@@ -113,8 +117,10 @@ def assert_ledger_clean(db: Database) -> None:
 @pytest.fixture
 def make_user(keen: Keen):
     """Registers users through keen.register_user: make_user() -> id, unique names each call."""
+
     def _make(prefix: str = "user", password: str = "correct horse battery") -> uuid.UUID:
         tag = f"{prefix}{next(_counter)}_{uuid.uuid4().hex[:6]}"
         with keen.transaction() as tx:
             return tx.scalar("SELECT id FROM keen.register_user(%s, %s, %s)", (f"{tag}@example.com", tag, password))
+
     return _make

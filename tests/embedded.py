@@ -1,5 +1,6 @@
 """A throwaway embedded cluster of its own (KEEN_HOME under /var/tmp, a free port), for the
 tests that kill, stop or copy a whole cluster: the shared one is never touched."""
+
 from __future__ import annotations
 
 import os

@@ -1,12 +1,13 @@
 """Analytics: the daily rollup against an independent computation over the raw rows (UTC day
 boundaries included), its idempotency, who may run and read what, the 24-hour dashboard,
 `keen-db rollup` and the demo step."""
+
 from __future__ import annotations
 
 import random
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -21,7 +22,7 @@ from keen_db.cli import cli
 
 from .conftest import assert_ledger_clean
 
-UTC = timezone.utc
+UTC = UTC
 # Europe springs forward on this day: local days there are 23 hours long, UTC days are not.
 DAY = date(2025, 3, 30)
 BEFORE, AFTER = DAY - timedelta(days=1), DAY + timedelta(days=1)
@@ -53,6 +54,7 @@ def seconds(delta: timedelta) -> Decimal:
 class Raw:
     """The raw rows a test writes as the superuser, kept here for the independent computation.
     The ledger stays consistent: each account's balance is set to the sum of its amounts."""
+
     conn: psycopg.Connection
     users: dict[uuid.UUID, datetime] = field(default_factory=dict)  # id -> created_at
     sessions: list[dict[str, Any]] = field(default_factory=list)
@@ -68,67 +70,116 @@ class Raw:
         self.balances[user_id] = Decimal(0)
         return user_id
 
-    def session(self, user_id, start, end=None, status="running", parent=None, tokens=0,
-                context_tokens=0, files_modified=(), files_created=(), is_admin=False) -> dict:
+    def session(
+        self,
+        user_id,
+        start,
+        end=None,
+        status="running",
+        parent=None,
+        tokens=0,
+        context_tokens=0,
+        files_modified=(),
+        files_created=(),
+        is_admin=False,
+    ) -> dict:
         depth = 0 if parent is None else parent["session_depth"] + 1
-        row = dict(id=uuid.uuid4(), user_id=user_id, session_id=f"s-{uuid.uuid4().hex[:12]}",
-                   parent_session_id=None if parent is None else parent["id"], session_depth=depth,
-                   start_time=start, end_time=end, execution_status=status,
-                   success=None if status == "running" else status == "completed",
-                   tokens_used=tokens, context_tokens_used=context_tokens,
-                   files_modified=list(files_modified), files_created=list(files_created),
-                   is_admin_session=is_admin)
+        row = dict(
+            id=uuid.uuid4(),
+            user_id=user_id,
+            session_id=f"s-{uuid.uuid4().hex[:12]}",
+            parent_session_id=None if parent is None else parent["id"],
+            session_depth=depth,
+            start_time=start,
+            end_time=end,
+            execution_status=status,
+            success=None if status == "running" else status == "completed",
+            tokens_used=tokens,
+            context_tokens_used=context_tokens,
+            files_modified=list(files_modified),
+            files_created=list(files_created),
+            is_admin_session=is_admin,
+        )
         row["git_branch"] = "main/" + row["session_id"]
-        self.conn.execute("""
+        self.conn.execute(
+            """
             INSERT INTO keen.agent_sessions (id, user_id, session_id, parent_session_id, session_depth,
                 git_branch, vision, working_directory, start_time, end_time, execution_status, success,
                 tokens_used, context_tokens_used, files_modified, files_created, is_admin_session)
             VALUES (%(id)s, %(user_id)s, %(session_id)s, %(parent_session_id)s, %(session_depth)s,
                 %(git_branch)s, 'a vision', '/work', %(start_time)s, %(end_time)s,
                 %(execution_status)s, %(success)s, %(tokens_used)s, %(context_tokens_used)s,
-                %(files_modified)s, %(files_created)s, %(is_admin_session)s)""", row)
+                %(files_modified)s, %(files_created)s, %(is_admin_session)s)""",
+            row,
+        )
         self.sessions.append(row)
         return row
 
     def phase(self, session, from_phase, to_phase, ts, duration_ms) -> None:
-        row = dict(session_id=session["id"], user_id=session["user_id"], from_phase=from_phase,
-                   to_phase=to_phase, ts=ts, duration_ms=duration_ms)
-        self.conn.execute("""
+        row = dict(
+            session_id=session["id"],
+            user_id=session["user_id"],
+            from_phase=from_phase,
+            to_phase=to_phase,
+            ts=ts,
+            duration_ms=duration_ms,
+        )
+        self.conn.execute(
+            """
             INSERT INTO keen.phase_transitions (session_id, user_id, from_phase, to_phase,
                 transition_timestamp, duration_ms)
-            VALUES (%(session_id)s, %(user_id)s, %(from_phase)s, %(to_phase)s, %(ts)s, %(duration_ms)s)""", row)
+            VALUES (%(session_id)s, %(user_id)s, %(from_phase)s, %(to_phase)s, %(ts)s, %(duration_ms)s)""",
+            row,
+        )
         self.phases.append(row)
 
     def tool(self, session, name, ts) -> None:
         row = dict(session_id=session["id"], user_id=session["user_id"], tool_name=name, ts=ts)
-        self.conn.execute("""
+        self.conn.execute(
+            """
             INSERT INTO keen.tool_executions (session_id, user_id, tool_name, execution_timestamp,
                 execution_time_ms, success)
-            VALUES (%(session_id)s, %(user_id)s, %(tool_name)s, %(ts)s, 12, true)""", row)
+            VALUES (%(session_id)s, %(user_id)s, %(tool_name)s, %(ts)s, 12, true)""",
+            row,
+        )
         self.tools.append(row)
 
     def git(self, session, ts) -> None:
         row = dict(session_id=session["id"], user_id=session["user_id"], ts=ts)
-        self.conn.execute("""
+        self.conn.execute(
+            """
             INSERT INTO keen.git_operations (session_id, user_id, operation_type, branch_name,
                 operation_timestamp, success)
-            VALUES (%(session_id)s, %(user_id)s, 'commit', 'main', %(ts)s, true)""", row)
+            VALUES (%(session_id)s, %(user_id)s, 'commit', 'main', %(ts)s, true)""",
+            row,
+        )
         self.gits.append(row)
 
     def money(self, user_id, kind, amount, ts, claude_cost=None, refund_of=None) -> dict:
         self.balances[user_id] += amount
-        row = dict(id=uuid.uuid4(), user_id=user_id, transaction_type=kind, amount=amount,
-                   balance_after=self.balances[user_id], claude_cost_usd=claude_cost,
-                   markup_multiplier=None if claude_cost is None else MARKUP,
-                   is_admin_bypass=kind == "admin_bypass", created_at=ts, refund_of=refund_of)
-        self.conn.execute("""
+        row = dict(
+            id=uuid.uuid4(),
+            user_id=user_id,
+            transaction_type=kind,
+            amount=amount,
+            balance_after=self.balances[user_id],
+            claude_cost_usd=claude_cost,
+            markup_multiplier=None if claude_cost is None else MARKUP,
+            is_admin_bypass=kind == "admin_bypass",
+            created_at=ts,
+            refund_of=refund_of,
+        )
+        self.conn.execute(
+            """
             INSERT INTO keen.credit_transactions (id, user_id, account_id, transaction_type, amount,
                 balance_after, claude_cost_usd, markup_multiplier, description, is_admin_bypass,
                 created_at, refund_of)
             SELECT %(id)s, %(user_id)s, a.id, %(transaction_type)s, %(amount)s, %(balance_after)s,
                    %(claude_cost_usd)s, %(markup_multiplier)s, 'test row', %(is_admin_bypass)s,
                    %(created_at)s, %(refund_of)s
-              FROM keen.credit_accounts a WHERE a.user_id = %(user_id)s""", row)
+              FROM keen.credit_accounts a WHERE a.user_id = %(user_id)s""",
+            row,
+        )
         self.ledger.append(row)
         return row
 
@@ -137,8 +188,9 @@ class Raw:
 
     def finish(self) -> None:
         for user_id, balance in self.balances.items():
-            self.conn.execute("UPDATE keen.credit_accounts SET current_balance = %s WHERE user_id = %s",
-                              (balance, user_id))
+            self.conn.execute(
+                "UPDATE keen.credit_accounts SET current_balance = %s WHERE user_id = %s", (balance, user_id)
+            )
 
     # The independent computation: plain Python over the rows above.
 
@@ -148,13 +200,30 @@ class Raw:
         rows: dict[uuid.UUID, dict[str, Any]] = {}
 
         def row(user_id):
-            return rows.setdefault(user_id, dict(
-                sessions_started=0, sessions_completed=0, sessions_failed=0, sessions_cancelled=0,
-                total_session_time_seconds=Decimal(0), agents_spawned=0, max_recursion_depth=0,
-                tool_executions=0, unique_tools_used=set(), total_tokens_consumed=0,
-                total_cost=Decimal(0), total_claude_cost_usd=Decimal(0), credits_purchased=Decimal(0),
-                credits_used=Decimal(0), admin_bypass_transactions=0, files_modified=0,
-                files_created=0, git_operations=0, **{f"{p.lower()}_phase_time_seconds": Decimal(0) for p in PHASES}))
+            return rows.setdefault(
+                user_id,
+                dict(
+                    sessions_started=0,
+                    sessions_completed=0,
+                    sessions_failed=0,
+                    sessions_cancelled=0,
+                    total_session_time_seconds=Decimal(0),
+                    agents_spawned=0,
+                    max_recursion_depth=0,
+                    tool_executions=0,
+                    unique_tools_used=set(),
+                    total_tokens_consumed=0,
+                    total_cost=Decimal(0),
+                    total_claude_cost_usd=Decimal(0),
+                    credits_purchased=Decimal(0),
+                    credits_used=Decimal(0),
+                    admin_bypass_transactions=0,
+                    files_modified=0,
+                    files_created=0,
+                    git_operations=0,
+                    **{f"{p.lower()}_phase_time_seconds": Decimal(0) for p in PHASES},
+                ),
+            )
 
         for s in self.sessions:
             if inside(s["start_time"]):
@@ -218,8 +287,12 @@ class Raw:
         exact_seconds = sum((seconds(s["end_time"] - s["start_time"]) for s in ended), Decimal(0))
         depth_sum = sum(s["session_depth"] for s in started)
         used = -total("usage")
-        refunded = sum((c["amount"] for c in money if c["transaction_type"] == "refund" and c["amount"] > 0), Decimal(0))
-        purchase_refunds = sum((c["amount"] for c in money if c["transaction_type"] == "refund" and c["amount"] < 0), Decimal(0))
+        refunded = sum(
+            (c["amount"] for c in money if c["transaction_type"] == "refund" and c["amount"] > 0), Decimal(0)
+        )
+        purchase_refunds = sum(
+            (c["amount"] for c in money if c["transaction_type"] == "refund" and c["amount"] < 0), Decimal(0)
+        )
         return dict(
             total_users=sum(created < hi for created in self.users.values()),
             active_users=len(self.expected_user_rows(d)),
@@ -231,8 +304,9 @@ class Raw:
             ended_sessions=len(ended),
             total_session_time_seconds=int(half_up(exact_seconds)),
             avg_session_duration_minutes=half_up(exact_seconds / len(ended) / 60, "0.01") if ended else None,
-            total_claude_costs_usd=sum((c["claude_cost_usd"] for c in money
-                                        if c["transaction_type"] in ("usage", "admin_bypass")), Decimal(0)),
+            total_claude_costs_usd=sum(
+                (c["claude_cost_usd"] for c in money if c["transaction_type"] in ("usage", "admin_bypass")), Decimal(0)
+            ),
             total_credit_revenue=used - refunded,
             total_credits_purchased=total("purchase") + purchase_refunds,
             total_credits_used=used,
@@ -245,9 +319,12 @@ class Raw:
             max_recursion_depth=max((s["session_depth"] for s in started), default=None),
             admin_sessions=sum(s["is_admin_session"] for s in started),
             admin_bypass_transactions=sum(c["transaction_type"] == "admin_bypass" for c in money),
-            **{f"{p.lower()}_phase_time_seconds":
-               int(half_up(sum((Decimal(x["duration_ms"]) for x in phases if x["from_phase"] == p), Decimal(0)) / 1000))
-               for p in PHASES},
+            **{
+                f"{p.lower()}_phase_time_seconds": int(
+                    half_up(sum((Decimal(x["duration_ms"]) for x in phases if x["from_phase"] == p), Decimal(0)) / 1000)
+                )
+                for p in PHASES
+            },
         )
 
 
@@ -259,9 +336,9 @@ def build_world(db, make_user, admin_id, seed: int = 6) -> Raw:
     raw = Raw(conn)
     admin = raw.user(admin_id, at(DAY - timedelta(days=100)))
     alice = raw.user(make_user("alice"), at(DAY - timedelta(days=10)))
-    bob = raw.user(make_user("bob"), at(BEFORE, 23, 59, 59, 999999))   # new the day before
-    carol = raw.user(make_user("carol"), at(DAY))                       # new on DAY, at 00:00:00
-    dave = raw.user(make_user("dave"), at(AFTER))                       # new the day after
+    bob = raw.user(make_user("bob"), at(BEFORE, 23, 59, 59, 999999))  # new the day before
+    carol = raw.user(make_user("carol"), at(DAY))  # new on DAY, at 00:00:00
+    dave = raw.user(make_user("dave"), at(AFTER))  # new the day after
     window = (at(BEFORE, 20), at(AFTER, 4))
 
     def moment():
@@ -280,14 +357,24 @@ def build_world(db, make_user, admin_id, seed: int = 6) -> Raw:
         for _ in range(rng.randint(6, 10)):
             start = moment()
             status = rng.choice(["running", "completed", "completed", "failed", "cancelled"])
-            end = None if status == "running" else start + timedelta(seconds=rng.randint(0, 4 * 3600),
-                                                                      microseconds=rng.randrange(1_000_000))
+            end = (
+                None
+                if status == "running"
+                else start + timedelta(seconds=rng.randint(0, 4 * 3600), microseconds=rng.randrange(1_000_000))
+            )
             parent = rng.choice(roots) if roots and rng.random() < 0.5 else None
-            s = raw.session(user, start, end, status, parent, tokens=rng.randint(0, 50_000),
-                            context_tokens=rng.randint(0, 20_000),
-                            files_modified=[f"f{i}.py" for i in range(rng.randint(0, 3))],
-                            files_created=[f"n{i}.py" for i in range(rng.randint(0, 2))],
-                            is_admin=user == admin)
+            s = raw.session(
+                user,
+                start,
+                end,
+                status,
+                parent,
+                tokens=rng.randint(0, 50_000),
+                context_tokens=rng.randint(0, 20_000),
+                files_modified=[f"f{i}.py" for i in range(rng.randint(0, 3))],
+                files_created=[f"n{i}.py" for i in range(rng.randint(0, 2))],
+                is_admin=user == admin,
+            )
             roots.append(s)
             for _ in range(rng.randint(0, 3)):
                 a, b = rng.sample(PHASES, 2)
@@ -314,7 +401,7 @@ def build_world(db, make_user, admin_id, seed: int = 6) -> Raw:
     raw.usage(alice, Decimal("0.100001"), at(DAY, 23, 59, 59, 999999))
     raw.usage(alice, Decimal("0.200002"), at(AFTER))
     raw.usage(bob, Decimal("0.300003"), at(BEFORE, 23, 59, 59, 999999))
-    raw.money(bob, "adjustment", Decimal("1.500000"), at(DAY))   # active, but neither bought nor used
+    raw.money(bob, "adjustment", Decimal("1.500000"), at(DAY))  # active, but neither bought nor used
     raw.usage(dave, Decimal("1.000000"), at(AFTER, 1))
     raw.finish()
     return raw
@@ -353,11 +440,14 @@ def platform_row(db, d: date) -> dict[str, Any] | None:
 
 def all_rollup_rows(db) -> tuple[list, list]:
     with db.su() as conn:
-        return (conn.execute("SELECT * FROM keen.daily_usage_stats ORDER BY date_bucket, user_id").fetchall(),
-                conn.execute("SELECT * FROM keen.daily_analytics ORDER BY date_bucket").fetchall())
+        return (
+            conn.execute("SELECT * FROM keen.daily_usage_stats ORDER BY date_bucket, user_id").fetchall(),
+            conn.execute("SELECT * FROM keen.daily_analytics ORDER BY date_bucket").fetchall(),
+        )
 
 
 # The rollup against the raw rows.
+
 
 def test_rollup_figures_equal_an_independent_computation_over_the_raw_rows_at_utc_midnights(db, world):
     rollup(db, BEFORE, DAY, AFTER)
@@ -416,6 +506,7 @@ def test_per_user_rows_add_up_to_the_platform_row(db, world):
 
 # Idempotency.
 
+
 def test_rollup_twice_gives_identical_rows_down_to_ids_and_timestamps(db, world):
     rollup(db, BEFORE, DAY, AFTER)
     first = all_rollup_rows(db)
@@ -429,9 +520,11 @@ def test_rerun_updates_changed_rows_and_deletes_rows_of_users_no_longer_active(d
     before = usage_rows(db, DAY)
     stranger = make_user("stranger")
     alice = next(u for u, created in world.users.items() if created == at(DAY - timedelta(days=10)))
-    with db.su() as conn:   # a row the raw data does not support (e.g. from a since-fixed bug)
-        conn.execute("INSERT INTO keen.daily_usage_stats (user_id, date_bucket, sessions_started) VALUES (%s, %s, 9)",
-                     (stranger, DAY))
+    with db.su() as conn:  # a row the raw data does not support (e.g. from a since-fixed bug)
+        conn.execute(
+            "INSERT INTO keen.daily_usage_stats (user_id, date_bucket, sessions_started) VALUES (%s, %s, 9)",
+            (stranger, DAY),
+        )
     world.session(alice, at(DAY, 12), None, "running")
     rollup(db, DAY)
     after = usage_rows(db, DAY)
@@ -453,6 +546,7 @@ def test_a_day_without_activity_gets_a_platform_row_of_zeros(db, admin_id):
 
 
 # Who may run and read what.
+
 
 def test_rollup_is_for_admins_and_the_maintenance_role_only(db, keen, admin_id, make_user):
     user = make_user()
@@ -509,12 +603,18 @@ def test_platform_metrics_over_several_days_combines_the_rollups_exactly(db, kee
     assert m.active_user_days == total("active_users")
     assert m.new_users == total("new_users") == 3
     summed = {  # PlatformMetrics field: daily_analytics column it sums
-        "total_sessions": "total_sessions", "successful_sessions": "successful_sessions",
-        "failed_sessions": "failed_sessions", "cancelled_sessions": "cancelled_sessions",
-        "total_claude_cost_usd": "total_claude_costs_usd", "total_credit_revenue": "total_credit_revenue",
-        "credits_purchased": "total_credits_purchased", "credits_used": "total_credits_used",
-        "credits_refunded": "total_credits_refunded", "total_tokens": "total_tokens_consumed",
-        "context_tokens": "context_tokens_used", "agents_spawned": "total_agents_spawned",
+        "total_sessions": "total_sessions",
+        "successful_sessions": "successful_sessions",
+        "failed_sessions": "failed_sessions",
+        "cancelled_sessions": "cancelled_sessions",
+        "total_claude_cost_usd": "total_claude_costs_usd",
+        "total_credit_revenue": "total_credit_revenue",
+        "credits_purchased": "total_credits_purchased",
+        "credits_used": "total_credits_used",
+        "credits_refunded": "total_credits_refunded",
+        "total_tokens": "total_tokens_consumed",
+        "context_tokens": "context_tokens_used",
+        "agents_spawned": "total_agents_spawned",
     }
     assert {f: getattr(m, f) for f in summed} == {f: total(col) for f, col in summed.items()}
     assert m.admin_sessions == total("admin_sessions") > 0
@@ -522,7 +622,8 @@ def test_platform_metrics_over_several_days_combines_the_rollups_exactly(db, kee
     assert m.max_recursion_depth == max(d["max_recursion_depth"] for d in days if d["max_recursion_depth"] is not None)
     assert m.avg_recursion_depth == half_up(Decimal(total("recursion_depth_sum")) / total("total_sessions"), "0.01")
     assert m.avg_session_duration_minutes == half_up(
-        Decimal(total("total_session_time_seconds")) / total("ended_sessions") / 60, "0.01")
+        Decimal(total("total_session_time_seconds")) / total("ended_sessions") / 60, "0.01"
+    )
     assert m.markup_effectiveness == half_up(m.total_credit_revenue / m.total_claude_cost_usd, "0.000001")
     assert m.phase_time_seconds == {p: total(f"{p.lower()}_phase_time_seconds") for p in PHASES}
     assert all(isinstance(v, Decimal) for v in (m.total_claude_cost_usd, m.credits_used, m.markup_effectiveness))
@@ -567,7 +668,9 @@ def test_user_usage_shows_a_user_their_own_days_and_hides_other_tenants(db, keen
     bob = next(u for u, created in world.users.items() if created == at(BEFORE, 23, 59, 59, 999999))
     with keen.as_user(alice) as tx:
         own = tx.analytics.user_usage(alice, BEFORE, AFTER)
-    assert [r.date_bucket for r in own] == sorted(d for d in (BEFORE, DAY, AFTER) if alice in world.expected_user_rows(d))
+    assert [r.date_bucket for r in own] == sorted(
+        d for d in (BEFORE, DAY, AFTER) if alice in world.expected_user_rows(d)
+    )
     assert all(r.user_id == alice for r in own)
     assert own[0].credits_used == usage_rows(db, own[0].date_bucket)[alice]["credits_used"]
     with pytest.raises(errors.NotFound):
@@ -578,7 +681,8 @@ def test_user_usage_shows_a_user_their_own_days_and_hides_other_tenants(db, keen
             tx.analytics.user_usage(uuid.uuid4(), BEFORE, AFTER)
     with keen.as_user(admin_id) as tx:
         assert [r.user_id for r in tx.analytics.user_usage(bob, BEFORE, AFTER)] == [bob] * len(
-            [d for d in (BEFORE, DAY, AFTER) if bob in world.expected_user_rows(d)])
+            [d for d in (BEFORE, DAY, AFTER) if bob in world.expected_user_rows(d)]
+        )
     with keen.as_user(alice) as tx:
         assert tx.analytics.user_usage(alice, date(2001, 1, 1), date(2001, 1, 2)) == []
     with pytest.raises(errors.InvalidInput):
@@ -587,6 +691,7 @@ def test_user_usage_shows_a_user_their_own_days_and_hides_other_tenants(db, keen
 
 
 # The 24-hour dashboard.
+
 
 def test_dashboard_refresh_counts_every_tenants_sessions_by_utc_hour(db, keen, admin_id, make_user):
     now = datetime.now(UTC)
@@ -626,10 +731,10 @@ def test_dashboard_view_is_readable_only_through_the_admin_function(db, keen, ad
             tx.scalar("SELECT count(*) FROM keen.admin_dashboard_metrics")
     for actor in (user, None):
         with pytest.raises(errors.PermissionDenied):
-            with (keen.as_user(actor) if actor else keen.transaction()) as tx:
+            with keen.as_user(actor) if actor else keen.transaction() as tx:
                 tx.analytics.dashboard_metrics()
         with pytest.raises(errors.PermissionDenied):
-            with (keen.as_user(actor) if actor else keen.transaction()) as tx:
+            with keen.as_user(actor) if actor else keen.transaction() as tx:
                 tx.analytics.refresh_dashboard_metrics()
 
 
@@ -640,12 +745,13 @@ def test_maintenance_refreshes_the_dashboard_concurrently_and_sees_every_tenant(
         Raw(conn).session(user, now - timedelta(minutes=10))
     with maintenance(db) as conn:
         conn.execute("SELECT keen.refresh_dashboard_metrics()")
-        conn.execute("SELECT keen.refresh_dashboard_metrics()")   # concurrently, again: same keys
+        conn.execute("SELECT keen.refresh_dashboard_metrics()")  # concurrently, again: same keys
     with keen.as_user(admin_id) as tx:
         assert sum(h.sessions_started for h in tx.analytics.dashboard_metrics()) == 1
 
 
 # keen-db rollup and the demo step.
+
 
 def invoke(db, *args: str):
     return CliRunner().invoke(cli, ["--database-url", db.superuser_url, "rollup", *args])
@@ -664,14 +770,17 @@ def test_cli_rolls_up_one_day_or_a_backfill_as_the_maintenance_role(db, world):
     assert result.exit_code == 0 and platform_row(db, datetime.now(UTC).date()) is not None
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--day", "2025-02-30"], "not a date in the form YYYY-MM-DD"),
-    (["--day", "yesterday"], "not a date in the form YYYY-MM-DD"),
-    (["--from", "2025-03-02", "--to", "2025-03-01"], "is after --to"),
-    (["--day", "2025-03-01", "--from", "2025-03-01"], "either --day or --from/--to"),
-    (["--to", "2025-03-01"], "--to needs --from"),
-    (["--day", "2999-01-01"], "after today"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--day", "2025-02-30"], "not a date in the form YYYY-MM-DD"),
+        (["--day", "yesterday"], "not a date in the form YYYY-MM-DD"),
+        (["--from", "2025-03-02", "--to", "2025-03-01"], "is after --to"),
+        (["--day", "2025-03-01", "--from", "2025-03-01"], "either --day or --from/--to"),
+        (["--to", "2025-03-01"], "--to needs --from"),
+        (["--day", "2999-01-01"], "after today"),
+    ],
+)
 def test_cli_refuses_bad_dates_with_a_clear_message(db, args, message):
     result = invoke(db, *args)
     assert result.exit_code == 2

@@ -1,5 +1,6 @@
 """The audit trail: what is audited, who may read it, append-only for every role, and a hash
 chain that stays intact under concurrent writers and names the first link that was tampered with."""
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -14,8 +15,10 @@ PASSWORD = "correct horse battery"
 
 def audit_rows(db, where: str = "true") -> list[tuple]:
     with psycopg.connect(db.maintenance_url) as conn:
-        return conn.execute(f"SELECT event_type, event_subtype, user_id, actor_id, is_admin_action, risk_level "
-                            f"FROM keen.audit_logs WHERE {where} ORDER BY chain_seq").fetchall()
+        return conn.execute(
+            f"SELECT event_type, event_subtype, user_id, actor_id, is_admin_action, risk_level "
+            f"FROM keen.audit_logs WHERE {where} ORDER BY chain_seq"
+        ).fetchall()
 
 
 def verify(db) -> list[tuple]:
@@ -85,19 +88,23 @@ def test_only_admins_and_the_maintenance_role_read_and_verify_the_audit_log(keen
 def test_keen_app_cannot_write_the_audit_log_in_any_way(db, admin_id):
     with psycopg.connect(db.app_url) as conn:
         conn.execute("SELECT keen.act_as(%s)", (admin_id,))
-        for statement in ("SELECT keen.write_audit('forged', NULL, NULL)",
-                          "INSERT INTO keen.audit_logs (chain_seq, row_hash, event_type) VALUES (1, '\\x00', 'forged')",
-                          "UPDATE keen.audit_logs SET risk_level = 'low'",
-                          "DELETE FROM keen.audit_logs",
-                          "TRUNCATE keen.audit_logs"):
+        for statement in (
+            "SELECT keen.write_audit('forged', NULL, NULL)",
+            "INSERT INTO keen.audit_logs (chain_seq, row_hash, event_type) VALUES (1, '\\x00', 'forged')",
+            "UPDATE keen.audit_logs SET risk_level = 'low'",
+            "DELETE FROM keen.audit_logs",
+            "TRUNCATE keen.audit_logs",
+        ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
             conn.rollback()
             conn.execute("SELECT keen.act_as(%s)", (admin_id,))
 
 
-@pytest.mark.parametrize("statement", ["UPDATE keen.audit_logs SET risk_level = 'low'",
-                                       "DELETE FROM keen.audit_logs", "TRUNCATE keen.audit_logs"])
+@pytest.mark.parametrize(
+    "statement",
+    ["UPDATE keen.audit_logs SET risk_level = 'low'", "DELETE FROM keen.audit_logs", "TRUNCATE keen.audit_logs"],
+)
 def test_the_audit_log_is_append_only_even_for_a_superuser(make_user, db, statement):
     make_user()
     with db.su() as conn:
@@ -153,7 +160,7 @@ def chain(keen, make_user, db):
 
 
 def test_a_changed_entry_is_named_as_the_first_broken_link(chain, db):
-    tamper(db, "UPDATE keen.audit_logs SET event_data = event_data || '{\"name\": \"innocent\"}' WHERE id = %s", chain[2])
+    tamper(db, 'UPDATE keen.audit_logs SET event_data = event_data || \'{"name": "innocent"}\' WHERE id = %s', chain[2])
     tamper(db, "UPDATE keen.audit_logs SET risk_level = 'low' WHERE id = %s", chain[3])
     assert verify(db) == [("main", 3, chain[2], "row_hash does not match the entry (its content was changed)")]
 

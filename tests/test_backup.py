@@ -1,9 +1,9 @@
 """keen-db backup / restore: a verified round trip, and every way a restore must refuse."""
+
 from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -126,8 +126,10 @@ def test_restore_drops_the_database_when_counts_differ_from_the_manifest(populat
 
 def test_restore_drops_the_database_when_the_ledger_does_not_balance(populated, settings, target, tmp_path):
     with populated.su() as conn:  # damage the source: a balance that its ledger does not explain
-        conn.execute("UPDATE keen.credit_accounts SET current_balance = current_balance + 1 "
-                     "WHERE user_id = (SELECT id FROM keen.users WHERE username = 'bench_user_500')")
+        conn.execute(
+            "UPDATE keen.credit_accounts SET current_balance = current_balance + 1 "
+            "WHERE user_id = (SELECT id FROM keen.users WHERE username = 'bench_user_500')"
+        )
     path = tmp_path / "b"
     bk.take_backup(populated.superuser_url, path)  # the manifest faithfully records the damage
     with pytest.raises(bk.BackupError, match="verify_ledger"):
@@ -170,8 +172,10 @@ def test_restore_drops_the_database_when_the_audit_chain_is_broken(populated, se
         assert conn.execute("SELECT count(*) FROM keen.audit_logs").fetchone()[0] > 0
         with conn.transaction():  # tamper as an attacker with superuser rights would: triggers off
             conn.execute("SET LOCAL session_replication_role = replica")
-            conn.execute("UPDATE keen.audit_logs SET event_data = '{\"tampered\": true}' "
-                         "WHERE id = (SELECT min(id) FROM keen.audit_logs)")
+            conn.execute(
+                "UPDATE keen.audit_logs SET event_data = '{\"tampered\": true}' "
+                "WHERE id = (SELECT min(id) FROM keen.audit_logs)"
+            )
     path = tmp_path / "b"
     bk.take_backup(populated.superuser_url, path)
     with pytest.raises(bk.BackupError, match="verify_audit_chain: chain main entry 1"):

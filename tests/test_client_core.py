@@ -1,5 +1,6 @@
 """The thin client: SQLSTATEs become the contract's exceptions, an actor context is one
 transaction, the pool checks connections."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,19 +8,22 @@ import pytest
 from keen_client import errors
 
 
-@pytest.mark.parametrize("sqlstate, exception", [
-    ("KN001", errors.InsufficientCredits),
-    ("KN002", errors.SpendingLimitExceeded),
-    ("KN003", errors.ReservationError),
-    ("KN004", errors.SessionStateError),
-    ("KN005", errors.IdempotencyConflict),
-    ("42501", errors.PermissionDenied),
-    ("P0002", errors.NotFound),
-    ("22023", errors.InvalidInput),
-    ("23505", errors.Conflict),
-    ("28P01", errors.AuthenticationFailed),
-    ("28000", errors.AuthenticationFailed),
-])
+@pytest.mark.parametrize(
+    "sqlstate, exception",
+    [
+        ("KN001", errors.InsufficientCredits),
+        ("KN002", errors.SpendingLimitExceeded),
+        ("KN003", errors.ReservationError),
+        ("KN004", errors.SessionStateError),
+        ("KN005", errors.IdempotencyConflict),
+        ("42501", errors.PermissionDenied),
+        ("P0002", errors.NotFound),
+        ("22023", errors.InvalidInput),
+        ("23505", errors.Conflict),
+        ("28P01", errors.AuthenticationFailed),
+        ("28000", errors.AuthenticationFailed),
+    ],
+)
 def test_each_contract_sqlstate_raises_its_exception_with_code_and_message(keen, sqlstate, exception):
     with pytest.raises(exception) as info:
         with keen.transaction() as tx:

@@ -1,6 +1,7 @@
 """The embedded cluster through the CLI: up is idempotent, recovers after a crash, down stops
 it, url prints one line, and a KEEN_HOME the server cannot use is a clear error. Each test runs
 its own cluster under /var/tmp on a free port: the shared cluster is never touched."""
+
 from __future__ import annotations
 
 import os

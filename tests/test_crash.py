@@ -1,6 +1,7 @@
 """Crash safety: concurrent deductions, SIGKILL of the postmaster, restart through `keen-db up`;
 every acknowledged charge survives, nothing but the in-flight ones is added, the ledger
 balances. Runs in a cluster of its own (the shared one is never killed); synchronous_commit on."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,7 @@ from .embedded import new_cluster
 USERS = 4  # few accounts, so the deductions also contend for the same account rows
 THREADS = 8
 ROUNDS = 4
-DEDUCT = ("SELECT (keen.deduct_credits(%(u)s, 0.01, NULL, 'crash test', %(key)s)).id "
-          "FROM keen.act_as(%(u)s)")
+DEDUCT = "SELECT (keen.deduct_credits(%(u)s, 0.01, NULL, 'crash test', %(key)s)).id FROM keen.act_as(%(u)s)"
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +58,12 @@ def _deduct_until_the_server_dies(url: str, n: int, attempted: set, acked: set, 
 
 def _ledger_keys(e) -> set[str]:
     with e.su() as conn:
-        return {r[0] for r in conn.execute(
-            "SELECT idempotency_key FROM keen.credit_transactions WHERE idempotency_key LIKE 'crash-%'")}
+        return {
+            r[0]
+            for r in conn.execute(
+                "SELECT idempotency_key FROM keen.credit_transactions WHERE idempotency_key LIKE 'crash-%'"
+            )
+        }
 
 
 @pytest.mark.parametrize("round_", range(ROUNDS))
@@ -72,8 +76,10 @@ def test_every_acknowledged_charge_survives_a_killed_postmaster(embedded, round_
     attempted: set[str] = set()
     acked: set[str] = set()
     lock = threading.Lock()
-    workers = [threading.Thread(target=_deduct_until_the_server_dies, args=(url, n, attempted, acked, lock))
-               for n in range(THREADS)]
+    workers = [
+        threading.Thread(target=_deduct_until_the_server_dies, args=(url, n, attempted, acked, lock))
+        for n in range(THREADS)
+    ]
     for w in workers:
         w.start()
     deadline = time.monotonic() + 10
@@ -99,9 +105,13 @@ def test_every_acknowledged_charge_survives_a_killed_postmaster(embedded, round_
         bad = conn.execute("SELECT user_id, balance, ledger_sum FROM keen.verify_ledger() WHERE NOT ok").fetchall()
         assert bad == []
     with embedded.su() as conn:  # each committed deduction took exactly 0.05 credits from its account
-        total = conn.execute("SELECT sum(current_balance) FROM keen.credit_accounts a JOIN keen.users u "
-                             "ON u.id = a.user_id WHERE u.username LIKE 'bench_user_%'").fetchone()[0]
-        charged = conn.execute("SELECT count(*) FROM keen.credit_transactions WHERE idempotency_key LIKE 'crash-%'").fetchone()[0]
+        total = conn.execute(
+            "SELECT sum(current_balance) FROM keen.credit_accounts a JOIN keen.users u "
+            "ON u.id = a.user_id WHERE u.username LIKE 'bench_user_%'"
+        ).fetchone()[0]
+        charged = conn.execute(
+            "SELECT count(*) FROM keen.credit_transactions WHERE idempotency_key LIKE 'crash-%'"
+        ).fetchone()[0]
         assert total == USERS * Decimal("1000000") - charged * Decimal("0.05")
 
 

@@ -1,6 +1,7 @@
 """The credit ledger through the client: 5x markup, admin bypass, limits, holds, idempotency,
 refunds, auto-recharge requests, hostile input and the append-only ledger. Every test that
 moves money ends with assert_ledger_clean(db)."""
+
 from __future__ import annotations
 
 import uuid
@@ -20,6 +21,7 @@ D = Decimal
 
 # --- helpers (the concurrency and model tests use them too) ----------------------------------
 
+
 def grant(keen, admin_id, user_id, amount, key=None) -> CreditTransaction:
     with keen.as_user(admin_id) as tx:
         return tx.credits.add_credits(user_id, D(amount), "test purchase", key)
@@ -37,20 +39,25 @@ def balance(keen, user_id) -> Balance:
 
 def ledger_rows(db, user_id) -> int:
     with db.su() as conn:
-        return conn.execute("SELECT count(*) FROM keen.credit_transactions WHERE user_id = %s", (user_id,)).fetchone()[0]
+        return conn.execute("SELECT count(*) FROM keen.credit_transactions WHERE user_id = %s", (user_id,)).fetchone()[
+            0
+        ]
 
 
 def hold_rows(db, user_id) -> int:
     with db.su() as conn:
-        return conn.execute("SELECT count(*) FROM keen.credit_reservations WHERE user_id = %s", (user_id,)).fetchone()[0]
+        return conn.execute("SELECT count(*) FROM keen.credit_reservations WHERE user_id = %s", (user_id,)).fetchone()[
+            0
+        ]
 
 
 def make_session(db, user_id) -> uuid.UUID:
     """A running agent session of user_id, through keen.create_session."""
     with psycopg.connect(db.app_url) as conn:
         conn.execute("SELECT keen.act_as(%s)", (user_id,))
-        return conn.execute("SELECT id FROM keen.create_session(%s, %s, 'main', 'test', '/tmp')",
-                            (user_id, uuid.uuid4().hex)).fetchone()[0]
+        return conn.execute(
+            "SELECT id FROM keen.create_session(%s, %s, 'main', 'test', '/tmp')", (user_id, uuid.uuid4().hex)
+        ).fetchone()[0]
 
 
 @pytest.fixture
@@ -63,13 +70,18 @@ def funded(keen, admin_id, make_user):
 
 # --- purchases and usage ---------------------------------------------------------------------
 
+
 def test_a_purchase_adds_credits_and_writes_one_purchase_row(db, keen, admin_id, make_user):
     user = make_user()
     row = grant(keen, admin_id, user, "12.345678")
     assert (row.transaction_type, row.amount, row.balance_after) == ("purchase", D("12.345678"), D("12.345678"))
     b = balance(keen, user)
     assert (b.current_balance, b.available_balance, b.lifetime_purchased, b.lifetime_spent) == (
-        D("12.345678"), D("12.345678"), D("12.345678"), D(0))
+        D("12.345678"),
+        D("12.345678"),
+        D("12.345678"),
+        D(0),
+    )
     assert ledger_rows(db, user) == 1
     assert_ledger_clean(db)
 
@@ -122,8 +134,8 @@ def test_the_multiplier_is_stored_on_each_row_so_a_change_never_reprices_history
 def test_the_charge_is_rounded_to_six_decimal_places(db, keen, admin_id, funded):
     with keen.as_user(admin_id) as tx:
         tx.execute("SELECT keen.set_setting('markup_multiplier', '1.2345')")
-    assert deduct(keen, funded, "0.000003").amount == D("-0.000004")   # 0.0000037035
-    assert deduct(keen, funded, "0.123457").amount == D("-0.152408")   # 0.1524076665
+    assert deduct(keen, funded, "0.000003").amount == D("-0.000004")  # 0.0000037035
+    assert deduct(keen, funded, "0.123457").amount == D("-0.152408")  # 0.1524076665
     assert_ledger_clean(db)
 
 
@@ -158,15 +170,29 @@ def test_a_charge_may_take_the_balance_to_exactly_zero_but_no_further(db, keen, 
 
 # --- hostile input ---------------------------------------------------------------------------
 
-HOSTILE = [None, D("NaN"), D("Infinity"), D("-Infinity"), D(0), D("-0.000001"), D(-5), D("0.0000001"),
-           D("1.0000005"), D("1000000.000001"), D(10) ** 30, D("1e-30")]
+HOSTILE = [
+    None,
+    D("NaN"),
+    D("Infinity"),
+    D("-Infinity"),
+    D(0),
+    D("-0.000001"),
+    D(-5),
+    D("0.0000001"),
+    D("1.0000005"),
+    D("1000000.000001"),
+    D(10) ** 30,
+    D("1e-30"),
+]
 
 
 @pytest.mark.parametrize("cost", HOSTILE, ids=str)
 def test_a_hostile_cost_is_invalid_input_and_writes_nothing(db, keen, funded, cost):
-    for call in (lambda tx: tx.credits.deduct_credits(funded, cost),
-                 lambda tx: tx.credits.reserve_credits(funded, cost),
-                 lambda tx: tx.credits.validate_credits(funded, cost)):
+    for call in (
+        lambda tx: tx.credits.deduct_credits(funded, cost),
+        lambda tx: tx.credits.reserve_credits(funded, cost),
+        lambda tx: tx.credits.validate_credits(funded, cost),
+    ):
         with pytest.raises(errors.InvalidInput):
             with keen.as_user(funded) as tx:
                 call(tx)
@@ -190,8 +216,9 @@ def test_trailing_zeros_are_not_extra_decimal_places(db, keen, funded):
     assert_ledger_clean(db)
 
 
-@pytest.mark.parametrize("description, key", [(None, None), ("", None), ("   ", None), ("x" * 1001, None),
-                                              ("ok", ""), ("ok", "k" * 256)])
+@pytest.mark.parametrize(
+    "description, key", [(None, None), ("", None), ("   ", None), ("x" * 1001, None), ("ok", ""), ("ok", "k" * 256)]
+)
 def test_a_missing_description_or_a_bad_idempotency_key_is_invalid_input(db, keen, funded, description, key):
     with pytest.raises(errors.InvalidInput):
         deduct(keen, funded, 1, description=description, idempotency_key=key)
@@ -220,12 +247,22 @@ def test_a_float_is_refused_by_the_client_before_anything_is_sent(db, keen, fund
 
 def test_money_comes_back_as_decimal(db, keen, funded):
     b = balance(keen, funded)
-    assert all(isinstance(v, Decimal) for v in (b.current_balance, b.available_balance, b.lifetime_purchased,
-                                                   b.lifetime_spent, b.spent_today, b.spent_this_month))
+    assert all(
+        isinstance(v, Decimal)
+        for v in (
+            b.current_balance,
+            b.available_balance,
+            b.lifetime_purchased,
+            b.lifetime_spent,
+            b.spent_today,
+            b.spent_this_month,
+        )
+    )
     assert_ledger_clean(db)
 
 
 # --- who may do what -------------------------------------------------------------------------
+
 
 def test_only_an_admin_may_add_credits(db, keen, make_user):
     user = make_user()
@@ -262,7 +299,7 @@ def test_a_user_cannot_touch_another_users_account(db, keen, funded, make_user):
 def test_a_refused_caller_holds_no_lock_on_the_account_it_tried(db, keen, funded, make_user):
     mallory = make_user("mallory")
     for call in ("SELECT keen.deduct_credits(%s, 1)", "SELECT keen.reserve_credits(%s, 1)"):
-        with psycopg.connect(db.app_url) as stuck:   # refused, then left open (aborted, not rolled back)
+        with psycopg.connect(db.app_url) as stuck:  # refused, then left open (aborted, not rolled back)
             stuck.execute("SELECT keen.act_as(%s)", (mallory,))
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 stuck.execute(call, (funded,))
@@ -279,10 +316,12 @@ def test_another_tenants_hold_transaction_or_session_reads_as_not_found(db, keen
     with keen.as_user(funded) as tx:
         hold = tx.credits.reserve_credits(funded, D(1))
     session = make_session(db, funded)
-    for call in (lambda tx: tx.credits.capture_reservation(hold.reservation_id, D(1)),
-                 lambda tx: tx.credits.release_reservation(hold.reservation_id),
-                 lambda tx: tx.credits.release_reservation(uuid.uuid4()),
-                 lambda tx: tx.credits.deduct_credits(mallory, D(1), session_id=session)):
+    for call in (
+        lambda tx: tx.credits.capture_reservation(hold.reservation_id, D(1)),
+        lambda tx: tx.credits.release_reservation(hold.reservation_id),
+        lambda tx: tx.credits.release_reservation(uuid.uuid4()),
+        lambda tx: tx.credits.deduct_credits(mallory, D(1), session_id=session),
+    ):
         with pytest.raises(errors.NotFound):
             with keen.as_user(mallory) as tx:
                 call(tx)
@@ -299,10 +338,12 @@ def test_a_usage_can_name_its_own_session(db, keen, funded):
 
 def test_an_unknown_user_is_not_found_even_for_an_admin(db, keen, admin_id):
     nobody = uuid.uuid4()
-    for call in (lambda tx: tx.credits.add_credits(nobody, D(1), "x"),
-                 lambda tx: tx.credits.deduct_credits(nobody, D(1)),
-                 lambda tx: tx.credits.get_balance(nobody),
-                 lambda tx: tx.credits.reserve_credits(nobody, D(1))):
+    for call in (
+        lambda tx: tx.credits.add_credits(nobody, D(1), "x"),
+        lambda tx: tx.credits.deduct_credits(nobody, D(1)),
+        lambda tx: tx.credits.get_balance(nobody),
+        lambda tx: tx.credits.reserve_credits(nobody, D(1)),
+    ):
         with pytest.raises(errors.NotFound):
             with keen.as_user(admin_id) as tx:
                 call(tx)
@@ -311,13 +352,14 @@ def test_an_unknown_user_is_not_found_even_for_an_admin(db, keen, admin_id):
 
 # --- limits ----------------------------------------------------------------------------------
 
+
 def test_a_daily_limit_refuses_the_charge_that_would_pass_it_and_null_means_no_limit(db, keen, funded):
     with keen.as_user(funded) as tx:
         tx.credits.set_spending_limits(funded, D(12), None)
-    deduct(keen, funded, 2)                       # 10 of 12
+    deduct(keen, funded, 2)  # 10 of 12
     with pytest.raises(errors.SpendingLimitExceeded):
-        deduct(keen, funded, "0.400001")          # 12.000005 > 12
-    deduct(keen, funded, "0.4")                   # exactly 12
+        deduct(keen, funded, "0.400001")  # 12.000005 > 12
+    deduct(keen, funded, "0.4")  # exactly 12
     with pytest.raises(errors.SpendingLimitExceeded):
         deduct(keen, funded, "0.000001")
     with keen.as_user(funded) as tx:
@@ -358,10 +400,13 @@ def test_the_usage_counters_start_again_on_a_new_utc_day_and_month(db, keen, fun
     with pytest.raises(errors.SpendingLimitExceeded):
         deduct(keen, funded, "0.4")
     with db.su() as conn:  # as if that usage had been last month
-        conn.execute("""UPDATE keen.credit_accounts
+        conn.execute(
+            """UPDATE keen.credit_accounts
                            SET spent_day = spent_day - 40,
                                spent_month = (date_trunc('month', spent_month::timestamp) - interval '1 month')::date
-                         WHERE user_id = %s""", (funded,))
+                         WHERE user_id = %s""",
+            (funded,),
+        )
     assert (balance(keen, funded).spent_today, balance(keen, funded).spent_this_month) == (0, 0)
     deduct(keen, funded, "1.2")
     b = balance(keen, funded)
@@ -378,6 +423,7 @@ def test_admins_are_not_held_to_limits(db, keen, admin_id):
 
 # --- holds -----------------------------------------------------------------------------------
 
+
 def test_a_hold_reduces_the_available_balance_and_counts_against_limits(db, keen, funded):
     with keen.as_user(funded) as tx:
         hold = tx.credits.reserve_credits(funded, D(4))
@@ -390,8 +436,8 @@ def test_a_hold_reduces_the_available_balance_and_counts_against_limits(db, keen
     assert balance(keen, funded).available_balance == 0
     with keen.as_user(funded) as tx:
         tx.credits.release_reservation(hold.reservation_id)
-        tx.credits.set_spending_limits(funded, D(90), None)    # 80 spent today
-        tx.credits.reserve_credits(funded, D(1))                 # holds 5: 85 of 90, 15 available
+        tx.credits.set_spending_limits(funded, D(90), None)  # 80 spent today
+        tx.credits.reserve_credits(funded, D(1))  # holds 5: 85 of 90, 15 available
     with pytest.raises(errors.SpendingLimitExceeded):
         deduct(keen, funded, "1.000001")
     with pytest.raises(errors.SpendingLimitExceeded):
@@ -407,12 +453,17 @@ def test_an_expired_hold_stops_counting_without_any_job(db, keen, funded):
     with pytest.raises(errors.InsufficientCredits):
         deduct(keen, funded, 1)
     with db.su() as conn:  # as if five minutes had passed
-        conn.execute("UPDATE keen.credit_reservations SET expires_at = now() - interval '1 second', "
-                     "created_at = created_at - interval '5 minutes' WHERE id = %s", (hold.reservation_id,))
+        conn.execute(
+            "UPDATE keen.credit_reservations SET expires_at = now() - interval '1 second', "
+            "created_at = created_at - interval '5 minutes' WHERE id = %s",
+            (hold.reservation_id,),
+        )
     assert balance(keen, funded).available_balance == D(100)
     deduct(keen, funded, 20)
-    for call in (lambda tx: tx.credits.capture_reservation(hold.reservation_id, D(1)),
-                 lambda tx: tx.credits.release_reservation(hold.reservation_id)):
+    for call in (
+        lambda tx: tx.credits.capture_reservation(hold.reservation_id, D(1)),
+        lambda tx: tx.credits.release_reservation(hold.reservation_id),
+    ):
         with pytest.raises(errors.ReservationError):
             with keen.as_user(funded) as tx:
                 call(tx)
@@ -452,8 +503,10 @@ def test_a_hold_ends_exactly_once(db, keen, funded):
         tx.credits.capture_reservation(captured.reservation_id, D(1))
         tx.credits.release_reservation(released.reservation_id)
     for res in (captured, released):
-        for call in (lambda tx: tx.credits.capture_reservation(res.reservation_id, D(1)),
-                     lambda tx: tx.credits.release_reservation(res.reservation_id)):
+        for call in (
+            lambda tx: tx.credits.capture_reservation(res.reservation_id, D(1)),
+            lambda tx: tx.credits.release_reservation(res.reservation_id),
+        ):
             with pytest.raises(errors.ReservationError):
                 with keen.as_user(funded) as tx:
                     call(tx)
@@ -492,6 +545,7 @@ def test_a_capture_is_priced_at_the_multiplier_quoted_with_the_hold(db, keen, ad
 
 # --- idempotency -----------------------------------------------------------------------------
 
+
 def test_a_retried_deduction_returns_the_first_result_and_charges_nothing_more(db, keen, funded):
     first = deduct(keen, funded, 1, idempotency_key="run-1")
     again = deduct(keen, funded, D("1.000000"), idempotency_key="run-1", description="other words, same request")
@@ -519,7 +573,7 @@ def test_a_retried_purchase_adds_nothing_and_a_different_amount_is_kn005(db, kee
     assert grant(keen, admin_id, user, 50, key="stripe-pi-1") == first
     with pytest.raises(errors.IdempotencyConflict):
         grant(keen, admin_id, user, 51, key="stripe-pi-1")
-    with pytest.raises(errors.IdempotencyConflict):   # a purchase key is not a usage key
+    with pytest.raises(errors.IdempotencyConflict):  # a purchase key is not a usage key
         deduct(keen, user, 1, idempotency_key="stripe-pi-1")
     assert balance(keen, user).current_balance == D(50)
     assert_ledger_clean(db)
@@ -548,6 +602,7 @@ def test_the_same_key_on_two_accounts_is_two_requests(db, keen, admin_id, funded
 
 
 # --- refunds ---------------------------------------------------------------------------------
+
 
 def test_a_refund_is_a_new_row_and_the_original_is_never_edited(db, keen, admin_id, funded):
     usage = deduct(keen, funded, 2)
@@ -626,9 +681,12 @@ def test_credit_grants_and_refunds_are_audited(db, keen, admin_id, funded):
     with keen.as_user(admin_id) as tx:
         refund = tx.credits.refund_credits(usage.id, "audited")
     with db.su() as conn:
-        rows = conn.execute("""SELECT event_subtype, event_data->>'transaction_id', actor_id
+        rows = conn.execute(
+            """SELECT event_subtype, event_data->>'transaction_id', actor_id
                                  FROM keen.audit_logs WHERE event_type = 'credits' AND user_id = %s
-                                ORDER BY id""", (funded,)).fetchall()
+                                ORDER BY id""",
+            (funded,),
+        ).fetchall()
     assert [r[0] for r in rows] == ["grant", "refund"]
     assert rows[1][1] == str(refund.id) and rows[1][2] == admin_id
     assert_ledger_clean(db)
@@ -636,12 +694,16 @@ def test_credit_grants_and_refunds_are_audited(db, keen, admin_id, funded):
 
 # --- the ledger itself -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("statement", [
-    "UPDATE keen.credit_transactions SET amount = amount + 1",
-    "UPDATE keen.credit_transactions SET description = 'x' WHERE false",
-    "DELETE FROM keen.credit_transactions",
-    "TRUNCATE keen.credit_transactions CASCADE",
-])
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE keen.credit_transactions SET amount = amount + 1",
+        "UPDATE keen.credit_transactions SET description = 'x' WHERE false",
+        "DELETE FROM keen.credit_transactions",
+        "TRUNCATE keen.credit_transactions CASCADE",
+    ],
+)
 @pytest.mark.parametrize("role", [None, "keen_owner"])
 def test_the_ledger_refuses_update_delete_and_truncate_for_every_role(db, keen, funded, statement, role):
     with db.su() as conn:
@@ -655,9 +717,11 @@ def test_the_ledger_refuses_update_delete_and_truncate_for_every_role(db, keen, 
 
 
 def test_keen_app_cannot_write_the_ledger_tables_directly(db, keen, funded):
-    for statement in ("INSERT INTO keen.credit_transactions (user_id, account_id, transaction_type, amount, "
-                      "balance_after, description) SELECT user_id, id, 'purchase', 1, 1, 'x' FROM keen.credit_accounts",
-                      "UPDATE keen.credit_accounts SET current_balance = 1e9"):
+    for statement in (
+        "INSERT INTO keen.credit_transactions (user_id, account_id, transaction_type, amount, "
+        "balance_after, description) SELECT user_id, id, 'purchase', 1, 1, 'x' FROM keen.credit_accounts",
+        "UPDATE keen.credit_accounts SET current_balance = 1e9",
+    ):
         with pytest.raises(errors.PermissionDenied):
             with keen.as_user(funded) as tx:
                 tx.execute(statement)
@@ -672,12 +736,16 @@ def test_verify_ledger_is_for_admins_and_maintenance_and_catches_a_tampered_bala
         with keen.transaction() as tx:
             tx.credits.verify_ledger()
     with db.su() as conn:
-        conn.execute("UPDATE keen.credit_accounts SET current_balance = current_balance + 1 WHERE user_id = %s", (funded,))
+        conn.execute(
+            "UPDATE keen.credit_accounts SET current_balance = current_balance + 1 WHERE user_id = %s", (funded,)
+        )
     with keen.as_user(admin_id) as tx:
         bad = [r for r in tx.credits.verify_ledger() if not r.ok]
     assert [(r.user_id, r.balance, r.ledger_sum) for r in bad] == [(funded, D(101), D(100))]
     with db.su() as conn:
-        conn.execute("UPDATE keen.credit_accounts SET current_balance = current_balance - 1 WHERE user_id = %s", (funded,))
+        conn.execute(
+            "UPDATE keen.credit_accounts SET current_balance = current_balance - 1 WHERE user_id = %s", (funded,)
+        )
     assert_ledger_clean(db)
 
 
@@ -695,9 +763,15 @@ def test_history_is_newest_first_and_limited(db, keen, funded):
 
 def test_validate_credits_judges_the_available_balance_and_writes_nothing(db, keen, admin_id, funded):
     with keen.as_user(funded) as tx:
-        tx.credits.reserve_credits(funded, D(10))   # holds 50
+        tx.credits.reserve_credits(funded, D(10))  # holds 50
         v = tx.credits.validate_credits(funded, D(11))
-    assert (v.sufficient, v.current_balance, v.required, v.shortfall, v.unlimited) == (False, D(100), D(55), D(5), False)
+    assert (v.sufficient, v.current_balance, v.required, v.shortfall, v.unlimited) == (
+        False,
+        D(100),
+        D(55),
+        D(5),
+        False,
+    )
     with keen.as_user(funded) as tx:
         assert tx.credits.validate_credits(funded, D(10)).sufficient
     with keen.as_user(admin_id) as tx:
@@ -709,19 +783,24 @@ def test_validate_credits_judges_the_available_balance_and_writes_nothing(db, ke
 
 # --- auto-recharge ---------------------------------------------------------------------------
 
+
 def test_auto_recharge_records_one_pending_request_per_threshold_crossing(db, keen, admin_id, funded):
     with keen.as_user(funded) as tx:
         tx.credits.set_auto_recharge(funded, True, D(50), D(25))
-    deduct(keen, funded, 9)            # 100 -> 55: above the threshold
+    deduct(keen, funded, 9)  # 100 -> 55: above the threshold
     with keen.as_user(funded) as tx:
         assert tx.credits.recharge_requests() == []
     crossing = deduct(keen, funded, 1)  # 55 -> 50: not below
     crossing = deduct(keen, funded, "0.2")  # 50 -> 49: crossed
-    deduct(keen, funded, 1)            # 49 -> 44: still below, no new request
+    deduct(keen, funded, 1)  # 49 -> 44: still below, no new request
     with keen.as_user(funded) as tx:
         [req] = tx.credits.recharge_requests()
     assert (req.threshold, req.requested_amount, req.balance_at_request, req.triggered_by) == (
-        D(50), D(25), D(49), crossing.id)
+        D(50),
+        D(25),
+        D(49),
+        crossing.id,
+    )
     # The payment side buys and closes it; the next crossing makes a new one.
     with keen.as_user(admin_id) as tx:
         purchase = tx.credits.add_credits(funded, req.requested_amount, "auto-recharge", f"recharge:{req.id}")
@@ -730,7 +809,7 @@ def test_auto_recharge_records_one_pending_request_per_threshold_crossing(db, ke
     with pytest.raises(errors.InvalidInput):
         with keen.as_user(admin_id) as tx:
             tx.credits.resolve_recharge_request(req.id, "cancelled")
-    deduct(keen, funded, 4)             # 69 -> 49: crossed again
+    deduct(keen, funded, 4)  # 69 -> 49: crossed again
     with keen.as_user(funded) as tx:
         assert len(tx.credits.recharge_requests()) == 1
         assert len(tx.credits.recharge_requests("completed")) == 1

@@ -1,13 +1,15 @@
 """The ledger under concurrency: no double spending, limits and holds never passed, a hold
 ends exactly once, retries of one idempotency key make one row, and no deadlocks. Many
 threads, each on its own pooled connection, released together by a barrier."""
+
 from __future__ import annotations
 
 import itertools
 import threading
 from collections import Counter
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 from keen_client import errors
 from keen_client.credits import CreditTransaction, Reservation
@@ -53,16 +55,18 @@ def deduct_task(keen, user_id, cost, actor=None, **kw) -> Callable[[], CreditTra
     def task() -> CreditTransaction:
         with keen.as_user(actor or user_id) as tx:
             return tx.credits.deduct_credits(user_id, D(cost), **kw)
+
     return task
 
 
 def test_200_concurrent_deductions_against_a_balance_for_100_let_exactly_100_through(db, keen, admin_id, make_user):
     user = make_user()
-    grant(keen, admin_id, user, 50)                      # 100 charges of 0.5
+    grant(keen, admin_id, user, 50)  # 100 charges of 0.5
     results = run_parallel(16, [deduct_task(keen, user, "0.1") for _ in range(200)])
     assert outcome(results) == Counter({"ok": 100, "KN001": 100})
     assert sorted(r.balance_after for r in results if isinstance(r, CreditTransaction)) == [
-        D("0.5") * i for i in range(100)]
+        D("0.5") * i for i in range(100)
+    ]
     b = balance(keen, user)
     assert (b.current_balance, b.lifetime_spent, b.spent_today) == (D(0), D(50), D(50))
     assert ledger_rows(db, user) == 101
@@ -73,8 +77,13 @@ def test_balance_10_with_concurrent_costs_of_1_50_and_1_00_lets_exactly_one_thro
     for _ in range(5):
         user = make_user()
         grant(keen, admin_id, user, 10)
-        results = run_parallel(2, [deduct_task(keen, user, "1.50", session_id=None, description="session1"),
-                                   deduct_task(keen, user, "1.00", description="session2")])
+        results = run_parallel(
+            2,
+            [
+                deduct_task(keen, user, "1.50", session_id=None, description="session1"),
+                deduct_task(keen, user, "1.00", description="session2"),
+            ],
+        )
         assert outcome(results) == Counter({"ok": 1, "KN001": 1})
         [won] = [r for r in results if isinstance(r, CreditTransaction)]
         assert won.amount in (D("-7.50"), D("-5.00"))
@@ -100,7 +109,7 @@ def test_concurrent_holds_and_deductions_never_pass_the_available_balance(db, ke
 
     def reserve() -> Reservation:
         with keen.as_user(user) as tx:
-            return tx.credits.reserve_credits(user, D(1))    # holds 5
+            return tx.credits.reserve_credits(user, D(1))  # holds 5
 
     tasks = [reserve if i % 2 else deduct_task(keen, user, "0.5") for i in range(60)]  # deduct 2.5
     results = run_parallel(16, tasks)
@@ -116,11 +125,11 @@ def test_concurrent_holds_and_deductions_never_pass_the_available_balance(db, ke
     assert (b.current_balance, b.available_balance) == (50 - D("2.5") * len(charges), left)
     # Capturing every hold at its estimate, concurrently with more deductions: the captures
     # fit exactly, and only what was left goes to deductions.
-    capture = lambda h: (lambda: keen_capture(keen, user, h.reservation_id, D(1)))  # noqa: E731
+    capture = lambda h: lambda: keen_capture(keen, user, h.reservation_id, D(1))  # noqa: E731
     results = run_parallel(16, [capture(h) for h in holds] + [deduct_task(keen, user, "0.1") for _ in range(20)])
     fits = int(left / D("0.5"))
-    assert outcome(results[:len(holds)]) == Counter({"ok": len(holds)})
-    assert outcome(results[len(holds):]) == Counter({"ok": fits, "KN001": 20 - fits})
+    assert outcome(results[: len(holds)]) == Counter({"ok": len(holds)})
+    assert outcome(results[len(holds) :]) == Counter({"ok": fits, "KN001": 20 - fits})
     b = balance(keen, user)
     assert (b.current_balance, b.available_balance) == (0, 0)
     assert_ledger_clean(db)
@@ -144,11 +153,13 @@ def test_a_hold_raced_by_captures_and_releases_ends_exactly_once(db, keen, admin
         holds = [tx.credits.reserve_credits(user, D(1)) for _ in range(10)]
     tasks = []
     for h in holds:
-        tasks += [lambda h=h: keen_capture(keen, user, h.reservation_id, D(2)),
-                  lambda h=h: keen_release(keen, user, h.reservation_id),
-                  lambda h=h: keen_capture(keen, user, h.reservation_id, D(1))]
+        tasks += [
+            lambda h=h: keen_capture(keen, user, h.reservation_id, D(2)),
+            lambda h=h: keen_release(keen, user, h.reservation_id),
+            lambda h=h: keen_capture(keen, user, h.reservation_id, D(1)),
+        ]
     results = run_parallel(16, tasks)
-    per_hold = [outcome(results[i:i + 3]) for i in range(0, len(results), 3)]
+    per_hold = [outcome(results[i : i + 3]) for i in range(0, len(results), 3)]
     assert all(o == Counter({"ok": 1, "KN003": 2}) for o in per_hold), per_hold
     charged = -sum(r.amount for r in results if isinstance(r, CreditTransaction))
     b = balance(keen, user)

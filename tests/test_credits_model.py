@@ -3,6 +3,7 @@ and limit changes, for several users and the admin, run against keen-db and agai
 Python model of the ledger's rules. After every step the outcome (the row's amount and balance,
 or the SQLSTATE) and every account's balance, available balance and usage of the day must
 agree; after every sequence the ledger must verify."""
+
 from __future__ import annotations
 
 import uuid
@@ -10,7 +11,6 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -22,12 +22,12 @@ D = Decimal
 MARKUP = D(5)
 SIX = D("0.000001")
 
-COSTS = [D("0.1"), D("0.25"), D(1), D("2.5"), D("0.000001"), D(3), D(0)]   # 0: invalid input
+COSTS = [D("0.1"), D("0.25"), D(1), D("2.5"), D("0.000001"), D(3), D(0)]  # 0: invalid input
 GRANTS = [D(5), D("10.5"), D(25), D(100), D("0.000001")]
 LIMITS = [None, D(0), D(5), D("12.5"), D(30)]
 KEYS = [None, "a", "b"]
 
-USERS = 3           # regular users of each sequence; index USERS is the admin
+USERS = 3  # regular users of each sequence; index USERS is the admin
 grant = st.tuples(st.just("grant"), st.integers(0, USERS), st.sampled_from(GRANTS), st.sampled_from(KEYS))
 deduct = st.tuples(st.just("deduct"), st.integers(0, USERS), st.sampled_from(COSTS), st.sampled_from(KEYS))
 reserve = st.tuples(st.just("reserve"), st.integers(0, USERS), st.sampled_from(COSTS))
@@ -36,9 +36,22 @@ release = st.tuples(st.just("release"), st.integers(0, 50))
 refund = st.tuples(st.just("refund"), st.integers(0, 50), st.sampled_from(["whole", "half", "too much"]))
 limits = st.tuples(st.just("limits"), st.integers(0, USERS - 1), st.sampled_from(LIMITS), st.sampled_from(LIMITS))
 # The kind is drawn first, weighted towards the operations that move money.
-KINDS = {"grant": grant, "deduct": deduct, "reserve": reserve, "capture": capture, "release": release,
-         "refund": refund, "limits": limits}
-WEIGHTED = ["grant"] * 3 + ["deduct"] * 4 + ["reserve"] * 3 + ["capture"] * 3 + ["release", "refund", "refund", "limits", "limits"]
+KINDS = {
+    "grant": grant,
+    "deduct": deduct,
+    "reserve": reserve,
+    "capture": capture,
+    "release": release,
+    "refund": refund,
+    "limits": limits,
+}
+WEIGHTED = (
+    ["grant"] * 3
+    + ["deduct"] * 4
+    + ["reserve"] * 3
+    + ["capture"] * 3
+    + ["release", "refund", "refund", "limits", "limits"]
+)
 op = st.sampled_from(WEIGHTED).flatmap(KINDS.__getitem__)
 
 
@@ -51,7 +64,7 @@ class Refused(Exception):
 class Account:
     balance: Decimal
     unlimited: bool = False
-    spent: Decimal = D(0)          # usage of the UTC day (and month: one day is all a run spans)
+    spent: Decimal = D(0)  # usage of the UTC day (and month: one day is all a run spans)
     daily: Decimal | None = None
     monthly: Decimal | None = None
 
@@ -76,6 +89,7 @@ class Row:
 @dataclass
 class Model:
     """The ledger's rules, as plainly as they can be written."""
+
     accounts: list[Account]
     holds: list[Hold] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
@@ -175,8 +189,9 @@ def attempt(fn) -> Any:
         return exc.sqlstate
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.too_slow])
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(ops=st.lists(op, min_size=10, max_size=30))
 def test_random_ledger_sequences_agree_with_the_model(db, keen, admin_id, make_user, ops):
     users = [make_user("model") for _ in range(USERS)] + [admin_id]
@@ -197,9 +212,12 @@ def test_random_ledger_sequences_agree_with_the_model(db, keen, admin_id, make_u
                 actual = attempt(lambda: _grant(keen, admin_id, users[u], value, full_key))
             else:
                 expected = attempt(lambda: model.deduct(u, value, key))
-                actual = attempt(lambda: _call(keen, users[u], lambda tx: tx.credits.deduct_credits(
-                    users[u], value, idempotency_key=full_key)))
-            if isinstance(expected, int):          # a replay: the first row, again
+                actual = attempt(
+                    lambda: _call(
+                        keen, users[u], lambda tx: tx.credits.deduct_credits(users[u], value, idempotency_key=full_key)
+                    )
+                )
+            if isinstance(expected, int):  # a replay: the first row, again
                 assert not isinstance(actual, str), step
                 assert actual.id == model.rows[expected].id, step
                 continue
@@ -225,14 +243,17 @@ def test_random_ledger_sequences_agree_with_the_model(db, keen, admin_id, make_u
             hold = model.holds[step[1] % len(model.holds)]
             if kind == "capture":
                 expected = attempt(lambda: model.capture(hold, step[2]))
-                actual = attempt(lambda: _call(keen, users[hold.user], lambda tx: tx.credits.capture_reservation(
-                    hold.id, step[2])))
+                actual = attempt(
+                    lambda: _call(keen, users[hold.user], lambda tx: tx.credits.capture_reservation(hold.id, step[2]))
+                )
                 assert _shape(actual) == expected, step
                 if not isinstance(actual, str):
                     model.rows.append(Row(actual.id, hold.user, actual.transaction_type, actual.amount))
             else:
                 expected = attempt(lambda: model.release(hold))
-                actual = attempt(lambda: _call(keen, users[hold.user], lambda tx: tx.credits.release_reservation(hold.id)))
+                actual = attempt(
+                    lambda: _call(keen, users[hold.user], lambda tx: tx.credits.release_reservation(hold.id))
+                )
                 assert actual == expected, step
         elif kind == "refund":
             if not model.rows:
@@ -240,9 +261,14 @@ def test_random_ledger_sequences_agree_with_the_model(db, keen, admin_id, make_u
             row = model.rows[step[1] % len(model.rows)]
             expected = attempt(lambda: model.refund(row, step[2]))
             whole = abs(row.amount)
-            amount = None if step[2] == "whole" else (
-                (whole / 2).quantize(SIX, ROUND_HALF_UP) if step[2] == "half" else whole * 2)
-            actual = attempt(lambda: _call(keen, admin_id, lambda tx: tx.credits.refund_credits(row.id, "model", amount)))
+            amount = (
+                None
+                if step[2] == "whole"
+                else ((whole / 2).quantize(SIX, ROUND_HALF_UP) if step[2] == "half" else whole * 2)
+            )
+            actual = attempt(
+                lambda: _call(keen, admin_id, lambda tx: tx.credits.refund_credits(row.id, "model", amount))
+            )
             assert _shape(actual) == expected, step
             if not isinstance(actual, str):
                 model.rows.append(Row(actual.id, row.user, "refund", actual.amount))
@@ -256,7 +282,8 @@ def test_random_ledger_sequences_agree_with_the_model(db, keen, admin_id, make_u
         with keen.as_user(admin_id) as tx:
             seen = [tx.credits.get_balance(x) for x in users]
         assert [(b.current_balance, b.available_balance, b.spent_today) for b in seen] == [
-            (a.balance, model.available(i), a.spent) for i, a in enumerate(model.accounts)], step
+            (a.balance, model.available(i), a.spent) for i, a in enumerate(model.accounts)
+        ], step
 
     assert_ledger_clean(db)
 

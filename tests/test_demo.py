@@ -1,4 +1,5 @@
 """`keen-db demo` runs end to end against a real server and ends with a clean doctor."""
+
 from __future__ import annotations
 
 from click.testing import CliRunner
@@ -10,8 +11,15 @@ def test_the_demo_walks_through_every_area_and_ends_with_every_doctor_check_ok(s
     result = CliRunner().invoke(cli, ["demo"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     out = result.output
-    for heading in ("Users", "Credits", "Agent sessions", "Streaming", "Analytics", "Operations",
-                    "The doctor's verdict"):
+    for heading in (
+        "Users",
+        "Credits",
+        "Agent sessions",
+        "Streaming",
+        "Analytics",
+        "Operations",
+        "The doctor's verdict",
+    ):
         assert heading in out, heading
     verdict = out.split("The doctor's verdict", 1)[1]
     assert "FAIL" not in verdict

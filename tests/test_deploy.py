@@ -1,5 +1,6 @@
 """Migrations, repeatables and seeds: rollback to empty, two ways of building the schema give
 the same result, deploys and seeds are idempotent, every PL/pgSQL function passes plpgsql_check."""
+
 from __future__ import annotations
 
 import os
@@ -36,9 +37,23 @@ def second_empty_db(settings):
 def schema_dump(url: str) -> str:
     p = conninfo_to_dict(url)
     res = subprocess.run(
-        [pg_bin("pg_dump"), "--schema-only", "--schema=keen", "--schema=keen_ext",
-         "-h", p["host"], "-p", str(p["port"]), "-U", p["user"], p["dbname"]],
-        capture_output=True, text=True, check=True, env=dict(os.environ, PGPASSWORD=p["password"]),
+        [
+            pg_bin("pg_dump"),
+            "--schema-only",
+            "--schema=keen",
+            "--schema=keen_ext",
+            "-h",
+            p["host"],
+            "-p",
+            str(p["port"]),
+            "-U",
+            p["user"],
+            p["dbname"],
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, PGPASSWORD=p["password"]),
     )
     # \restrict / \unrestrict carry a random key per dump (pg_dump's psql-injection guard).
     return "\n".join(l for l in res.stdout.splitlines() if not l.startswith(("\\restrict", "\\unrestrict")))
@@ -63,9 +78,16 @@ def test_rollback_all_empties_the_database_and_migrating_again_rebuilds_an_ident
 def test_plain_yoyo_apply_builds_the_same_schema_as_keen_db_migrate(empty_db, second_empty_db):
     deploy.migrate(empty_db.superuser_url)
     res = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "yoyo"), "apply", "--batch", "--database",
-         deploy._yoyo_url(second_empty_db.superuser_url)],
-        cwd=ROOT, capture_output=True, text=True,
+        [
+            str(ROOT / ".venv" / "bin" / "yoyo"),
+            "apply",
+            "--batch",
+            "--database",
+            deploy._yoyo_url(second_empty_db.superuser_url),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert res.returncode == 0, res.stderr
     assert schema_dump(second_empty_db.superuser_url) == schema_dump(empty_db.superuser_url)
@@ -111,9 +133,19 @@ def test_seeded_admin_matches_the_contract(db):
               FROM keen.users u JOIN keen.credit_accounts a ON a.user_id = u.id
              WHERE u.email = 'ahiya.butman@gmail.com'""").fetchone()
     assert row[:6] == ("ahiya_admin", "Ahiya Butman (Admin)", "super_admin", True, True, "active")
-    assert row[6] == {k: True for k in (
-        "unlimited_credits", "bypass_rate_limits", "view_all_analytics", "manage_users",
-        "system_monitoring", "priority_execution", "user_impersonation", "system_diagnostics")}
+    assert row[6] == {
+        k: True
+        for k in (
+            "unlimited_credits",
+            "bypass_rate_limits",
+            "view_all_analytics",
+            "manage_users",
+            "system_monitoring",
+            "priority_execution",
+            "user_impersonation",
+            "system_diagnostics",
+        )
+    }
     assert row[7:] == (True, True, True)
 
 

@@ -1,5 +1,6 @@
 """keen-db doctor: one line per check, exit 1 when any fails; the operations checks
 (connections, WAL archiving, holds, event partitions) next to the schema and ledger ones."""
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,10 @@ def test_doctor_passes_on_a_fresh_database_and_reports_operations(db):
 
 def test_doctor_fails_when_next_months_event_partition_is_missing(db):
     with db.su() as conn:
-        nxt = conn.execute("SELECT 'keen.streaming_events_' || to_char(date_trunc('month', now() AT TIME ZONE 'UTC') "
-                           "+ interval '1 month', '\"y\"YYYY\"m\"MM')").fetchone()[0]
+        nxt = conn.execute(
+            "SELECT 'keen.streaming_events_' || to_char(date_trunc('month', now() AT TIME ZONE 'UTC') "
+            "+ interval '1 month', '\"y\"YYYY\"m\"MM')"
+        ).fetchone()[0]
         conn.execute(f"DROP TABLE {nxt}")
     code, lines = _doctor(db)
     assert code == 1
@@ -89,8 +92,9 @@ def test_doctor_fails_while_wal_archiving_fails():
         os.chmod(e.settings.wal_archive_dir, 0o700)
         with e.su() as conn:
             deadline = time.monotonic() + 90  # the archiver retries after a pause of its own
-            while conn.execute("SELECT last_failed_time > coalesce(last_archived_time, '-infinity') "
-                               "FROM pg_stat_archiver").fetchone()[0]:
+            while conn.execute(
+                "SELECT last_failed_time > coalesce(last_archived_time, '-infinity') FROM pg_stat_archiver"
+            ).fetchone()[0]:
                 assert time.monotonic() < deadline
                 time.sleep(0.5)
         assert e.cli("doctor").returncode == 0

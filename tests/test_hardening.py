@@ -1,6 +1,7 @@
 """Holes an independent review found, each closed and kept closed: snapshot isolation that
 hid committed holds and login failures, advisory locks anyone could hold, a completion key
 anyone could claim first, a re-seed that promoted a registered user."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -23,9 +24,11 @@ def test_ledger_functions_refuse_a_repeatable_read_transaction_and_write_nothing
     user = make_user()
     grant(keen, admin_id, user, 100)
     for isolation in ("REPEATABLE READ", "SERIALIZABLE"):
-        for call in ("SELECT keen.deduct_credits(%s, 1)",
-                     "SELECT * FROM keen.reserve_credits(%s, 1)",
-                     "SELECT keen.set_spending_limits(%s, 10, NULL)"):
+        for call in (
+            "SELECT keen.deduct_credits(%s, 1)",
+            "SELECT * FROM keen.reserve_credits(%s, 1)",
+            "SELECT keen.set_spending_limits(%s, 10, NULL)",
+        ):
             with pytest.raises(KeenError) as err:
                 with keen.transaction() as tx:
                     tx.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
@@ -34,7 +37,9 @@ def test_ledger_functions_refuse_a_repeatable_read_transaction_and_write_nothing
             assert err.value.sqlstate == "25000", call
     assert balance(keen, user).current_balance == D(100)
     with db.su() as conn:
-        assert conn.execute("SELECT count(*) FROM keen.credit_reservations WHERE user_id = %s", (user,)).fetchone()[0] == 0
+        assert (
+            conn.execute("SELECT count(*) FROM keen.credit_reservations WHERE user_id = %s", (user,)).fetchone()[0] == 0
+        )
     assert_ledger_clean(db)
 
 
@@ -48,9 +53,11 @@ def test_login_refuses_a_repeatable_read_transaction_so_the_lockout_always_sees_
 
 
 def test_keen_app_cannot_take_advisory_locks(keen):
-    for call in ("SELECT pg_advisory_lock(7301, hashtext('main'))",
-                 "SELECT pg_try_advisory_xact_lock(1263420242, 1)",
-                 "SELECT pg_advisory_lock_shared(42)"):
+    for call in (
+        "SELECT pg_advisory_lock(7301, hashtext('main'))",
+        "SELECT pg_try_advisory_xact_lock(1263420242, 1)",
+        "SELECT pg_advisory_lock_shared(42)",
+    ):
         with pytest.raises(errors.PermissionDenied):
             with keen.transaction() as tx:
                 tx.scalar(call)
@@ -70,7 +77,9 @@ def test_a_failed_login_is_counted_even_while_the_audit_chain_is_held(keen, make
     assert err.value.sqlstate == "28000"
 
 
-def test_nobody_can_claim_a_sessions_completion_key_and_the_completion_still_charges_once(keen, db, admin_id, make_user):
+def test_nobody_can_claim_a_sessions_completion_key_and_the_completion_still_charges_once(
+    keen, db, admin_id, make_user
+):
     user = make_user()
     grant(keen, admin_id, user, 100)
     sid = create(keen, user).id
@@ -83,8 +92,9 @@ def test_nobody_can_claim_a_sessions_completion_key_and_the_completion_still_cha
         complete(keen, user, sid, cost="0.5")
     assert balance(keen, user).current_balance == D("97.5")
     with db.su() as conn:
-        rows = conn.execute("SELECT idempotency_key, amount FROM keen.credit_transactions "
-                            "WHERE session_id = %s", (sid,)).fetchall()
+        rows = conn.execute(
+            "SELECT idempotency_key, amount FROM keen.credit_transactions WHERE session_id = %s", (sid,)
+        ).fetchall()
     assert rows == [(f"session-complete:{sid}", D("-2.5"))]
     assert_ledger_clean(db)
 
@@ -107,6 +117,11 @@ def test_seeding_never_promotes_a_user_who_registered_the_admin_email(db, make_u
     with pytest.raises(ValueError, match="not an admin"):
         deploy.seed(db.superuser_url)
     with psycopg.connect(db.superuser_url) as conn:
-        assert conn.execute("SELECT is_admin, role FROM keen.users WHERE id = %s", (user,)).fetchone() == (False, "user")
-        assert conn.execute("SELECT unlimited_credits FROM keen.credit_accounts WHERE user_id = %s",
-                            (user,)).fetchone()[0] is False
+        assert conn.execute("SELECT is_admin, role FROM keen.users WHERE id = %s", (user,)).fetchone() == (
+            False,
+            "user",
+        )
+        assert (
+            conn.execute("SELECT unlimited_credits FROM keen.credit_accounts WHERE user_id = %s", (user,)).fetchone()[0]
+            is False
+        )

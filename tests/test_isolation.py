@@ -1,6 +1,7 @@
 """Tenant isolation, proven through the real roles: the matrix of every tenant table x (own rows,
 another tenant's, no actor, admin, maintenance), spoofed settings and actors, and search_path
 hijacking by keen_app itself. See docs/users.md."""
+
 from __future__ import annotations
 
 import uuid
@@ -15,12 +16,19 @@ from .conftest import assert_ledger_clean
 # The tenant tables, the column naming the tenant, and how many of its own seeded rows a tenant
 # sees (the audit log is for admins only).
 TENANT_TABLES = {
-    "users": ("id", 1), "auth_tokens": ("user_id", 1), "credit_accounts": ("user_id", 1),
-    "credit_transactions": ("user_id", 1), "credit_reservations": ("user_id", 1),
-    "agent_sessions": ("user_id", 1), "phase_transitions": ("user_id", 1),
-    "tool_executions": ("user_id", 1), "git_operations": ("user_id", 1),
-    "websocket_connections": ("user_id", 1), "streaming_events": ("user_id", 1),
-    "daily_usage_stats": ("user_id", 1), "audit_logs": ("user_id", 0),
+    "users": ("id", 1),
+    "auth_tokens": ("user_id", 1),
+    "credit_accounts": ("user_id", 1),
+    "credit_transactions": ("user_id", 1),
+    "credit_reservations": ("user_id", 1),
+    "agent_sessions": ("user_id", 1),
+    "phase_transitions": ("user_id", 1),
+    "tool_executions": ("user_id", 1),
+    "git_operations": ("user_id", 1),
+    "websocket_connections": ("user_id", 1),
+    "streaming_events": ("user_id", 1),
+    "daily_usage_stats": ("user_id", 1),
+    "audit_logs": ("user_id", 0),
 }
 
 # One row in every tenant table for %(user)s, written by the superuser (the other areas' API
@@ -87,10 +95,10 @@ def test_each_tenant_table_shows_a_tenant_its_own_rows_and_nobody_elses(table, t
         seen["maintenance"] = (visible(conn, table, alice), visible(conn, table, bob))
     audit = table == "audit_logs"
     assert seen == {
-        alice: (own, 0),                                    # own rows yes, another tenant's never
-        None: (0, 0),                                       # no actor, nothing
-        admin_id: (2, 2) if audit else (1, 1),              # an admin sees every tenant
-        "maintenance": (2, 2) if audit else (1, 1),         # so do the cross-tenant jobs
+        alice: (own, 0),  # own rows yes, another tenant's never
+        None: (0, 0),  # no actor, nothing
+        admin_id: (2, 2) if audit else (1, 1),  # an admin sees every tenant
+        "maintenance": (2, 2) if audit else (1, 1),  # so do the cross-tenant jobs
     }
     assert_ledger_clean(db)
 
@@ -102,20 +110,33 @@ def test_the_api_refuses_another_tenants_rows_as_not_found_or_not_allowed(keen, 
     with keen.as_user(bob) as tx:
         with pytest.raises(NotFound):
             tx.users.revoke_api_key(key.token_id)
-    for call in (lambda u: u.list_users(), lambda u: u.suspend_user(alice), lambda u: u.reactivate_user(alice),
-                 lambda u: u.verify_audit_chain()):
+    for call in (
+        lambda u: u.list_users(),
+        lambda u: u.suspend_user(alice),
+        lambda u: u.reactivate_user(alice),
+        lambda u: u.verify_audit_chain(),
+    ):
         with pytest.raises(PermissionDenied), keen.as_user(bob) as tx:
             call(tx.users)
     with keen.as_user(bob) as tx:
         assert tx.users.update_profile("Bob").id == bob
-    with keen.with_api_key(key.token) as tx:   # the key still works: bob could not revoke it
+    with keen.with_api_key(key.token) as tx:  # the key still works: bob could not revoke it
         assert tx.actor_id == alice
 
 
 # Spoofing -------------------------------------------------------------------------------------
 
-ADMIN_FLAGS = ["app.is_admin_user", "app.is_admin", "keen.is_admin", "keen.actor_is_admin", "keen.admin",
-               "keen.bypass_rls", "keen.maintenance", "request.jwt.claim.is_admin", "app.bypass_billing"]
+ADMIN_FLAGS = [
+    "app.is_admin_user",
+    "app.is_admin",
+    "keen.is_admin",
+    "keen.actor_is_admin",
+    "keen.admin",
+    "keen.bypass_rls",
+    "keen.maintenance",
+    "request.jwt.claim.is_admin",
+    "app.bypass_billing",
+]
 ID_SETTINGS = ["app.current_user_id", "app.user_id", "keen.user_id", "request.jwt.claim.sub", "keen.admin_id"]
 
 
@@ -150,16 +171,20 @@ def test_a_proof_is_worthless_in_another_transaction_or_session(tenants, db):
         with first.transaction():
             first.execute("SELECT keen.act_as(%s)", (alice,))
             proof = first.execute("SELECT current_setting('keen.actor_proof')").fetchone()[0]
-            with second.transaction():   # another session, copying the live proof
-                second.execute("SELECT set_config('keen.actor_id', %s, true), set_config('keen.actor_proof', %s, true)",
-                               (str(alice), proof))
+            with second.transaction():  # another session, copying the live proof
+                second.execute(
+                    "SELECT set_config('keen.actor_id', %s, true), set_config('keen.actor_proof', %s, true)",
+                    (str(alice), proof),
+                )
                 assert second.execute("SELECT keen.actor_id()").fetchone()[0] is None
             # the same session, the proof moved to another user
             first.execute("SELECT set_config('keen.actor_id', %s, true)", (str(bob),))
             assert first.execute("SELECT keen.actor_id()").fetchone()[0] is None
-        with first.transaction():        # the same session, a later transaction
-            first.execute("SELECT set_config('keen.actor_id', %s, true), set_config('keen.actor_proof', %s, true)",
-                          (str(alice), proof))
+        with first.transaction():  # the same session, a later transaction
+            first.execute(
+                "SELECT set_config('keen.actor_id', %s, true), set_config('keen.actor_proof', %s, true)",
+                (str(alice), proof),
+            )
             assert first.execute("SELECT keen.actor_id()").fetchone()[0] is None
 
 
@@ -223,7 +248,7 @@ def test_objects_shadowing_keens_in_the_callers_search_path_never_run(db, admin_
         conn.execute(HIJACK_SCHEMA)
     with psycopg.connect(db.app_url, autocommit=True) as conn:
         conn.execute(HIJACK_TEMP)
-        with pytest.raises(psycopg.errors.RaiseException):   # the trap is armed
+        with pytest.raises(psycopg.errors.RaiseException):  # the trap is armed
             conn.execute("SELECT btrim('x')")
         user = conn.execute("SELECT id FROM keen.register_user('eve@example.com', 'eve', 'eve password')").fetchone()[0]
         assert conn.execute("SELECT user_id FROM keen.login('EVE@example.com ', 'eve password')").fetchone()[0] == user
@@ -243,9 +268,12 @@ def test_objects_shadowing_keens_in_the_callers_search_path_never_run(db, admin_
             conn.execute("SELECT keen.reactivate_user(%s)", (user,))
             assert conn.execute("SELECT count(*) FROM keen.list_users()").fetchone()[0] == 2
             assert conn.execute("SELECT count(*) FROM keen.verify_audit_chain()").fetchone()[0] == 0
-        empty = conn.execute("SELECT (SELECT count(*) FROM pg_temp.users) + (SELECT count(*) FROM pg_temp.auth_tokens)"
-                             " + (SELECT count(*) FROM pg_temp.audit_logs) + (SELECT count(*) FROM pg_temp.login_attempts)"
-                             ).fetchone()[0]
+        empty = conn.execute(
+            "SELECT (SELECT count(*) FROM pg_temp.users) + (SELECT count(*) FROM pg_temp.auth_tokens)"
+            " + (SELECT count(*) FROM pg_temp.audit_logs) + (SELECT count(*) FROM pg_temp.login_attempts)"
+        ).fetchone()[0]
     assert empty == 0
     with db.su() as conn:
-        assert conn.execute("SELECT count(*) FROM keen.login_attempts WHERE email = 'eve@example.com'").fetchone()[0] == 1
+        assert (
+            conn.execute("SELECT count(*) FROM keen.login_attempts WHERE email = 'eve@example.com'").fetchone()[0] == 1
+        )

@@ -1,5 +1,6 @@
 """Runs every pgTAP file in db/tests through pg_prove, each in a fresh copy of the template
 (with the pgtap extension added there only)."""
+
 from __future__ import annotations
 
 import os
@@ -25,9 +26,23 @@ def test_pgtap_file_passes(path: Path, settings, template_db):
         p = conninfo_to_dict(database.superuser_url)
         env = dict(os.environ, PGPASSWORD=p.get("password", ""))
         res = subprocess.run(
-            ["pg_prove", "--failures", "-h", p.get("host", "127.0.0.1"), "-p", str(p.get("port", 5432)),
-             "-U", p.get("user", "postgres"), "-d", database.name, str(path)],
-            capture_output=True, text=True, env=env, timeout=600,
+            [
+                "pg_prove",
+                "--failures",
+                "-h",
+                p.get("host", "127.0.0.1"),
+                "-p",
+                str(p.get("port", 5432)),
+                "-U",
+                p.get("user", "postgres"),
+                "-d",
+                database.name,
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
         )
         assert res.returncode == 0, f"pg_prove {path.name} failed:\n{res.stdout}\n{res.stderr}"
     finally:

@@ -1,5 +1,6 @@
 """Point-in-time recovery of the embedded cluster: base backup, WAL archive, a verified copy
 brought back to a chosen moment. Runs in a cluster of its own under /var/tmp."""
+
 from __future__ import annotations
 
 import json
@@ -89,8 +90,11 @@ def test_pitr_to_latest_recovers_every_committed_transaction_and_can_stop(embedd
     with embedded.su() as conn:
         seed_ledger(conn, 2)
         expected = bk.facts(conn)
-    report = json.loads(embedded.cli("pitr", "--to", "latest", "--target-dir", str(copy_dir), "--stop",
-                                     "--json").stdout.strip().splitlines()[-1])
+    report = json.loads(
+        embedded.cli("pitr", "--to", "latest", "--target-dir", str(copy_dir), "--stop", "--json")
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert report["running"] is False and report["problems"] == []
     copy = Embedded(copy_dir, report["port"])
     copy.cli("up")  # a recovered copy is a KEEN_HOME like any other

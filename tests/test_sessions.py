@@ -3,6 +3,7 @@ limit, sequential mode, also under concurrency), tenant isolation, phases, tools
 completion that charges through deduct_credits in the same transaction (the reference
 lifecycle, the admin bypass, concurrent retries, KN001). Every test that moves money ends
 with assert_ledger_clean(db)."""
+
 from __future__ import annotations
 
 import threading
@@ -11,7 +12,9 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from keen_client import errors
 from keen_client.sessions import AgentSession, SessionNode, build_tree
@@ -23,11 +26,13 @@ D = Decimal
 
 # --- helpers ---------------------------------------------------------------------------------
 
+
 def create(keen, user_id, name=None, parent=None, branch=None, actor=None, **options) -> AgentSession:
     name = name or f"s-{uuid.uuid4().hex[:12]}"
     with keen.as_user(actor or user_id) as tx:
-        return tx.sessions.create_session(user_id, name, branch or f"agent/{name}", f"vision of {name}",
-                                          "/work/repo", parent, options or None)
+        return tx.sessions.create_session(
+            user_id, name, branch or f"agent/{name}", f"vision of {name}", "/work/repo", parent, options or None
+        )
 
 
 def session(keen, actor, sid) -> AgentSession:
@@ -52,9 +57,12 @@ def balance(keen, user_id) -> Decimal:
 
 def ledger(db, user_id) -> list[tuple]:
     with db.su() as conn:
-        return conn.execute("""SELECT transaction_type, amount, claude_cost_usd, session_id, is_admin_bypass
+        return conn.execute(
+            """SELECT transaction_type, amount, claude_cost_usd, session_id, is_admin_bypass
                                  FROM keen.credit_transactions WHERE user_id = %s AND transaction_type <> 'purchase'
-                                ORDER BY entry_no""", (user_id,)).fetchall()
+                                ORDER BY entry_no""",
+            (user_id,),
+        ).fetchall()
 
 
 def chain(keen, user_id, length, **options) -> list[AgentSession]:
@@ -74,7 +82,7 @@ def run_together(n, work):
         barrier.wait()
         try:
             results[i] = work(i)
-        except Exception as exc:  # noqa: BLE001 - the caller sorts outcomes
+        except Exception as exc:
             results[i] = exc
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
@@ -86,6 +94,7 @@ def run_together(n, work):
 
 
 # --- the tree --------------------------------------------------------------------------------
+
 
 def test_trees_of_several_depths_and_widths_come_back_by_depth_then_branch(keen, make_user):
     user = make_user()
@@ -233,8 +242,9 @@ def test_a_bulk_insert_as_superuser_gets_its_depth_and_path_from_the_trigger(db,
             conn.execute("SELECT set_config('gen.' || %s, %s, false)", (name, value))
         conn.execute(BULK_TREE_SQL)
         root = conn.execute("SELECT id FROM keen.agent_sessions WHERE session_id = 'bulk-0'").fetchone()[0]
-        deepest = conn.execute("SELECT max(session_depth) FROM keen.agent_sessions WHERE user_id = %s",
-                               (user,)).fetchone()[0]
+        deepest = conn.execute(
+            "SELECT max(session_depth) FROM keen.agent_sessions WHERE user_id = %s", (user,)
+        ).fetchone()[0]
     with keen.as_user(user) as tx:
         rows = tx.sessions.session_tree(root)
         summary = tx.sessions.tree_summary(root)
@@ -258,6 +268,7 @@ SELECT md5(current_setting('gen.tag') || ':' || i)::uuid,
 
 
 # --- tenants ---------------------------------------------------------------------------------
+
 
 def test_a_parent_of_another_user_is_not_found_even_for_an_admin(keen, admin_id, make_user):
     alice, bob = make_user("alice"), make_user("bob")
@@ -284,7 +295,7 @@ def test_another_tenants_session_is_not_found_by_every_function(db, keen, make_u
         "tool": lambda s: s.record_tool_execution(sid, "read_file", 5, True),
         "git": lambda s: s.record_git_operation(sid, "commit", "main", True),
     }
-    for name, call in calls.items():
+    for _name, call in calls.items():
         with pytest.raises(errors.NotFound):
             with keen.as_user(bob) as tx:
                 call(tx.sessions)
@@ -350,8 +361,10 @@ def test_a_session_id_is_unique_per_user_and_another_user_may_reuse_it(keen, mak
     assert create(keen, bob, "agent-main").session_id == "agent-main"
 
 
-@pytest.mark.parametrize("field,value", [("session_id", ""), ("session_id", "x" * 65), ("git_branch", " "),
-                                         ("vision", ""), ("working_directory", None)])
+@pytest.mark.parametrize(
+    "field,value",
+    [("session_id", ""), ("session_id", "x" * 65), ("git_branch", " "), ("vision", ""), ("working_directory", None)],
+)
 def test_blank_or_oversized_identity_fields_are_invalid_input(keen, make_user, field, value):
     user = make_user()
     args = {"session_id": "s", "git_branch": "main", "vision": "v", "working_directory": "/w"}
@@ -363,6 +376,7 @@ def test_blank_or_oversized_identity_fields_are_invalid_input(keen, make_user, f
 
 # --- phases, tools, git ----------------------------------------------------------------------
 
+
 def test_a_phase_change_records_the_time_spent_in_the_phase_left(db, keen, make_user):
     user = make_user()
     s = create(keen, user)
@@ -371,15 +385,19 @@ def test_a_phase_change_records_the_time_spent_in_the_phase_left(db, keen, make_
     with keen.as_user(user) as tx:
         after = tx.sessions.update_session_progress(s.id, "PLAN", iteration_count=2, tokens_used=1500)
         same = tx.sessions.update_session_progress(s.id, "PLAN", tool_calls_count=4)
-        report = tx.sessions.record_phase_transition(s.id, "FOUND", "planned", ["a finding"], ["next"], D("0.8"),
-                                                     "10 minutes", {"k": 1})
+        report = tx.sessions.record_phase_transition(
+            s.id, "FOUND", "planned", ["a finding"], ["next"], D("0.8"), "10 minutes", {"k": 1}
+        )
     assert after.current_phase == "PLAN" and after.phase_started_at > s.phase_started_at
     assert after.last_activity_at > s.last_activity_at
     assert (same.iteration_count, same.tool_calls_count, same.tokens_used) == (2, 4, 1500)
     assert report.from_phase == "PLAN" and report.key_findings == ["a finding"] and report.confidence == D("0.8")
     with db.su() as conn:
-        rows = conn.execute("SELECT from_phase, to_phase, duration_ms FROM keen.phase_transitions "
-                            "WHERE session_id = %s ORDER BY transition_timestamp", (s.id,)).fetchall()
+        rows = conn.execute(
+            "SELECT from_phase, to_phase, duration_ms FROM keen.phase_transitions "
+            "WHERE session_id = %s ORDER BY transition_timestamp",
+            (s.id,),
+        ).fetchall()
     assert [(r[0], r[1]) for r in rows] == [("EXPLORE", "PLAN"), ("PLAN", "FOUND")]
     assert rows[0][2] >= 50 and rows[1][2] >= 0
 
@@ -417,11 +435,13 @@ def test_tool_executions_and_git_operations_are_recorded_for_a_running_session(d
     user = make_user()
     s = create(keen, user)
     with keen.as_user(user) as tx:
-        tool = tx.sessions.record_tool_execution(s.id, "read_file", 12, True, {"path": "a.py"}, {"lines": 3},
-                                                 tokens_consumed=40, cost=D("0.002"))
+        tool = tx.sessions.record_tool_execution(
+            s.id, "read_file", 12, True, {"path": "a.py"}, {"lines": 3}, tokens_consumed=40, cost=D("0.002")
+        )
         tx.sessions.record_tool_execution(s.id, "run_tests", 900, False, error_message="1 failed")
-        git = tx.sessions.record_git_operation(s.id, "commit", "agent/x", True, "ABCDEF1234", "feat: x",
-                                               ["a.py"], 10, 2)
+        git = tx.sessions.record_git_operation(
+            s.id, "commit", "agent/x", True, "ABCDEF1234", "feat: x", ["a.py"], 10, 2
+        )
         after = tx.sessions.get_session(s.id)
     assert tool.user_id == user and tool.cost == D("0.002") and tool.tool_parameters == {"path": "a.py"}
     assert git.commit_hash == "abcdef1234" and git.lines_added == 10
@@ -445,11 +465,16 @@ def test_tool_executions_and_git_operations_are_recorded_for_a_running_session(d
         with keen.as_user(user) as tx:
             tx.sessions.record_git_operation(s.id, "push", "main", True)
     with db.su() as conn:
-        assert conn.execute("SELECT count(*) FROM keen.tool_executions WHERE session_id = %s", (s.id,)).fetchone()[0] == 2
-        assert conn.execute("SELECT count(*) FROM keen.git_operations WHERE session_id = %s", (s.id,)).fetchone()[0] == 1
+        assert (
+            conn.execute("SELECT count(*) FROM keen.tool_executions WHERE session_id = %s", (s.id,)).fetchone()[0] == 2
+        )
+        assert (
+            conn.execute("SELECT count(*) FROM keen.git_operations WHERE session_id = %s", (s.id,)).fetchone()[0] == 1
+        )
 
 
 # --- completion and money --------------------------------------------------------------------
+
 
 def test_the_reference_lifecycle_25_credits_a_session_costing_3_75_pays_18_75(db, keen, admin_id, make_user):
     user = make_user()
@@ -457,11 +482,19 @@ def test_the_reference_lifecycle_25_credits_a_session_costing_3_75_pays_18_75(db
     s = create(keen, user, "test_session_123", branch="main")
     with keen.as_user(user) as tx:
         tx.sessions.update_session_progress(s.id, "EXPLORE", tokens_used=15000)
-    done = complete(keen, user, s.id, D("3.75"), files_created=["src/test.ts"],
-                    completion_report={"summary": "Test completed successfully"})
+    done = complete(
+        keen,
+        user,
+        s.id,
+        D("3.75"),
+        files_created=["src/test.ts"],
+        completion_report={"summary": "Test completed successfully"},
+    )
     assert done.execution_status == "completed" and done.success is True and done.end_time is not None
     assert done.claude_cost_usd == D("3.75") and done.keen_cost_credits == D("18.75")
-    assert done.files_created == ["src/test.ts"] and done.completion_report == {"summary": "Test completed successfully"}
+    assert done.files_created == ["src/test.ts"] and done.completion_report == {
+        "summary": "Test completed successfully"
+    }
     assert done.current_phase == "COMPLETE"
     assert balance(keen, user) == D("6.25")
     assert ledger(db, user) == [("usage", D("-18.75"), D("3.75"), s.id, False)]
@@ -476,8 +509,9 @@ def test_the_admin_completes_a_50_dollar_session_recorded_as_a_bypass_charging_n
     assert done.claude_cost_usd == D("50") and done.keen_cost_credits == 0
     assert ledger(db, admin_id) == [("admin_bypass", D(0), D("50"), s.id, True)]
     with db.su() as conn:
-        assert conn.execute("SELECT markup_multiplier FROM keen.credit_transactions WHERE session_id = %s",
-                            (s.id,)).fetchone()[0] == D(5)
+        assert conn.execute(
+            "SELECT markup_multiplier FROM keen.credit_transactions WHERE session_id = %s", (s.id,)
+        ).fetchone()[0] == D(5)
     assert balance(keen, admin_id) == before
     assert_ledger_clean(db)
 
@@ -528,8 +562,12 @@ def test_insufficient_credits_leave_the_session_running_and_unchanged(db, keen, 
     assert session(keen, user, s.id) == before
     assert ledger(db, user) == [] and balance(keen, user) == D(1)
     with db.su() as conn:
-        assert conn.execute("SELECT count(*) FROM keen.phase_transitions WHERE session_id = %s AND to_phase = 'COMPLETE'",
-                            (s.id,)).fetchone()[0] == 0
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM keen.phase_transitions WHERE session_id = %s AND to_phase = 'COMPLETE'", (s.id,)
+            ).fetchone()[0]
+            == 0
+        )
     grant(keen, admin_id, user, 20)  # topped up, the same completion goes through
     assert complete(keen, user, s.id, D("3.75")).keen_cost_credits == D("18.75")
     assert_ledger_clean(db)
@@ -574,8 +612,9 @@ def test_cancel_ends_the_session_and_its_running_descendants_and_charges_nothing
         summary = tx.sessions.tree_summary(root.id)
     assert {c.id for c in cancelled} == {root.id, kids[0].id, grandkid.id, great.id, below_done.id}
     assert cancelled[0].id == root.id
-    assert all(c.execution_status == "cancelled" and c.error_message == "user pressed stop" and c.end_time
-               for c in cancelled)
+    assert all(
+        c.execution_status == "cancelled" and c.error_message == "user pressed stop" and c.end_time for c in cancelled
+    )
     assert (summary.cancelled_count, summary.completed_count, summary.running_count) == (5, 2, 0)
     assert summary.subtree_keen_cost_credits == D(5) and summary.own_keen_cost_credits == 0
     with pytest.raises(errors.SessionStateError):
@@ -633,9 +672,12 @@ def test_the_tree_summary_sets_own_cost_against_the_subtrees(db, keen, admin_id,
 
 # --- a property: any tree shape ----------------------------------------------------------------
 
+
 @hsettings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(parents=st.lists(st.integers(min_value=0, max_value=10_000), min_size=0, max_size=25),
-       branches=st.lists(st.sampled_from(["a", "b", "B", "main", "z/1", "é"]), min_size=25, max_size=25))
+@given(
+    parents=st.lists(st.integers(min_value=0, max_value=10_000), min_size=0, max_size=25),
+    branches=st.lists(st.sampled_from(["a", "b", "B", "main", "z/1", "é"]), min_size=25, max_size=25),
+)
 def test_any_tree_shape_comes_back_whole_parents_first_by_depth_then_branch(keen, make_user, parents, branches):
     user = make_user()
     nodes = [create(keen, user, branch="root")]

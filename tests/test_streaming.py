@@ -1,5 +1,6 @@
 """Streaming: the event stream (notifications carry ids only, replay under RLS, the listener
 that survives a dropped connection), live connections, and the monthly event partitions."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import random
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -38,16 +39,23 @@ def emit(keen: Keen, user_id, session_id, n: int, event_type: str = "progress") 
 
 def listener_pids(db) -> list[int]:
     with db.su() as conn:
-        return [r[0] for r in conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'keen_listener'",
-            (db.name,)).fetchall()]
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'keen_listener'", (db.name,)
+            ).fetchall()
+        ]
 
 
 def terminate_listeners(db) -> int:
     with db.su() as conn:
-        return len(conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND application_name = 'keen_listener'", (db.name,)).fetchall())
+        return len(
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND application_name = 'keen_listener'",
+                (db.name,),
+            ).fetchall()
+        )
 
 
 def wait_until(predicate, what: str) -> None:
@@ -71,7 +79,7 @@ class Collector(threading.Thread):
         try:
             for event in self.gen:
                 self.events.append(event)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
+        except BaseException as exc:
             self.error = exc
 
     @property
@@ -91,6 +99,7 @@ def bob(make_user):
 
 # The stream ----------------------------------------------------------------------------------
 
+
 def test_notifications_carry_the_ids_only_never_the_event_data(db, keen, alice):
     session = new_session(db, keen, alice)
     with psycopg.connect(db.app_url, autocommit=True) as raw:
@@ -101,8 +110,12 @@ def test_notifications_carry_the_ids_only_never_the_event_data(db, keen, alice):
     assert len(notes) == 1 and notes[0].channel == "keen_events"
     payload = json.loads(notes[0].payload)
     assert set(payload) == {"event_id", "session_id", "user_id", "event_type"}
-    assert payload == {"event_id": event_id, "session_id": str(session), "user_id": str(alice),
-                       "event_type": "secret_stuff"}
+    assert payload == {
+        "event_id": event_id,
+        "session_id": str(session),
+        "user_id": str(alice),
+        "event_type": "secret_stuff",
+    }
     assert "sk-top-secret" not in notes[0].payload and "api_key" not in notes[0].payload
     assert EventNotice.parse(notes[0].payload).event_id == event_id
 
@@ -151,15 +164,15 @@ def test_replay_after_a_dropped_connection_loses_and_repeats_nothing(db, keen, a
     session = new_session(db, keen, alice)
     first = emit(keen, alice, session, 6)
     gen = keen.listen(session, as_user=alice, batch_size=2, reconnect_delay=0.05, timeout=WAIT)
-    seen = [next(gen).event_id for _ in range(3)]       # mid-stream: the second batch is half read
+    seen = [next(gen).event_id for _ in range(3)]  # mid-stream: the second batch is half read
     (pid_before,) = listener_pids(db)
     assert terminate_listeners(db) == 1
-    more = emit(keen, alice, session, 4)                  # emitted while the listener is cut off
+    more = emit(keen, alice, session, 4)  # emitted while the listener is cut off
     seen += [next(gen).event_id for _ in range(7)]
     wait_until(lambda: pid_before not in listener_pids(db), "the old backend to go")
-    assert len(listener_pids(db)) == 1                    # it reconnected: a new backend
+    assert len(listener_pids(db)) == 1  # it reconnected: a new backend
     gen.close()
-    assert seen == first + more                           # nothing lost, nothing repeated
+    assert seen == first + more  # nothing lost, nothing repeated
     wait_until(lambda: listener_pids(db) == [], "closing the generator to close its connection")
 
 
@@ -226,6 +239,7 @@ def test_concurrent_emitters_on_one_session_never_leave_a_gap_a_listener_skips(d
 
 # Tenants ---------------------------------------------------------------------------------------
 
+
 def test_a_second_tenant_sees_nothing_of_the_stream(db, keen, alice, bob):
     session = new_session(db, keen, alice)
     bobs_session = new_session(db, keen, bob)
@@ -259,13 +273,19 @@ def test_an_admin_replays_any_session_and_a_listener_without_an_actor_sees_nothi
 
 # Connections -----------------------------------------------------------------------------------
 
+
 def test_connections_register_ping_close_and_the_session_lists_the_live_ones(db, keen, alice, bob):
     session = new_session(db, keen, alice)
     with keen.as_user(alice) as tx:
         c = tx.streaming.register_connection("ws-1", "192.0.2.1", "dashboard", session, "pytest", ["phase_change"])
         tx.streaming.register_connection("ws-2", "192.0.2.2", "cli", session)
         tx.streaming.ping_connection("ws-1")
-    assert (c.user_id, c.session_id, c.connection_status, c.subscribed_events) == (alice, session, "active", ["phase_change"])
+    assert (c.user_id, c.session_id, c.connection_status, c.subscribed_events) == (
+        alice,
+        session,
+        "active",
+        ["phase_change"],
+    )
     with keen.as_user(bob) as tx:
         with pytest.raises(NotFound):
             tx.streaming.close_connection("ws-1")
@@ -300,8 +320,10 @@ def test_reaping_closes_stale_connections_of_every_tenant_and_only_them(db, keen
             tx.streaming.register_connection("stale", "192.0.2.1", "cli", session)
             tx.streaming.register_connection("fresh", "192.0.2.1", "cli", session)
     with db.su() as conn:
-        conn.execute("UPDATE keen.websocket_connections SET last_ping_at = now() - interval '10 minutes' "
-                     "WHERE connection_id = 'stale'")
+        conn.execute(
+            "UPDATE keen.websocket_connections SET last_ping_at = now() - interval '10 minutes' "
+            "WHERE connection_id = 'stale'"
+        )
     with keen.as_user(alice) as tx:
         with pytest.raises(PermissionDenied):
             tx.streaming.reap_stale_connections(timedelta(minutes=2))
@@ -314,20 +336,25 @@ def test_reaping_closes_stale_connections_of_every_tenant_and_only_them(db, keen
     finally:
         maintenance.close()
     with db.su() as conn:
-        rows = conn.execute("SELECT connection_id, connection_status, count(*) FROM keen.websocket_connections "
-                            "GROUP BY 1, 2 ORDER BY 1").fetchall()
-        lists = conn.execute("SELECT websocket_connections FROM keen.agent_sessions WHERE id IN (%s, %s)",
-                             (sa, sb)).fetchall()
+        rows = conn.execute(
+            "SELECT connection_id, connection_status, count(*) FROM keen.websocket_connections GROUP BY 1, 2 ORDER BY 1"
+        ).fetchall()
+        lists = conn.execute(
+            "SELECT websocket_connections FROM keen.agent_sessions WHERE id IN (%s, %s)", (sa, sb)
+        ).fetchall()
     assert rows == [("fresh", "active", 2), ("stale", "closed", 2)]
     assert lists == [(["fresh"],), (["fresh"],)]
 
 
 # Partitions ------------------------------------------------------------------------------------
 
+
 def partitions(db) -> dict[str, tuple[bool, bool, int, bool]]:
     """name -> (RLS enabled, forced, policies equal to the parent's, keen_app may SELECT it)."""
     with db.su() as conn:
-        return {r[0]: tuple(r[1:]) for r in conn.execute("""
+        return {
+            r[0]: tuple(r[1:])
+            for r in conn.execute("""
             SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity,
                    (SELECT count(*) FROM pg_policies p JOIN pg_policies q
                          ON q.schemaname = 'keen' AND q.tablename = 'streaming_events'
@@ -335,7 +362,8 @@ def partitions(db) -> dict[str, tuple[bool, bool, int, bool]]:
                      WHERE p.schemaname = 'keen' AND p.tablename = c.relname),
                    has_table_privilege('keen_app', c.oid, 'SELECT')
               FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-             WHERE i.inhparent = 'keen.streaming_events'::regclass""").fetchall()}
+             WHERE i.inhparent = 'keen.streaming_events'::regclass""").fetchall()
+        }
 
 
 def month_name(d: datetime) -> str:
@@ -347,11 +375,12 @@ def insert_at(db, user_id, session_id, created_at: datetime, event_type: str = "
         return conn.execute(
             "INSERT INTO keen.streaming_events (session_id, user_id, event_type, created_at) "
             "VALUES (%s, %s, %s, %s) RETURNING event_id, tableoid::regclass::text",
-            (session_id, user_id, event_type, created_at)).fetchone()
+            (session_id, user_id, event_type, created_at),
+        ).fetchone()
 
 
 def test_the_migration_prepared_this_month_and_next(db):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     nxt = (now.replace(day=1) + timedelta(days=32)).replace(day=1)
     names = partitions(db)
     assert month_name(now) in names and month_name(nxt) in names and "streaming_events_default" in names
@@ -359,38 +388,50 @@ def test_the_migration_prepared_this_month_and_next(db):
 
 def test_an_insert_for_a_month_with_no_partition_lands_in_the_default_partition(db, keen, alice):
     session = new_session(db, keen, alice)
-    _, where = insert_at(db, alice, session, datetime(2045, 3, 3, tzinfo=timezone.utc))
+    _, where = insert_at(db, alice, session, datetime(2045, 3, 3, tzinfo=UTC))
     assert where == "keen.streaming_events_default"
 
 
 def test_preparing_partitions_moves_rows_out_of_the_default_and_secures_every_partition(db, keen, alice, bob):
     session = new_session(db, keen, alice)
-    early, _ = insert_at(db, alice, session, datetime(2045, 3, 1, tzinfo=timezone.utc))
-    late, _ = insert_at(db, alice, session, datetime(2045, 4, 30, 23, 59, 59, tzinfo=timezone.utc))
-    stays, _ = insert_at(db, alice, session, datetime(2045, 6, 1, tzinfo=timezone.utc))
+    early, _ = insert_at(db, alice, session, datetime(2045, 3, 1, tzinfo=UTC))
+    late, _ = insert_at(db, alice, session, datetime(2045, 4, 30, 23, 59, 59, tzinfo=UTC))
+    stays, _ = insert_at(db, alice, session, datetime(2045, 6, 1, tzinfo=UTC))
     maintenance = Keen(db.maintenance_url, PoolSettings(min_size=1, max_size=2))
     try:
         with maintenance.transaction() as tx:
-            made = tx.streaming.prepare_event_partitions(2, datetime(2045, 3, 15, tzinfo=timezone.utc))
+            made = tx.streaming.prepare_event_partitions(2, datetime(2045, 3, 15, tzinfo=UTC))
         with maintenance.transaction() as tx:
-            assert tx.streaming.prepare_event_partitions(2, datetime(2045, 3, 15, tzinfo=timezone.utc)) == []
+            assert tx.streaming.prepare_event_partitions(2, datetime(2045, 3, 15, tzinfo=UTC)) == []
     finally:
         maintenance.close()
     assert [(p.partition_name, p.rows_moved) for p in made] == [
-        ("streaming_events_y2045m03", 1), ("streaming_events_y2045m04", 1), ("streaming_events_y2045m05", 0)]
-    assert made[0].range_start == datetime(2045, 3, 1, tzinfo=timezone.utc)
-    assert made[0].range_end == datetime(2045, 4, 1, tzinfo=timezone.utc)
+        ("streaming_events_y2045m03", 1),
+        ("streaming_events_y2045m04", 1),
+        ("streaming_events_y2045m05", 0),
+    ]
+    assert made[0].range_start == datetime(2045, 3, 1, tzinfo=UTC)
+    assert made[0].range_end == datetime(2045, 4, 1, tzinfo=UTC)
     with db.su() as conn:
-        where = dict(conn.execute("SELECT event_id, tableoid::regclass::text FROM keen.streaming_events "
-                                  "WHERE event_id = ANY(%s)", ([early, late, stays],)).fetchall())
-    assert where == {early: "keen.streaming_events_y2045m03", late: "keen.streaming_events_y2045m04",
-                     stays: "keen.streaming_events_default"}
+        where = dict(
+            conn.execute(
+                "SELECT event_id, tableoid::regclass::text FROM keen.streaming_events WHERE event_id = ANY(%s)",
+                ([early, late, stays],),
+            ).fetchall()
+        )
+    assert where == {
+        early: "keen.streaming_events_y2045m03",
+        late: "keen.streaming_events_y2045m04",
+        stays: "keen.streaming_events_default",
+    }
     # Every partition, the run-time ones included: RLS enabled and forced, exactly the
     # parent's policy, nothing for keen_app; and the doctor agrees.
     assert all(v == (True, True, 1, False) for v in partitions(db).values()), partitions(db)
     with db.su() as conn:
         assert doctor.check_app_cannot_write(None, conn) == (
-            True, "keen_app holds no write privilege, no secret column, no partition")
+            True,
+            "keen_app holds no write privilege, no secret column, no partition",
+        )
     with psycopg.connect(db.app_url) as app:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             app.execute("SELECT count(*) FROM keen.streaming_events_y2045m03")
@@ -411,15 +452,16 @@ def test_only_maintenance_or_an_admin_manages_partitions(db, keen, alice, admin_
         with pytest.raises(InvalidInput):
             tx.streaming.prepare_event_partitions(-1)
     with keen.as_user(admin_id) as tx:
-        assert [p.partition_name for p in tx.streaming.prepare_event_partitions(0, datetime(2046, 1, 2, tzinfo=timezone.utc))] \
-            == ["streaming_events_y2046m01"]
+        assert [
+            p.partition_name for p in tx.streaming.prepare_event_partitions(0, datetime(2046, 1, 2, tzinfo=UTC))
+        ] == ["streaming_events_y2046m01"]
 
 
 def test_dropping_old_partitions_removes_whole_months_and_keeps_the_rest(db, keen, alice, admin_id):
     session = new_session(db, keen, alice)
     with keen.as_user(admin_id) as tx:
-        tx.streaming.prepare_event_partitions(1, datetime(2019, 11, 5, tzinfo=timezone.utc))
-    old, where = insert_at(db, alice, session, datetime(2019, 11, 20, tzinfo=timezone.utc))
+        tx.streaming.prepare_event_partitions(1, datetime(2019, 11, 5, tzinfo=UTC))
+    _old, where = insert_at(db, alice, session, datetime(2019, 11, 20, tzinfo=UTC))
     assert where == "keen.streaming_events_y2019m11"
     recent = emit(keen, alice, session, 2)
     with keen.as_user(admin_id) as tx:
@@ -427,7 +469,7 @@ def test_dropping_old_partitions_removes_whole_months_and_keeps_the_rest(db, kee
     assert [p.partition_name for p in dropped] == ["streaming_events_y2019m11", "streaming_events_y2019m12"]
     names = partitions(db)
     assert "streaming_events_y2019m11" not in names and "streaming_events_default" in names
-    assert month_name(datetime.now(timezone.utc)) in names
+    assert month_name(datetime.now(UTC)) in names
     with keen.as_user(alice) as tx:
         assert [e.event_id for e in tx.streaming.events_since(session)] == recent
     with keen.as_user(admin_id) as tx:

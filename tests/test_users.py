@@ -1,12 +1,13 @@
 """Users and tokens through the client: registration, login and its lock-out, API keys,
 suspension, passwords and profiles (CONTRACT.md "Users and tokens", docs/users.md)."""
+
 from __future__ import annotations
 
 import hashlib
 import os
 import re
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -39,8 +40,10 @@ def fail_logins(keen: Keen, email: str, times: int) -> None:
 
 def age_login_failures(db, email: str, minutes: int) -> None:
     with db.su() as conn:
-        conn.execute("UPDATE keen.login_attempts SET attempted_at = attempted_at - make_interval(mins => %s) "
-                     "WHERE email = %s", (minutes, email))
+        conn.execute(
+            "UPDATE keen.login_attempts SET attempted_at = attempted_at - make_interval(mins => %s) WHERE email = %s",
+            (minutes, email),
+        )
 
 
 @pytest.fixture
@@ -59,7 +62,9 @@ def test_a_freshly_migrated_database_hashes_with_bcrypt_cost_12(fresh_shipped_db
     with fresh_shipped_db.su() as conn:
         cost = conn.execute("SELECT keen.setting_numeric('bcrypt_cost')").fetchone()[0]
         admin_hash = conn.execute("SELECT password_hash FROM keen.users WHERE role = 'super_admin'").fetchone()[0]
-        new_id = conn.execute("SELECT id FROM keen.register_user('cost@example.com', 'cost', 'cost password')").fetchone()[0]
+        new_id = conn.execute(
+            "SELECT id FROM keen.register_user('cost@example.com', 'cost', 'cost password')"
+        ).fetchone()[0]
         new_hash = conn.execute("SELECT password_hash FROM keen.users WHERE id = %s", (new_id,)).fetchone()[0]
     assert cost == 12
     assert re.match(r"^\$2[ab]\$12\$", admin_hash)
@@ -68,28 +73,40 @@ def test_a_freshly_migrated_database_hashes_with_bcrypt_cost_12(fresh_shipped_db
 
 # Registration ---------------------------------------------------------------------------------
 
+
 def test_register_returns_the_user_and_opens_an_empty_credit_account(keen, db):
     with keen.transaction() as tx:
         user = tx.users.register("New.User@Example.com", "new_user", PASSWORD, "New User")
-    assert (user.email, user.username, user.role, user.is_admin, user.account_status) == \
-        ("new.user@example.com", "new_user", "user", False, "active")
+    assert (user.email, user.username, user.role, user.is_admin, user.account_status) == (
+        "new.user@example.com",
+        "new_user",
+        "user",
+        False,
+        "active",
+    )
     with db.su() as conn:
-        row = conn.execute("SELECT u.display_name, a.current_balance FROM keen.users u "
-                           "JOIN keen.credit_accounts a ON a.user_id = u.id WHERE u.id = %s", (user.id,)).fetchone()
+        row = conn.execute(
+            "SELECT u.display_name, a.current_balance FROM keen.users u "
+            "JOIN keen.credit_accounts a ON a.user_id = u.id WHERE u.id = %s",
+            (user.id,),
+        ).fetchone()
     assert row == ("New User", 0)
 
 
-@pytest.mark.parametrize("email, username, password", [
-    ("no-at-sign.example.com", "valid_name", PASSWORD),
-    ("two@@example.com", "valid_name", PASSWORD),
-    ("x@nodot", "valid_name", PASSWORD),
-    ("ok@example.com", "ab", PASSWORD),
-    ("ok@example.com", "has space", PASSWORD),
-    ("ok@example.com", "-leading-dash", PASSWORD),
-    ("ok@example.com", "x" * 65, PASSWORD),
-    ("ok@example.com", "valid_name", "seven77"),
-    ("ok@example.com", "valid_name", "é" * 37),  # 74 bytes: over bcrypt's 72
-])
+@pytest.mark.parametrize(
+    "email, username, password",
+    [
+        ("no-at-sign.example.com", "valid_name", PASSWORD),
+        ("two@@example.com", "valid_name", PASSWORD),
+        ("x@nodot", "valid_name", PASSWORD),
+        ("ok@example.com", "ab", PASSWORD),
+        ("ok@example.com", "has space", PASSWORD),
+        ("ok@example.com", "-leading-dash", PASSWORD),
+        ("ok@example.com", "x" * 65, PASSWORD),
+        ("ok@example.com", "valid_name", "seven77"),
+        ("ok@example.com", "valid_name", "é" * 37),  # 74 bytes: over bcrypt's 72
+    ],
+)
 def test_register_refuses_invalid_input_with_22023_and_writes_nothing(keen, db, email, username, password):
     with pytest.raises(InvalidInput) as err, keen.transaction() as tx:
         tx.users.register(email, username, password)
@@ -110,12 +127,15 @@ def test_register_refuses_an_email_or_username_taken_in_any_case(keen, make_user
 
 # Login ----------------------------------------------------------------------------------------
 
+
 def test_login_checks_the_password_and_records_last_login_at_and_ip(keen, make_user, db):
     user_id = make_user()
     result = login(keen, email_of(db, user_id).upper(), PASSWORD, "203.0.113.9")
     assert (result.user_id, result.is_admin, result.role, result.admin_privileges) == (user_id, False, "user", {})
     with db.su() as conn:
-        at, ip = conn.execute("SELECT last_login_at, last_login_ip FROM keen.users WHERE id = %s", (user_id,)).fetchone()
+        at, ip = conn.execute(
+            "SELECT last_login_at, last_login_ip FROM keen.users WHERE id = %s", (user_id,)
+        ).fetchone()
     assert at is not None and str(ip) == "203.0.113.9"
 
 
@@ -185,8 +205,10 @@ def test_failed_logins_are_audited_although_the_login_rolls_back(keen, make_user
     fail_logins(keen, email_of(db, user_id), 1)
     fail_logins(keen, "stranger@example.com", 1)
     with psycopg.connect(db.maintenance_url) as conn:
-        rows = conn.execute("SELECT user_id, event_data ->> 'email', risk_level FROM keen.audit_logs "
-                            "WHERE event_subtype = 'login_failed' ORDER BY chain_seq").fetchall()
+        rows = conn.execute(
+            "SELECT user_id, event_data ->> 'email', risk_level FROM keen.audit_logs "
+            "WHERE event_subtype = 'login_failed' ORDER BY chain_seq"
+        ).fetchall()
     assert rows == [(user_id, email_of(db, user_id), "medium"), (None, "stranger@example.com", "medium")]
 
 
@@ -196,6 +218,7 @@ def test_the_doctor_can_see_that_the_login_recorder_works(db):
 
 
 # Suspension -----------------------------------------------------------------------------------
+
 
 def test_a_suspended_user_can_neither_log_in_nor_be_acted_as_nor_use_its_keys(keen, make_user, admin_id, db):
     user_id = make_user()
@@ -246,6 +269,7 @@ def test_list_users_is_for_admins_and_pages(keen, make_user, admin_id):
 
 # Passwords and profiles -----------------------------------------------------------------------
 
+
 def test_change_password_requires_the_current_one(keen, make_user, db):
     user_id = make_user()
     email = email_of(db, user_id)
@@ -265,12 +289,20 @@ def test_update_profile_validates_the_timezone_and_the_preferences(keen, make_us
     user_id = make_user()
     with keen.as_user(user_id) as tx:
         profile = tx.users.update_profile("  Ada  ", "America/New_York", {"theme": "dark", "beta": True})
-    assert (profile.id, profile.display_name, profile.timezone, profile.preferences) == \
-        (user_id, "Ada", "America/New_York", {"theme": "dark", "beta": True})
+    assert (profile.id, profile.display_name, profile.timezone, profile.preferences) == (
+        user_id,
+        "Ada",
+        "America/New_York",
+        {"theme": "dark", "beta": True},
+    )
     with keen.as_user(user_id) as tx:
         assert tx.users.update_profile(timezone="UTC").display_name == "Ada"
-    for kwargs in ({"timezone": "Atlantis/Lost"}, {"preferences": ["not", "an", "object"]}, {"display_name": " "},
-                   {"preferences": {"blob": "x" * 20000}}):
+    for kwargs in (
+        {"timezone": "Atlantis/Lost"},
+        {"preferences": ["not", "an", "object"]},
+        {"display_name": " "},
+        {"preferences": {"blob": "x" * 20000}},
+    ):
         with pytest.raises(InvalidInput), keen.as_user(user_id) as tx:
             tx.users.update_profile(**kwargs)
     with pytest.raises(AuthenticationFailed), keen.transaction() as tx:
@@ -278,6 +310,7 @@ def test_update_profile_validates_the_timezone_and_the_preferences(keen, make_us
 
 
 # API keys -------------------------------------------------------------------------------------
+
 
 def test_an_api_key_is_random_url_safe_shown_once_and_stored_as_sha256(keen, make_user, db):
     user_id = make_user()
@@ -287,7 +320,9 @@ def test_an_api_key_is_random_url_safe_shown_once_and_stored_as_sha256(keen, mak
     assert keys[0].token != keys[1].token
     assert keys[0].token not in repr(keys[0])
     with db.su() as conn:
-        stored = dict(conn.execute("SELECT id, token_hash FROM keen.auth_tokens WHERE user_id = %s", (user_id,)).fetchall())
+        stored = dict(
+            conn.execute("SELECT id, token_hash FROM keen.auth_tokens WHERE user_id = %s", (user_id,)).fetchall()
+        )
     assert stored == {k.token_id: hashlib.sha256(k.token.encode()).hexdigest() for k in keys}
 
 
@@ -298,13 +333,19 @@ def test_authenticate_api_key_makes_its_owner_the_actor_and_counts_the_use(keen,
     with keen.transaction() as tx:
         ident = tx.users.authenticate_api_key(key.token, ip="198.51.100.4")
         assert tx.actor_id == user_id
-    assert (ident.user_id, ident.token_id, ident.scopes, ident.is_admin, ident.bypass_limits) == \
-        (user_id, key.token_id, ["a", "b"], False, False)
+    assert (ident.user_id, ident.token_id, ident.scopes, ident.is_admin, ident.bypass_limits) == (
+        user_id,
+        key.token_id,
+        ["a", "b"],
+        False,
+        False,
+    )
     with keen.with_api_key(key.token) as tx:
         assert tx.actor_id == user_id
     with db.su() as conn:
-        count, used_at, ip = conn.execute("SELECT usage_count, last_used_at, last_used_ip FROM keen.auth_tokens "
-                                          "WHERE id = %s", (key.token_id,)).fetchone()
+        count, used_at, ip = conn.execute(
+            "SELECT usage_count, last_used_at, last_used_ip FROM keen.auth_tokens WHERE id = %s", (key.token_id,)
+        ).fetchone()
     assert count == 2 and used_at is not None and ip is not None
 
 
@@ -320,10 +361,12 @@ def test_revoked_expired_and_unknown_keys_fail_alike(keen, make_user, db):
     user_id = make_user()
     with keen.as_user(user_id) as tx:
         revoked = tx.users.create_api_key("revoked")
-        expired = tx.users.create_api_key("expired", expires_at=datetime.now(timezone.utc) + timedelta(hours=1))
+        expired = tx.users.create_api_key("expired", expires_at=datetime.now(UTC) + timedelta(hours=1))
         tx.users.revoke_api_key(revoked.token_id)
     with db.su() as conn:
-        conn.execute("UPDATE keen.auth_tokens SET expires_at = now() - interval '1 second' WHERE id = %s", (expired.token_id,))
+        conn.execute(
+            "UPDATE keen.auth_tokens SET expires_at = now() - interval '1 second' WHERE id = %s", (expired.token_id,)
+        )
     outcomes = set()
     for token in (revoked.token, expired.token, "keen_" + "A" * 43, "not even a key"):
         with pytest.raises(AuthenticationFailed) as err, keen.transaction() as tx:
@@ -336,8 +379,13 @@ def test_create_api_key_needs_an_actor_and_valid_input(keen, make_user):
     user_id = make_user()
     with pytest.raises(AuthenticationFailed), keen.transaction() as tx:
         tx.users.create_api_key("no actor")
-    for args in (("",), ("x" * 256,), ("ok", ["UPPER"]), ("ok", ["a"] * 33),
-                 ("ok", [], datetime.now(timezone.utc) - timedelta(seconds=1))):
+    for args in (
+        ("",),
+        ("x" * 256,),
+        ("ok", ["UPPER"]),
+        ("ok", ["a"] * 33),
+        ("ok", [], datetime.now(UTC) - timedelta(seconds=1)),
+    ):
         with pytest.raises(InvalidInput), keen.as_user(user_id) as tx:
             tx.users.create_api_key(*args)
 
@@ -366,10 +414,14 @@ def test_parallel_requests_with_one_key_never_wait_for_each_other(keen, make_use
     with keen.as_user(user_id) as tx:
         key = tx.users.create_api_key("shared by parallel agents")
     with psycopg.connect(db.app_url) as first, psycopg.connect(db.app_url) as second:
-        first.execute("SELECT keen.authenticate_api_key(%s)", (key.token,))   # in flight, not committed
-        second.execute("SET lock_timeout = '1s'")                             # a wait would fail
-        assert second.execute("SELECT user_id FROM keen.authenticate_api_key(%s)", (key.token,)).fetchone()[0] == user_id
+        first.execute("SELECT keen.authenticate_api_key(%s)", (key.token,))  # in flight, not committed
+        second.execute("SET lock_timeout = '1s'")  # a wait would fail
+        assert (
+            second.execute("SELECT user_id FROM keen.authenticate_api_key(%s)", (key.token,)).fetchone()[0] == user_id
+        )
         second.commit()
         first.commit()
     with db.su() as conn:
-        assert conn.execute("SELECT usage_count FROM keen.auth_tokens WHERE id = %s", (key.token_id,)).fetchone()[0] == 1
+        assert (
+            conn.execute("SELECT usage_count FROM keen.auth_tokens WHERE id = %s", (key.token_id,)).fetchone()[0] == 1
+        )

@@ -4,6 +4,7 @@ yoyo runs it only when some migration was pending; `keen-db migrate` re-applies 
 run itself. A release that changes only functions or policies adds a small marker migration so
 that a plain `yoyo apply` sees something pending.
 """
+
 import sys
 from pathlib import Path
 
@@ -11,6 +12,6 @@ from yoyo import step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from keen_db.deploy import apply_repeatables  # noqa: E402
+from keen_db.deploy import apply_repeatables
 
 steps = [step(apply_repeatables)]

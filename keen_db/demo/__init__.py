@@ -4,6 +4,7 @@ Each area module in this package exposes `run(ctx: DemoContext)`; STEPS fixes th
 The walkthrough runs against its own fresh database (keen_demo) on the same server, so it can
 be repeated and never touches the data of the `keen` database.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -95,7 +96,9 @@ def demo(ctx: click.Context) -> None:
         keen.close()
     demo_ctx.step("The doctor's verdict")
     failures = 0
-    for check, ok, detail in run_checks(config.Settings(s.home, s.port, DEMO_DATABASE, s.superuser_url(DEMO_DATABASE) if not s.embedded else None)):
+    for check, ok, detail in run_checks(
+        config.Settings(s.home, s.port, DEMO_DATABASE, s.superuser_url(DEMO_DATABASE) if not s.embedded else None)
+    ):
         console.print(f"{'[green]ok  [/]' if ok else '[red]FAIL[/]'} {check}{': ' + detail if detail else ''}")
         failures += 0 if ok else 1
     if failures:

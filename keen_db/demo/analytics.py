@@ -1,8 +1,9 @@
 """Demo step: roll up today as the maintenance role (what cron runs), then show the admin the
 platform metrics and the busiest hours of the 24-hour dashboard."""
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
 
@@ -20,12 +21,14 @@ def _admin_id(ctx):
 
 def run(ctx) -> None:
     ctx.step("Analytics: the daily rollup and the platform metrics")
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     with psycopg.connect(ctx.maintenance_url()) as conn:
         conn.execute("SELECT keen.rollup_daily_analytics(%s)", (today,))
         conn.execute("SELECT keen.refresh_dashboard_metrics()")
-    ctx.say(f"keen_maintenance rolled up {today} (UTC) and refreshed the dashboard "
-            "(cron runs [bold]keen-db rollup[/] the same way).")
+    ctx.say(
+        f"keen_maintenance rolled up {today} (UTC) and refreshed the dashboard "
+        "(cron runs [bold]keen-db rollup[/] the same way)."
+    )
 
     with ctx.keen.as_user(_admin_id(ctx)) as tx:
         m = tx.analytics.platform_metrics(today, today)
@@ -33,8 +36,10 @@ def run(ctx) -> None:
 
     rows = [
         ["users (total / active / new)", f"{m.total_users} / {m.active_users} / {m.new_users}"],
-        ["sessions (started / completed / failed)",
-         f"{m.total_sessions} / {m.successful_sessions} / {m.failed_sessions}"],
+        [
+            "sessions (started / completed / failed)",
+            f"{m.total_sessions} / {m.successful_sessions} / {m.failed_sessions}",
+        ],
         ["avg session duration (min)", m.avg_session_duration_minutes],
         ["Claude cost (USD)", m.total_claude_cost_usd],
         ["credit revenue (usage charges - refunds)", m.total_credit_revenue],
@@ -48,9 +53,19 @@ def run(ctx) -> None:
     ]
     ctx.table(f"keen.platform_metrics('{today}', '{today}') as the admin", ["metric", "value"], rows)
     if hours:
-        ctx.table("keen.dashboard_metrics(): hours with sessions (UTC)",
-                  ["hour", "started", "completed", "failed", "Claude cost", "credits"],
-                  [[h.hour_bucket.astimezone(timezone.utc).strftime("%H:00"), h.sessions_started,
-                    h.sessions_completed, h.sessions_failed, h.total_claude_costs, h.total_credit_cost]
-                   for h in hours])
+        ctx.table(
+            "keen.dashboard_metrics(): hours with sessions (UTC)",
+            ["hour", "started", "completed", "failed", "Claude cost", "credits"],
+            [
+                [
+                    h.hour_bucket.astimezone(UTC).strftime("%H:00"),
+                    h.sessions_started,
+                    h.sessions_completed,
+                    h.sessions_failed,
+                    h.total_claude_costs,
+                    h.total_credit_cost,
+                ]
+                for h in hours
+            ],
+        )
     ctx.say("The metrics read the rollups only: their cost does not grow with the ledger.")

@@ -1,5 +1,6 @@
 """Demo step: a live listener prints a session's events as they are emitted, survives a dropped
 connection without losing or repeating one, and a second tenant sees nothing."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,10 @@ def _user_id(ctx):
         return ctx.state["user_id"]
     tag = uuid.uuid4().hex[:6]
     with ctx.keen.transaction() as tx:
-        user_id = tx.scalar("SELECT id FROM keen.register_user(%s, %s, %s, %s)",
-                            (f"streamer_{tag}@example.com", f"streamer_{tag}", "stream password", "Streamer"))
+        user_id = tx.scalar(
+            "SELECT id FROM keen.register_user(%s, %s, %s, %s)",
+            (f"streamer_{tag}@example.com", f"streamer_{tag}", "stream password", "Streamer"),
+        )
     ctx.state["user_id"] = user_id
     return user_id
 
@@ -45,18 +48,28 @@ def _session_id(ctx, user_id):
         except ValueError:
             pass
     with ctx.keen.as_user(user_id) as tx:
-        session_id = tx.scalar("SELECT id FROM keen.create_session(%s, %s, %s, %s, %s)",
-                               (user_id, f"stream-demo-{uuid.uuid4().hex[:6]}", "demo/streaming",
-                                "show a live event stream", "/work/demo"))
+        session_id = tx.scalar(
+            "SELECT id FROM keen.create_session(%s, %s, %s, %s, %s)",
+            (
+                user_id,
+                f"stream-demo-{uuid.uuid4().hex[:6]}",
+                "demo/streaming",
+                "show a live event stream",
+                "/work/demo",
+            ),
+        )
     ctx.state["session_id"] = session_id
     return session_id
 
 
 def _terminate_listener(ctx) -> int:
     with psycopg.connect(ctx.superuser_url(), autocommit=True) as conn:
-        return len(conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name = 'keen_listener'").fetchall())
+        return len(
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = 'keen_listener'"
+            ).fetchall()
+        )
 
 
 def run(ctx) -> None:
@@ -66,20 +79,24 @@ def run(ctx) -> None:
     session_id = _session_id(ctx, user_id)
 
     with keen.as_user(user_id) as tx:
-        tx.streaming.register_connection("demo-dashboard-1", "203.0.113.7", "dashboard", session_id,
-                                         "keen-db demo", ["phase_change", "tool_execution"])
+        tx.streaming.register_connection(
+            "demo-dashboard-1",
+            "203.0.113.7",
+            "dashboard",
+            session_id,
+            "keen-db demo",
+            ["phase_change", "tool_execution"],
+        )
         listed = tx.scalar("SELECT websocket_connections FROM keen.agent_sessions WHERE id = %s", (session_id,))
     ctx.say(f"Registered a dashboard connection; the session's websocket_connections: {listed}")
 
     received = []
-    listener = keen.listen(session_id, as_user=user_id, max_events=len(SCRIPT), timeout=60,
-                           reconnect_delay=0.2)
+    listener = keen.listen(session_id, as_user=user_id, max_events=len(SCRIPT), timeout=60, reconnect_delay=0.2)
 
     def follow():
         for event in listener:
             received.append(event.event_id)
-            ctx.say(f"  [green]listener[/] #{event.event_id} {event.event_type:<15} "
-                    f"{json.dumps(event.event_data)}")
+            ctx.say(f"  [green]listener[/] #{event.event_id} {event.event_type:<15} {json.dumps(event.event_data)}")
 
     thread = threading.Thread(target=follow, daemon=True)
     thread.start()
@@ -92,11 +109,15 @@ def run(ctx) -> None:
         time.sleep(0.3)
         if i == 2:
             dropped = _terminate_listener(ctx)
-            ctx.say(f"[red]dropped the listener's connection[/] ({dropped} backend terminated); "
-                    "it reconnects and resumes after the last event it printed")
+            ctx.say(
+                f"[red]dropped the listener's connection[/] ({dropped} backend terminated); "
+                "it reconnects and resumes after the last event it printed"
+            )
     thread.join(30)
-    ctx.say(f"Emitted {len(emitted)}, the listener printed {len(received)}: "
-            f"{'each exactly once, in order' if received == emitted else 'MISMATCH'}.")
+    ctx.say(
+        f"Emitted {len(emitted)}, the listener printed {len(received)}: "
+        f"{'each exactly once, in order' if received == emitted else 'MISMATCH'}."
+    )
 
     with psycopg.connect(ctx.settings.role_url("keen_app", ctx.database), autocommit=True) as raw:
         raw.execute("LISTEN keen_events")
@@ -108,8 +129,9 @@ def run(ctx) -> None:
     ctx.step("Streaming: a second tenant sees nothing")
     tag = uuid.uuid4().hex[:6]
     with keen.transaction() as tx:
-        eve = tx.scalar("SELECT id FROM keen.register_user(%s, %s, %s)",
-                        (f"eve_{tag}@example.com", f"eve_{tag}", "eve password"))
+        eve = tx.scalar(
+            "SELECT id FROM keen.register_user(%s, %s, %s)", (f"eve_{tag}@example.com", f"eve_{tag}", "eve password")
+        )
     with keen.as_user(eve) as tx:
         rows = tx.scalar("SELECT count(*) FROM keen.streaming_events")
     try:
@@ -117,10 +139,14 @@ def run(ctx) -> None:
         outcome = "an event (WRONG)"
     except NotFound as exc:
         outcome = f"NotFound [{exc.sqlstate}], as for a session that does not exist"
-    ctx.table("What another user gets", ["attempt", "result"], [
-        ["SELECT count(*) FROM keen.streaming_events", rows],
-        ["keen.listen(the session) as her", outcome],
-    ])
+    ctx.table(
+        "What another user gets",
+        ["attempt", "result"],
+        [
+            ["SELECT count(*) FROM keen.streaming_events", rows],
+            ["keen.listen(the session) as her", outcome],
+        ],
+    )
 
     ctx.step("Streaming: connections and partitions")
     with keen.as_user(user_id) as tx:
@@ -137,6 +163,8 @@ def run(ctx) -> None:
               FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
              WHERE i.inhparent = 'keen.streaming_events'::regclass ORDER BY 1""").fetchall()
     ctx.say(f"keen_maintenance (cron): reaped {reaped} stale connection(s); prepared {made} partition(s) ahead.")
-    ctx.table("keen.streaming_events partitions (by UTC month; the default catches any other month)",
-              ["partition", "range", "RLS forced", "rows"],
-              [[p[0], p[1].replace("FOR VALUES ", "").replace(" 00:00:00+00", ""), p[2], p[3]] for p in parts])
+    ctx.table(
+        "keen.streaming_events partitions (by UTC month; the default catches any other month)",
+        ["partition", "range", "RLS forced", "rows"],
+        [[p[0], p[1].replace("FOR VALUES ", "").replace(" 00:00:00+00", ""), p[2], p[3]] for p in parts],
+    )

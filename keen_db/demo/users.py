@@ -2,6 +2,7 @@
 gets an API key; a second user's attempt to read or touch the first one's data is refused; the
 audit chain of all that verifies. Leaves state["admin_id"], state["user_id"] (the new user) and
 state["other_user_id"] (the second user) for the later steps."""
+
 from __future__ import annotations
 
 import os
@@ -20,15 +21,20 @@ def run(ctx) -> None:
         admin = tx.users.login(admin_email, os.environ.get("ADMIN_PASSWORD", "2con-creator"), "127.0.0.1")
     ctx.state["admin_id"] = admin.user_id
     granted = [k for k, v in admin.admin_privileges.items() if v is True]
-    ctx.say(f"The seeded admin logs in (bcrypt, cost 12, checked in the database): role [bold]{admin.role}[/], "
-            f"{len(granted)} privileges ({', '.join(sorted(granted)[:3])}, ...).")
+    ctx.say(
+        f"The seeded admin logs in (bcrypt, cost 12, checked in the database): role [bold]{admin.role}[/], "
+        f"{len(granted)} privileges ({', '.join(sorted(granted)[:3])}, ...)."
+    )
 
     with keen.transaction() as tx:
         alice = tx.users.register("alice@example.com", "alice", PASSWORD, "Alice")
         bob = tx.users.register("bob@example.com", "bob", PASSWORD, "Bob")
     ctx.state["user_id"], ctx.state["other_user_id"] = alice.id, bob.id
-    ctx.table("keen.register_user (each with a credit account at 0)", ["user", "id", "role", "status"],
-              [[u.email, u.id, u.role, u.account_status] for u in (alice, bob)])
+    ctx.table(
+        "keen.register_user (each with a credit account at 0)",
+        ["user", "id", "role", "status"],
+        [[u.email, u.id, u.role, u.account_status] for u in (alice, bob)],
+    )
 
     with keen.transaction() as tx:
         logged_in = tx.users.login("Alice@Example.com", PASSWORD, "203.0.113.7")
@@ -39,8 +45,10 @@ def run(ctx) -> None:
                 tx.users.login(email, "not the password")
         except AuthenticationFailed as exc:
             ctx.say(f"  {label}: [red]{exc}[/]")
-    ctx.say("  Both fail alike (one bcrypt each); the failure is counted through an autonomous "
-            "connection: 10 within 15 minutes lock the e-mail out (28000).")
+    ctx.say(
+        "  Both fail alike (one bcrypt each); the failure is counted through an autonomous "
+        "connection: 10 within 15 minutes lock the e-mail out (28000)."
+    )
 
     with keen.as_user(alice.id) as tx:
         key = tx.users.create_api_key("alice's CI", ["sessions:write", "credits:read"])
@@ -68,16 +76,23 @@ def run(ctx) -> None:
             refusals.append([label, f"refused: {exc}"])
     with keen.as_user(bob.id) as tx:
         tx.execute("SELECT set_config('app.is_admin_user', 'true', true), set_config('keen.is_admin', 'true', true)")
-        refusals.append(["Bob sets app.is_admin_user / keen.is_admin = 'true'",
-                         f"actor_is_admin() = {tx.scalar('SELECT keen.actor_is_admin()')}"])
+        refusals.append(
+            [
+                "Bob sets app.is_admin_user / keen.is_admin = 'true'",
+                f"actor_is_admin() = {tx.scalar('SELECT keen.actor_is_admin()')}",
+            ]
+        )
         tx.execute("SELECT set_config('keen.actor_id', %s, true)", (str(alice.id),))
-        refusals.append(["Bob sets keen.actor_id to Alice's id by hand",
-                         f"actor_id() = {tx.scalar('SELECT keen.actor_id()')}"])
+        refusals.append(
+            ["Bob sets keen.actor_id to Alice's id by hand", f"actor_id() = {tx.scalar('SELECT keen.actor_id()')}"]
+        )
     ctx.table("A cross-tenant read and its friends, refused", ["attempt", "result"], refusals)
 
     with keen.as_user(admin.user_id) as tx:
         users = tx.users.list_users()
         broken = tx.users.verify_audit_chain()
         entries = tx.scalar("SELECT count(*) FROM keen.audit_logs")
-    ctx.say(f"The admin lists {len(users)} users; the audit chain holds {entries} entries "
-            f"({'intact' if not broken else broken}).")
+    ctx.say(
+        f"The admin lists {len(users)} users; the audit chain holds {entries} entries "
+        f"({'intact' if not broken else broken})."
+    )
