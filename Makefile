@@ -4,10 +4,11 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := postgresql-15 postgresql-contrib postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl postgresql-15-plpgsql-check
+APT_PACKAGES := postgresql-15 postgresql-contrib postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl \
+	postgresql-15-plpgsql-check postgresql-15-cron postgresql-15-auto-failover pgbouncer
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup system venv up down doctor pgtap pytest bench clean
+.PHONY: demo test setup system venv up down doctor pgtap pytest lint bench clean
 
 demo: setup
 	$(BIN)/keen-db demo
@@ -44,6 +45,18 @@ doctor:
 
 pgtap: setup
 	$(BIN)/pytest tests/test_pgtap.py
+
+pytest: setup
+	$(BIN)/pytest tests
+
+# Lint and types (no database needed): ruff, mypy, and squawk's online-safe rules on every
+# migration after 0008 (0001-0008 landed before the rule and never change).
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	@files=$$(ls db/schema/[0-9]*.sql | grep -v rollback | awk -F/ '{ n = substr($$NF, 1, 4) + 0; if (n > 8) print }'); \
+	if [ -n "$$files" ]; then $(BIN)/squawk --config=.squawk.toml $$files; else echo "squawk: no migration after 0008"; fi
 
 bench: setup
 	$(BIN)/keen-db bench
