@@ -198,7 +198,7 @@ VALUES (:sid, :uid, 'bench', '{"n": 1}');
 # the same actor (keen.act_as) and the owner's forced row-level security (keen_app may not
 # write, so the superuser connection switches to keen_owner): check the user, lock the
 # account, read the markup, check holds and limits, move the balance and the usage counters,
-# append the ledger row. Mirrors keen.credit_charge in db/functions/credits.sql.
+# append the ledger row. Mirrors keen_private.credit_charge in db/functions/credits.sql.
 SCRIPTS["script"] = """\\set n random(1, :users)
 BEGIN;
 SELECT keen.act_as(public.bench_uid(:n));

@@ -54,7 +54,7 @@ def apply_repeatables(conn) -> list[str]:
         BEGIN
             FOR v_fn IN
                 SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
-                 WHERE p.pronamespace = 'keen'::regnamespace
+                 WHERE p.pronamespace IN ('keen'::regnamespace, 'keen_private'::regnamespace)
                    AND pg_catalog.pg_get_userbyid(p.proowner) NOT IN ('keen_owner', 'keen_auth')
                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                                     WHERE d.objid = p.oid AND d.deptype = 'e')
@@ -130,7 +130,7 @@ def set_role_passwords(s: Settings, superuser_conninfo: str) -> None:
         # The failed-login recorder's loopback login (db/functions/users.sql), kept in the database.
         recorder = s.secret("keen_recorder", env="KEEN_RECORDER_PASSWORD")
         conn.execute(sql.SQL("ALTER ROLE keen_recorder WITH LOGIN PASSWORD {}").format(sql.Literal(recorder)))
-        conn.execute("SELECT keen.configure_login_recorder(%s)", (recorder,))
+        conn.execute("SELECT keen_private.configure_login_recorder(%s)", (recorder,))
 
 
 def seed(superuser_conninfo: str) -> None:

@@ -70,12 +70,37 @@ def check_definer_search_path(s: Settings, conn: psycopg.Connection) -> tuple[bo
     rows = conn.execute("""
         SELECT p.oid::regprocedure::text
           FROM pg_catalog.pg_proc p
-         WHERE p.pronamespace = 'keen'::regnamespace AND p.prosecdef
-           AND NOT COALESCE('search_path=pg_catalog, keen, pg_temp' = ANY (p.proconfig), false)
+         WHERE p.pronamespace IN ('keen'::regnamespace, 'keen_private'::regnamespace) AND p.prosecdef
+           AND NOT COALESCE(p.proconfig && ARRAY['search_path=pg_catalog, keen, pg_temp',
+                                                 'search_path=pg_catalog, keen, keen_private, pg_temp'], false)
          ORDER BY 1""").fetchall()
     if rows:
         return False, "SECURITY DEFINER without the pinned search_path: " + ", ".join(r[0] for r in rows)
     return True, "every SECURITY DEFINER function pins search_path"
+
+
+def check_api_schema(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    """Schema keen is the API: each function in it is executable by a login role, and no login
+    role may use keen_private, where the helpers live."""
+    internal = conn.execute("""
+        SELECT p.oid::regprocedure::text
+          FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'keen'::regnamespace
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                            WHERE r.rolcanlogin AND NOT r.rolsuper
+                              AND pg_catalog.has_function_privilege(r.oid, p.oid, 'EXECUTE'))
+         ORDER BY 1""").fetchall()
+    if internal:
+        return False, "functions in keen no login role may execute (move them to keen_private): " + ", ".join(
+            r[0] for r in internal
+        )
+    users = conn.execute("""
+        SELECT r.rolname FROM pg_catalog.pg_roles r
+         WHERE r.rolcanlogin AND NOT r.rolsuper AND pg_catalog.has_schema_privilege(r.oid, 'keen_private', 'USAGE')
+         ORDER BY 1""").fetchall()
+    if users:
+        return False, "login roles that may use keen_private: " + ", ".join(r[0] for r in users)
+    return True, "every function in keen is executable by a login role; keen_private is closed to them"
 
 
 def check_public_execute(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
@@ -264,6 +289,7 @@ CHECKS: list[tuple[str, Check]] = [
     ("row-level security", check_rls),
     ("policies", check_policies),
     ("security definer search_path", check_definer_search_path),
+    ("api schema", check_api_schema),
     ("execute revoked from PUBLIC", check_public_execute),
     ("keen_app privileges", check_app_cannot_write),
     ("admin user", check_admin),

@@ -89,7 +89,7 @@ def test_keen_app_cannot_write_the_audit_log_in_any_way(db, admin_id):
     with psycopg.connect(db.app_url) as conn:
         conn.execute("SELECT keen.act_as(%s)", (admin_id,))
         for statement in (
-            "SELECT keen.write_audit('forged', NULL, NULL)",
+            "SELECT keen_private.write_audit('forged', NULL, NULL)",
             "INSERT INTO keen.audit_logs (chain_seq, row_hash, event_type) VALUES (1, '\\x00', 'forged')",
             "UPDATE keen.audit_logs SET risk_level = 'low'",
             "DELETE FROM keen.audit_logs",
@@ -168,7 +168,7 @@ def test_a_changed_entry_is_named_as_the_first_broken_link(chain, db):
 def test_a_rehashed_entry_breaks_the_next_link(chain, db):
     # The intruder lowers a risk and recomputes that entry's own hash, so the entry checks out...
     tamper(db, "UPDATE keen.audit_logs SET risk_level = 'low' WHERE id = %s", chain[1])
-    tamper(db, "UPDATE keen.audit_logs a SET row_hash = keen.audit_row_hash(a) WHERE id = %s", chain[1])
+    tamper(db, "UPDATE keen.audit_logs a SET row_hash = keen_private.audit_row_hash(a) WHERE id = %s", chain[1])
     # ...but the next entry no longer links to it.
     assert verify(db) == [("main", 3, chain[2], "prev_hash is not the row_hash of the previous entry")]
 

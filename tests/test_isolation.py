@@ -58,7 +58,7 @@ INSERT INTO keen.websocket_connections (user_id, session_id, connection_id, clie
 VALUES (%(user)s, %(session)s, 'seeded', '10.0.0.1', 'cli');
 INSERT INTO keen.streaming_events (session_id, user_id, event_type) VALUES (%(session)s, %(user)s, 'seeded');
 INSERT INTO keen.daily_usage_stats (user_id, date_bucket) VALUES (%(user)s, current_date);
-SELECT keen.write_audit('test', 'seeded', %(user)s);
+SELECT keen_private.write_audit('test', 'seeded', %(user)s);
 """
 
 
@@ -170,10 +170,10 @@ def test_a_proof_is_worthless_in_another_transaction_or_session(tenants, db):
     with psycopg.connect(db.app_url) as first, psycopg.connect(db.app_url) as second:
         with first.transaction():
             first.execute("SELECT keen.act_as(%s)", (alice,))
-            proof = first.execute("SELECT current_setting('keen.actor_proof')").fetchone()[0]
+            proof = first.execute("SELECT current_setting('keen_private.actor_proof')").fetchone()[0]
             with second.transaction():  # another session, copying the live proof
                 second.execute(
-                    "SELECT set_config('keen.actor_id', %s, true), set_config('keen.actor_proof', %s, true)",
+                    "SELECT set_config('keen.actor_id', %s, true), set_config('keen_private.actor_proof', %s, true)",
                     (str(alice), proof),
                 )
                 assert second.execute("SELECT keen.actor_id()").fetchone()[0] is None
@@ -182,7 +182,7 @@ def test_a_proof_is_worthless_in_another_transaction_or_session(tenants, db):
             assert first.execute("SELECT keen.actor_id()").fetchone()[0] is None
         with first.transaction():  # the same session, a later transaction
             first.execute(
-                "SELECT set_config('keen.actor_id', %s, true), set_config('keen.actor_proof', %s, true)",
+                "SELECT set_config('keen.actor_id', %s, true), set_config('keen_private.actor_proof', %s, true)",
                 (str(alice), proof),
             )
             assert first.execute("SELECT keen.actor_id()").fetchone()[0] is None

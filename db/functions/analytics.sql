@@ -13,10 +13,10 @@
 --   sessions        started ones count on their start day; outcomes, durations, tokens and
 --                   files count on the day the session ended
 
--- keen.analytics_check_range: validates a reporting range of dates.
+-- keen_private.analytics_check_range: validates a reporting range of dates.
 -- Who: the analytics functions (owner only).
 -- Raises 22023 when a bound is NULL, the range is reversed, or it spans more than ten years.
-CREATE OR REPLACE FUNCTION keen.analytics_check_range(p_from date, p_to date)
+CREATE OR REPLACE FUNCTION keen_private.analytics_check_range(p_from date, p_to date)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, keen, pg_temp
@@ -35,8 +35,8 @@ BEGIN
     END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.analytics_check_range(date, date) FROM PUBLIC;
-COMMENT ON FUNCTION keen.analytics_check_range(date, date) IS 'Validates a report range; 22023 for NULL, reversed or longer than ten years.';
+REVOKE ALL ON FUNCTION keen_private.analytics_check_range(date, date) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.analytics_check_range(date, date) IS 'Validates a report range; 22023 for NULL, reversed or longer than ten years.';
 
 -- keen.rollup_daily_analytics: computes keen.daily_usage_stats (one row per user active on
 -- the UTC day p_day) and the one keen.daily_analytics row of the day from the raw tables.
@@ -290,7 +290,7 @@ COMMENT ON FUNCTION keen.rollup_daily_analytics(date) IS
 CREATE OR REPLACE FUNCTION keen.platform_metrics(p_from date, p_to date)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_result jsonb;
@@ -298,7 +298,7 @@ BEGIN
     IF NOT keen.actor_is_admin() THEN
         RAISE EXCEPTION 'platform metrics are for admins only' USING ERRCODE = '42501';
     END IF;
-    PERFORM keen.analytics_check_range(p_from, p_to);
+    PERFORM keen_private.analytics_check_range(p_from, p_to);
 
     SELECT pg_catalog.jsonb_build_object(
                'from', p_from,
@@ -383,13 +383,13 @@ COMMENT ON FUNCTION keen.platform_metrics(date, date) IS
 CREATE OR REPLACE FUNCTION keen.user_usage(p_user_id uuid, p_from date, p_to date)
 RETURNS SETOF keen.daily_usage_stats
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
     IF p_user_id IS NULL THEN
         RAISE EXCEPTION 'p_user_id must not be NULL' USING ERRCODE = '22023';
     END IF;
-    PERFORM keen.analytics_check_range(p_from, p_to);
+    PERFORM keen_private.analytics_check_range(p_from, p_to);
     IF NOT EXISTS (SELECT 1 FROM keen.users u WHERE u.id = p_user_id) THEN
         RAISE EXCEPTION 'user not found' USING ERRCODE = 'P0002';
     END IF;

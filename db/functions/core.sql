@@ -1,14 +1,14 @@
 -- core.sql: who the actor is, and the settings every area reads.
 -- Applied first; every other file in db/functions may rely on it.
 
--- keen.actor_proof: the proof that keen.act_as (or keen.set_actor) chose p_user_id as actor:
+-- keen_private.actor_proof: the proof that keen.act_as (or keen_private.set_actor) chose p_user_id as actor:
 -- an HMAC-SHA256 over (user id, backend pid, transaction start), keyed by a secret that only
 -- keen_auth can read (keen.auth_secrets). A proof is worthless in another transaction or session.
 -- Who: keen_auth's functions only (no grant: whoever could call it could forge an actor).
 -- keen.actor_id inlines the same expression (it is called on every policy and hot path).
 -- PL/pgSQL, not SQL: a SQL function with a SET clause is never inlined, and is parsed and
 -- planned again in every statement that calls it (act_as runs once per transaction).
-CREATE OR REPLACE FUNCTION keen.actor_proof(p_user_id uuid)
+CREATE OR REPLACE FUNCTION keen_private.actor_proof(p_user_id uuid)
 RETURNS text
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
 SET search_path = pg_catalog, keen, pg_temp
@@ -21,13 +21,13 @@ BEGIN
              WHERE k.name = 'actor_hmac_key');
 END
 $$;
-ALTER FUNCTION keen.actor_proof(uuid) OWNER TO keen_auth;
-REVOKE ALL ON FUNCTION keen.actor_proof(uuid) FROM PUBLIC;
-COMMENT ON FUNCTION keen.actor_proof(uuid) IS 'HMAC binding an actor to this backend and transaction; keen_auth only.';
+ALTER FUNCTION keen_private.actor_proof(uuid) OWNER TO keen_auth;
+REVOKE ALL ON FUNCTION keen_private.actor_proof(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.actor_proof(uuid) IS 'HMAC binding an actor to this backend and transaction; keen_auth only.';
 
 -- keen.actor_id: the user the current transaction acts as, or NULL.
--- The id in the setting keen.actor_id counts only with a matching keen.actor_proof, which only
--- keen.act_as / keen.set_actor can compute: `SET LOCAL keen.actor_id = '<uuid>'` by hand (to
+-- The id in the setting keen.actor_id counts only with a matching keen_private.actor_proof, which only
+-- keen.act_as / keen_private.set_actor can compute: `SET LOCAL keen.actor_id = '<uuid>'` by hand (to
 -- skip act_as's "active user" check), or a proof replayed from another transaction, reads as
 -- no actor. PARALLEL RESTRICTED: the proof is bound to the leader's backend pid.
 -- Who: anyone (policies call it). Owned by keen_auth to read the key. Raises: nothing; an
@@ -35,7 +35,7 @@ COMMENT ON FUNCTION keen.actor_proof(uuid) IS 'HMAC binding an actor to this bac
 CREATE OR REPLACE FUNCTION keen.actor_id()
 RETURNS uuid
 LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_id text := pg_catalog.current_setting('keen.actor_id', true);
@@ -45,8 +45,8 @@ BEGIN
         RETURN NULL;
     END IF;
     SELECT k.value INTO v_key FROM keen.auth_secrets k WHERE k.name = 'actor_hmac_key';
-    -- The same expression as keen.actor_proof, inlined: about 3 us less per call.
-    IF pg_catalog.current_setting('keen.actor_proof', true) IS DISTINCT FROM pg_catalog.encode(keen_ext.hmac(
+    -- The same expression as keen_private.actor_proof, inlined: about 3 us less per call.
+    IF pg_catalog.current_setting('keen_private.actor_proof', true) IS DISTINCT FROM pg_catalog.encode(keen_ext.hmac(
            v_id || ':' || pg_catalog.pg_backend_pid() || ':' || EXTRACT(EPOCH FROM pg_catalog.now()),
            v_key, 'sha256'), 'hex') THEN
         RETURN NULL;
@@ -123,7 +123,7 @@ COMMENT ON FUNCTION keen.actor_sees_all_tenants() IS 'Admin actor or maintenance
 CREATE OR REPLACE FUNCTION keen.act_as(p_user_id uuid)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
     IF p_user_id IS NULL OR NOT EXISTS (
@@ -133,7 +133,7 @@ BEGIN
             USING ERRCODE = '28000';
     END IF;
     PERFORM pg_catalog.set_config('keen.actor_id', p_user_id::text, true);
-    PERFORM pg_catalog.set_config('keen.actor_proof', keen.actor_proof(p_user_id), true);
+    PERFORM pg_catalog.set_config('keen_private.actor_proof', keen_private.actor_proof(p_user_id), true);
 END
 $$;
 ALTER FUNCTION keen.act_as(uuid) OWNER TO keen_auth;
@@ -141,30 +141,30 @@ REVOKE ALL ON FUNCTION keen.act_as(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.act_as(uuid) TO keen_owner, keen_app, keen_maintenance;
 COMMENT ON FUNCTION keen.act_as(uuid) IS 'Sets the actor for the current transaction; 28000 if the user is missing or inactive.';
 
--- keen.set_actor: makes p_user_id (or nobody, for NULL) the actor for the rest of the
+-- keen_private.set_actor: makes p_user_id (or nobody, for NULL) the actor for the rest of the
 -- transaction with no "active" check: for keen's own functions that have already decided who
 -- the actor is (register_user writes the new user's rows as that user; authenticate_api_key
 -- acts as the key's owner) or that restore the previous actor.
 -- Who: keen_owner's functions only (never granted to keen_app). Raises: nothing.
-CREATE OR REPLACE FUNCTION keen.set_actor(p_user_id uuid)
+CREATE OR REPLACE FUNCTION keen_private.set_actor(p_user_id uuid)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
     PERFORM pg_catalog.set_config('keen.actor_id', COALESCE(p_user_id::text, ''), true);
-    PERFORM pg_catalog.set_config('keen.actor_proof',
-                                  CASE WHEN p_user_id IS NULL THEN '' ELSE keen.actor_proof(p_user_id) END, true);
+    PERFORM pg_catalog.set_config('keen_private.actor_proof',
+                                  CASE WHEN p_user_id IS NULL THEN '' ELSE keen_private.actor_proof(p_user_id) END, true);
 END
 $$;
-ALTER FUNCTION keen.set_actor(uuid) OWNER TO keen_auth;
-REVOKE ALL ON FUNCTION keen.set_actor(uuid) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION keen.set_actor(uuid) TO keen_owner;
-COMMENT ON FUNCTION keen.set_actor(uuid) IS 'Internal: sets (or clears) the actor with its proof; keen_owner''s functions only.';
+ALTER FUNCTION keen_private.set_actor(uuid) OWNER TO keen_auth;
+REVOKE ALL ON FUNCTION keen_private.set_actor(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen_private.set_actor(uuid) TO keen_owner;
+COMMENT ON FUNCTION keen_private.set_actor(uuid) IS 'Internal: sets (or clears) the actor with its proof; keen_owner''s functions only.';
 
--- keen.require_actor: the actor of the transaction.
+-- keen_private.require_actor: the actor of the transaction.
 -- Who: keen's functions (every area). Raises 28000 when there is no (valid) actor.
-CREATE OR REPLACE FUNCTION keen.require_actor()
+CREATE OR REPLACE FUNCTION keen_private.require_actor()
 RETURNS uuid
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
@@ -179,12 +179,12 @@ BEGIN
     RETURN v_actor;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.require_actor() FROM PUBLIC;
-COMMENT ON FUNCTION keen.require_actor() IS 'Internal: the actor, or 28000.';
+REVOKE ALL ON FUNCTION keen_private.require_actor() FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.require_actor() IS 'Internal: the actor, or 28000.';
 
--- keen.require_admin: the actor, who must be an admin according to keen.users.
+-- keen_private.require_admin: the actor, who must be an admin according to keen.users.
 -- Who: keen's functions (every area). Raises 42501 when there is no actor or it is not an active admin.
-CREATE OR REPLACE FUNCTION keen.require_admin()
+CREATE OR REPLACE FUNCTION keen_private.require_admin()
 RETURNS uuid
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
@@ -196,14 +196,14 @@ BEGIN
     RETURN keen.actor_id();
 END
 $$;
-REVOKE ALL ON FUNCTION keen.require_admin() FROM PUBLIC;
-COMMENT ON FUNCTION keen.require_admin() IS 'Internal: the admin actor, or 42501.';
+REVOKE ALL ON FUNCTION keen_private.require_admin() FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.require_admin() IS 'Internal: the admin actor, or 42501.';
 
--- keen.require_read_committed: the ledger and login rules read what other transactions
+-- keen_private.require_read_committed: the ledger and login rules read what other transactions
 -- committed a moment ago (live holds, failure counts written by the login recorder); in a
 -- REPEATABLE READ or SERIALIZABLE snapshot they would not see it, so those levels are refused.
 -- Who: keen's functions (keen_owner, keen_auth). Raises 25000 at any other isolation level.
-CREATE OR REPLACE FUNCTION keen.require_read_committed()
+CREATE OR REPLACE FUNCTION keen_private.require_read_committed()
 RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, keen, pg_temp
@@ -216,9 +216,9 @@ BEGIN
     END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.require_read_committed() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION keen.require_read_committed() TO keen_auth;
-COMMENT ON FUNCTION keen.require_read_committed() IS 'Internal: 25000 unless the transaction is READ COMMITTED.';
+REVOKE ALL ON FUNCTION keen_private.require_read_committed() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen_private.require_read_committed() TO keen_auth;
+COMMENT ON FUNCTION keen_private.require_read_committed() IS 'Internal: 25000 unless the transaction is READ COMMITTED.';
 
 -- keen.setting_numeric: a numeric platform setting.
 -- Who: keen functions (owner) and keen_app. Raises 22023 for an unknown or non-numeric key.

@@ -5,7 +5,7 @@
 --   * The balance of an account changes only together with a new keen.credit_transactions row
 --     whose amount is the change, in the same statement sequence, under the account row's lock.
 --     So the balance always equals the sum of the account's ledger (keen.verify_ledger).
---   * One lock order per account: the account lock (keen.credit_lock, an advisory lock keyed by
+--   * One lock order per account: the account lock (keen_private.credit_lock, an advisory lock keyed by
 --     the user), then the credit_accounts row, then the account's reservation rows. Concurrent
 --     calls serialize briefly on the account and never deadlock with each other.
 --   * Work per call is constant: spending limits read day/month counters kept in the account
@@ -21,10 +21,10 @@
 -- Internal helpers (owned by keen_owner, executable by nobody else).
 -- ---------------------------------------------------------------------------------------------
 
--- keen.credit_check_amount: refuses a money input that is not a plain positive number.
+-- keen_private.credit_check_amount: refuses a money input that is not a plain positive number.
 -- Who: the ledger functions. Raises 22023 for NULL, NaN, +-Infinity, zero or negative, above
 -- p_max, or more than 6 decimal places (refused, not rounded: money is never silently changed).
-CREATE OR REPLACE FUNCTION keen.credit_check_amount(p_what text, p_value numeric, p_max numeric)
+CREATE OR REPLACE FUNCTION keen_private.credit_check_amount(p_what text, p_value numeric, p_max numeric)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
@@ -41,13 +41,13 @@ BEGIN
     END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.credit_check_amount(text, numeric, numeric) FROM PUBLIC;
-COMMENT ON FUNCTION keen.credit_check_amount(text, numeric, numeric) IS 'Internal: 22023 unless the value is a positive number <= max with at most 6 decimals.';
+REVOKE ALL ON FUNCTION keen_private.credit_check_amount(text, numeric, numeric) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_check_amount(text, numeric, numeric) IS 'Internal: 22023 unless the value is a positive number <= max with at most 6 decimals.';
 
--- keen.credit_check_text: refuses a missing or oversized description or idempotency key.
+-- keen_private.credit_check_text: refuses a missing or oversized description or idempotency key.
 -- Who: the ledger functions. Raises 22023 for a NULL/blank description or one over 1000
 -- characters, and for an idempotency key that is empty or over 255 characters.
-CREATE OR REPLACE FUNCTION keen.credit_check_text(p_description text, p_idempotency_key text)
+CREATE OR REPLACE FUNCTION keen_private.credit_check_text(p_description text, p_idempotency_key text)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
@@ -61,13 +61,13 @@ BEGIN
     END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.credit_check_text(text, text) FROM PUBLIC;
-COMMENT ON FUNCTION keen.credit_check_text(text, text) IS 'Internal: 22023 for a bad description or idempotency key.';
+REVOKE ALL ON FUNCTION keen_private.credit_check_text(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_check_text(text, text) IS 'Internal: 22023 for a bad description or idempotency key.';
 
--- keen.credit_authorize: the actor may act on p_user_id's account: it is that user or an admin.
+-- keen_private.credit_authorize: the actor may act on p_user_id's account: it is that user or an admin.
 -- Who: the ledger functions. Raises 22023 for a NULL user id, 42501 otherwise (for any other
 -- id, existing or not, so the answer tells nothing about other tenants).
-CREATE OR REPLACE FUNCTION keen.credit_authorize(p_user_id uuid)
+CREATE OR REPLACE FUNCTION keen_private.credit_authorize(p_user_id uuid)
 RETURNS void
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
@@ -83,35 +83,35 @@ BEGIN
     END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.credit_authorize(uuid) FROM PUBLIC;
-COMMENT ON FUNCTION keen.credit_authorize(uuid) IS 'Internal: 42501 unless the actor is p_user_id or an admin.';
+REVOKE ALL ON FUNCTION keen_private.credit_authorize(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_authorize(uuid) IS 'Internal: 42501 unless the actor is p_user_id or an admin.';
 
--- keen.credit_lock: the account lock: a transaction-level advisory lock keyed by the user
+-- keen_private.credit_lock: the account lock: a transaction-level advisory lock keyed by the user
 -- (class 1263420242, 'KNCR'; one account per user). Every function that changes an account row
 -- takes it first, then the row. Waiting here instead of on the row lock matters: a contended row
 -- lock is resumed through EvalPlanQual, which evaluates every row-level-security InitPlan of the
 -- statement (the admin and maintenance checks too) while holding the row; queued here, the next
 -- statement starts with a fresh snapshot and the row lock is never contended. A hash collision
 -- between two users only makes them share a queue. Who: the ledger functions. Raises 25000
--- outside READ COMMITTED (keen.require_read_committed).
-CREATE OR REPLACE FUNCTION keen.credit_lock(p_user_id uuid)
+-- outside READ COMMITTED (keen_private.require_read_committed).
+CREATE OR REPLACE FUNCTION keen_private.credit_lock(p_user_id uuid)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
-    PERFORM keen.require_read_committed();
+    PERFORM keen_private.require_read_committed();
     PERFORM pg_catalog.pg_advisory_xact_lock(1263420242, pg_catalog.hashtext(p_user_id::text));
 END
 $$;
-REVOKE ALL ON FUNCTION keen.credit_lock(uuid) FROM PUBLIC;
-COMMENT ON FUNCTION keen.credit_lock(uuid) IS 'Internal: the account lock (advisory, per user), taken before the account row.';
+REVOKE ALL ON FUNCTION keen_private.credit_lock(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_lock(uuid) IS 'Internal: the account lock (advisory, per user), taken before the account row.';
 
--- keen.credit_replay: the first result of an idempotency key on p_user_id's account, or a NULL
+-- keen_private.credit_replay: the first result of an idempotency key on p_user_id's account, or a NULL
 -- row when the key is new. p_kind 'usage' matches a usage or admin_bypass row with the same
 -- Claude cost and session; 'purchase' a purchase of the same amount.
 -- Who: the ledger functions (no lock taken). Raises KN005 when the key was used for anything else.
-CREATE OR REPLACE FUNCTION keen.credit_replay(p_user_id uuid, p_idempotency_key text, p_kind text,
+CREATE OR REPLACE FUNCTION keen_private.credit_replay(p_user_id uuid, p_idempotency_key text, p_kind text,
                                               p_value numeric, p_session_id uuid)
 RETURNS keen.credit_transactions
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -136,13 +136,13 @@ BEGIN
         USING ERRCODE = 'KN005', DETAIL = pg_catalog.format('first used by transaction %s', v_row.id);
 END
 $$;
-REVOKE ALL ON FUNCTION keen.credit_replay(uuid, text, text, numeric, uuid) FROM PUBLIC;
-COMMENT ON FUNCTION keen.credit_replay(uuid, text, text, numeric, uuid) IS 'Internal: first result of an idempotency key, NULL if new, KN005 if it was another request.';
+REVOKE ALL ON FUNCTION keen_private.credit_replay(uuid, text, text, numeric, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_replay(uuid, text, text, numeric, uuid) IS 'Internal: first result of an idempotency key, NULL if new, KN005 if it was another request.';
 
--- keen.credit_live_holds: credits held by the account's live holds (status held, not expired),
+-- keen_private.credit_live_holds: credits held by the account's live holds (status held, not expired),
 -- leaving out p_except_reservation (the hold being captured). Reads the partial index of live
 -- holds only. Who: the ledger functions. Raises nothing.
-CREATE OR REPLACE FUNCTION keen.credit_live_holds(p_account_id uuid, p_except_reservation uuid)
+CREATE OR REPLACE FUNCTION keen_private.credit_live_holds(p_account_id uuid, p_except_reservation uuid)
 RETURNS numeric
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
@@ -156,19 +156,19 @@ BEGIN
                         AND r.id IS DISTINCT FROM p_except_reservation), 0);
 END
 $$;
-REVOKE ALL ON FUNCTION keen.credit_live_holds(uuid, uuid) FROM PUBLIC;
-COMMENT ON FUNCTION keen.credit_live_holds(uuid, uuid) IS 'Internal: sum of the live holds of an account.';
+REVOKE ALL ON FUNCTION keen_private.credit_live_holds(uuid, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_live_holds(uuid, uuid) IS 'Internal: sum of the live holds of an account.';
 
--- keen.credit_check_spend: may the account spend p_amount more credits now? Its available
+-- keen_private.credit_check_spend: may the account spend p_amount more credits now? Its available
 -- balance (balance minus live holds, leaving out p_except_reservation) must cover it, and the
 -- usage of the UTC day and month plus live holds plus p_amount must stay within the limits.
 -- Returns the live holds it counted. Who: the ledger functions, holding the account lock.
 -- Raises KN001 (available balance short), then KN002 (daily, then monthly limit).
-CREATE OR REPLACE FUNCTION keen.credit_check_spend(p_account keen.credit_accounts, p_amount numeric,
+CREATE OR REPLACE FUNCTION keen_private.credit_check_spend(p_account keen.credit_accounts, p_amount numeric,
                                                    p_except_reservation uuid)
 RETURNS numeric
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_holds numeric := 0;
@@ -178,7 +178,7 @@ DECLARE
     v_month_total numeric := CASE WHEN p_account.spent_month >= v_month THEN p_account.spent_month_total ELSE 0 END;
 BEGIN
     IF p_account.live_holds_until > pg_catalog.now() THEN
-        v_holds := keen.credit_live_holds(p_account.id, p_except_reservation);
+        v_holds := keen_private.credit_live_holds(p_account.id, p_except_reservation);
     END IF;
     IF p_account.current_balance - v_holds < p_amount THEN
         RAISE EXCEPTION 'insufficient credits: % available, % required', p_account.current_balance - v_holds, p_amount
@@ -197,14 +197,14 @@ BEGIN
     RETURN v_holds;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.credit_check_spend(keen.credit_accounts, numeric, uuid) FROM PUBLIC;
-COMMENT ON FUNCTION keen.credit_check_spend(keen.credit_accounts, numeric, uuid) IS 'Internal: KN001 / KN002 unless the account may spend this much more now.';
+REVOKE ALL ON FUNCTION keen_private.credit_check_spend(keen.credit_accounts, numeric, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_check_spend(keen.credit_accounts, numeric, uuid) IS 'Internal: KN001 / KN002 unless the account may spend this much more now.';
 
--- keen.credit_request_recharge: records the pending auto-recharge request of a threshold
+-- keen_private.credit_request_recharge: records the pending auto-recharge request of a threshold
 -- crossing; while one is pending for the account, further crossings add nothing.
 -- Who: the ledger functions, when a usage took the balance from at or above the threshold to
 -- below it. Raises nothing.
-CREATE OR REPLACE FUNCTION keen.credit_request_recharge(p_usage keen.credit_transactions)
+CREATE OR REPLACE FUNCTION keen_private.credit_request_recharge(p_usage keen.credit_transactions)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
@@ -219,13 +219,13 @@ BEGIN
     ON CONFLICT (account_id) WHERE status = 'pending' DO NOTHING;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.credit_request_recharge(keen.credit_transactions) FROM PUBLIC;
-COMMENT ON FUNCTION keen.credit_request_recharge(keen.credit_transactions) IS 'Internal: one pending auto-recharge request per threshold crossing.';
+REVOKE ALL ON FUNCTION keen_private.credit_request_recharge(keen.credit_transactions) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_request_recharge(keen.credit_transactions) IS 'Internal: one pending auto-recharge request per threshold crossing.';
 
--- keen.credit_refresh_holds: after a hold ends, sets live_holds_until to the latest expiry of
+-- keen_private.credit_refresh_holds: after a hold ends, sets live_holds_until to the latest expiry of
 -- the holds still live (NULL when none), so deductions take the fast path again at once.
 -- Who: capture and release, holding the account lock. Raises nothing.
-CREATE OR REPLACE FUNCTION keen.credit_refresh_holds(p_account_id uuid)
+CREATE OR REPLACE FUNCTION keen_private.credit_refresh_holds(p_account_id uuid)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
@@ -239,22 +239,22 @@ BEGIN
      WHERE a.id = p_account_id AND a.live_holds_until IS DISTINCT FROM h.until;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.credit_refresh_holds(uuid) FROM PUBLIC;
-COMMENT ON FUNCTION keen.credit_refresh_holds(uuid) IS 'Internal: recompute live_holds_until after a hold ends.';
+REVOKE ALL ON FUNCTION keen_private.credit_refresh_holds(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_refresh_holds(uuid) IS 'Internal: recompute live_holds_until after a hold ends.';
 
--- keen.credit_charge: the general path of a usage charge: an account with live holds, a limit
+-- keen_private.credit_charge: the general path of a usage charge: an account with live holds, a limit
 -- or balance that may refuse, an unlimited account, or the capture of a hold (p_reservation_id,
 -- whose own hold is left out of the live holds). Locks the account row (unless unlimited),
 -- checks, updates the balance and the day/month counters, writes the ledger row.
 -- Who: deduct_credits (when its fast path did not apply) and capture_reservation, after they
 -- validated the input and the actor. Raises P0002 (no account), KN001 (available balance
 -- short), KN002 (daily or monthly limit), KN005 (idempotency key used for another request).
-CREATE OR REPLACE FUNCTION keen.credit_charge(p_user_id uuid, p_claude_cost_usd numeric, p_multiplier numeric,
+CREATE OR REPLACE FUNCTION keen_private.credit_charge(p_user_id uuid, p_claude_cost_usd numeric, p_multiplier numeric,
                                               p_charge numeric, p_session_id uuid, p_description text,
                                               p_idempotency_key text, p_reservation_id uuid, p_metadata jsonb)
 RETURNS keen.credit_transactions
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_account keen.credit_accounts;
@@ -279,22 +279,22 @@ BEGIN
         ON CONFLICT (account_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING * INTO v_row;
         IF NOT FOUND THEN
-            RETURN keen.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
+            RETURN keen_private.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
         END IF;
         RETURN v_row;
     END IF;
 
-    PERFORM keen.credit_lock(p_user_id);
+    PERFORM keen_private.credit_lock(p_user_id);
     SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.id = v_account.id FOR UPDATE;
     -- Under the lock: a retry of the same key that committed meanwhile is now visible.
     IF p_idempotency_key IS NOT NULL THEN
-        v_row := keen.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
+        v_row := keen_private.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
         IF v_row.id IS NOT NULL THEN
             RETURN v_row;
         END IF;
     END IF;
 
-    PERFORM keen.credit_check_spend(v_account, p_charge, p_reservation_id);
+    PERFORM keen_private.credit_check_spend(v_account, p_charge, p_reservation_id);
 
     UPDATE keen.credit_accounts a
        SET current_balance = a.current_balance - p_charge,
@@ -315,18 +315,18 @@ BEGIN
 
     IF v_account.auto_recharge_enabled AND v_row.balance_after < v_account.auto_recharge_threshold
        AND v_account.current_balance >= v_account.auto_recharge_threshold THEN
-        PERFORM keen.credit_request_recharge(v_row);
+        PERFORM keen_private.credit_request_recharge(v_row);
     END IF;
     RETURN v_row;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.credit_charge(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb) FROM PUBLIC;
-COMMENT ON FUNCTION keen.credit_charge(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb) IS 'Internal: the locked path of a usage charge (holds, limits, unlimited accounts, captures).';
+REVOKE ALL ON FUNCTION keen_private.credit_charge(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_charge(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb) IS 'Internal: the locked path of a usage charge (holds, limits, unlimited accounts, captures).';
 
--- keen.credit_hold_replay: the first hold of an idempotency key on the account, or a NULL row
+-- keen_private.credit_hold_replay: the first hold of an idempotency key on the account, or a NULL row
 -- when the key is new. Who: reserve_credits (no lock taken). Raises KN005 when the key was
 -- used for a hold of another estimated cost or session.
-CREATE OR REPLACE FUNCTION keen.credit_hold_replay(p_account_id uuid, p_idempotency_key text,
+CREATE OR REPLACE FUNCTION keen_private.credit_hold_replay(p_account_id uuid, p_idempotency_key text,
                                                    p_estimated_claude_cost_usd numeric, p_session_id uuid)
 RETURNS keen.credit_reservations
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -345,27 +345,27 @@ BEGIN
     RETURN v_res;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.credit_hold_replay(uuid, text, numeric, uuid) FROM PUBLIC;
-COMMENT ON FUNCTION keen.credit_hold_replay(uuid, text, numeric, uuid) IS 'Internal: first hold of an idempotency key, NULL if new, KN005 if it was another hold.';
+REVOKE ALL ON FUNCTION keen_private.credit_hold_replay(uuid, text, numeric, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_hold_replay(uuid, text, numeric, uuid) IS 'Internal: first hold of an idempotency key, NULL if new, KN005 if it was another hold.';
 
--- keen.credit_hold_result: what reserve_credits answers for an existing hold: its id, credits
+-- keen_private.credit_hold_result: what reserve_credits answers for an existing hold: its id, credits
 -- held and expiry, and the account's available balance now. Who: reserve_credits. Raises nothing.
-CREATE OR REPLACE FUNCTION keen.credit_hold_result(p_res keen.credit_reservations)
+CREATE OR REPLACE FUNCTION keen_private.credit_hold_result(p_res keen.credit_reservations)
 RETURNS TABLE (reservation_id uuid, held_credits numeric, expires_at timestamptz, available_balance numeric)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
     RETURN QUERY
     SELECT p_res.id, p_res.held_credits::numeric, p_res.expires_at,
            a.current_balance - CASE WHEN a.live_holds_until > pg_catalog.now()
-                                    THEN keen.credit_live_holds(a.id, NULL) ELSE 0 END
+                                    THEN keen_private.credit_live_holds(a.id, NULL) ELSE 0 END
       FROM keen.credit_accounts a
      WHERE a.id = p_res.account_id;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.credit_hold_result(keen.credit_reservations) FROM PUBLIC;
-COMMENT ON FUNCTION keen.credit_hold_result(keen.credit_reservations) IS 'Internal: reserve_credits'' answer for an existing hold.';
+REVOKE ALL ON FUNCTION keen_private.credit_hold_result(keen.credit_reservations) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_hold_result(keen.credit_reservations) IS 'Internal: reserve_credits'' answer for an existing hold.';
 
 -- ---------------------------------------------------------------------------------------------
 -- The API (CONTRACT.md "Credits").
@@ -381,15 +381,15 @@ CREATE OR REPLACE FUNCTION keen.add_credits(p_user_id uuid, p_amount numeric, p_
                                             p_idempotency_key text DEFAULT NULL)
 RETURNS keen.credit_transactions
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_row keen.credit_transactions;
     v_account_id uuid;
     v_balance numeric;
 BEGIN
-    PERFORM keen.credit_check_amount('p_amount', p_amount, 1000000000);
-    PERFORM keen.credit_check_text(p_description, p_idempotency_key);
+    PERFORM keen_private.credit_check_amount('p_amount', p_amount, 1000000000);
+    PERFORM keen_private.credit_check_text(p_description, p_idempotency_key);
     IF p_user_id IS NULL THEN
         RAISE EXCEPTION 'p_user_id is required' USING ERRCODE = '22023';
     END IF;
@@ -397,13 +397,13 @@ BEGIN
         RAISE EXCEPTION 'only an admin may add credits' USING ERRCODE = '42501';
     END IF;
     IF p_idempotency_key IS NOT NULL THEN
-        v_row := keen.credit_replay(p_user_id, p_idempotency_key, 'purchase', p_amount, NULL);
+        v_row := keen_private.credit_replay(p_user_id, p_idempotency_key, 'purchase', p_amount, NULL);
         IF v_row.id IS NOT NULL THEN
             RETURN v_row;
         END IF;
     END IF;
 
-    PERFORM keen.credit_lock(p_user_id);
+    PERFORM keen_private.credit_lock(p_user_id);
     UPDATE keen.credit_accounts a
        SET current_balance = a.current_balance + p_amount,
            lifetime_purchased = a.lifetime_purchased + p_amount,
@@ -429,10 +429,10 @@ BEGIN
            SET current_balance = a.current_balance - p_amount,
                lifetime_purchased = a.lifetime_purchased - p_amount
          WHERE a.id = v_account_id;
-        RETURN keen.credit_replay(p_user_id, p_idempotency_key, 'purchase', p_amount, NULL);
+        RETURN keen_private.credit_replay(p_user_id, p_idempotency_key, 'purchase', p_amount, NULL);
     END IF;
 
-    PERFORM keen.write_audit('credits', 'grant', p_user_id,
+    PERFORM keen_private.write_audit('credits', 'grant', p_user_id,
                              pg_catalog.jsonb_build_object('transaction_id', v_row.id, 'amount', p_amount,
                                                            'balance_after', v_balance, 'description', p_description),
                              'medium');
@@ -450,7 +450,7 @@ COMMENT ON FUNCTION keen.add_credits(uuid, numeric, text, text) IS 'Admin: a pur
 -- only when the balance and limits cover the charge and no hold can be live) and appends the
 -- ledger row; the lock is held for that statement and the commit, nothing else. Anything else
 -- (short balance, limit, holds, unlimited, no account, a racing retry) takes the general path,
--- keen.credit_charge, which also decides the error.
+-- keen_private.credit_charge, which also decides the error.
 -- Who: the account's owner or an admin.
 -- Raises 22023 (cost NULL, NaN, infinite, zero or negative, over 1,000,000 USD, more than 6
 -- decimals; a bad description or key, or a key in complete_session's reserved
@@ -464,7 +464,7 @@ CREATE OR REPLACE FUNCTION keen.deduct_credits(p_user_id uuid, p_claude_cost_usd
                                                p_idempotency_key text DEFAULT NULL)
 RETURNS keen.credit_transactions
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_row keen.credit_transactions;
@@ -484,21 +484,21 @@ BEGIN
        OR p_claude_cost_usd <> pg_catalog.round(p_claude_cost_usd, 6)
        OR p_description IS NULL OR pg_catalog.length(p_description) NOT BETWEEN 1 AND 1000
        OR pg_catalog.length(p_idempotency_key) NOT BETWEEN 1 AND 255 OR p_user_id IS NULL THEN
-        PERFORM keen.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
-        PERFORM keen.credit_check_text(p_description, p_idempotency_key);
-        PERFORM keen.credit_authorize(p_user_id);
+        PERFORM keen_private.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
+        PERFORM keen_private.credit_check_text(p_description, p_idempotency_key);
+        PERFORM keen_private.credit_authorize(p_user_id);
     END IF;
     IF pg_catalog.btrim(p_description) = '' THEN
-        PERFORM keen.credit_check_text(p_description, p_idempotency_key);
+        PERFORM keen_private.credit_check_text(p_description, p_idempotency_key);
     END IF;
     -- The owner, or else an admin (42501): before any lock, so that nobody can hold another
     -- user's account lock.
     IF p_user_id IS DISTINCT FROM keen.actor_id() THEN
-        PERFORM keen.credit_authorize(p_user_id);
+        PERFORM keen_private.credit_authorize(p_user_id);
     END IF;
     -- A retry answers from the ledger without touching the account row.
     IF p_idempotency_key IS NOT NULL THEN
-        v_row := keen.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
+        v_row := keen_private.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
         IF v_row.id IS NOT NULL THEN
             RETURN v_row;
         END IF;
@@ -515,9 +515,9 @@ BEGIN
         RAISE EXCEPTION 'a cost of % USD rounds to a charge of 0 credits', p_claude_cost_usd USING ERRCODE = '22023';
     END IF;
 
-    -- The account lock (see keen.credit_lock, written out: the hot path), then one statement under it.
+    -- The account lock (see keen_private.credit_lock, written out: the hot path), then one statement under it.
     IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
-        PERFORM keen.require_read_committed();
+        PERFORM keen_private.require_read_committed();
     END IF;
     PERFORM pg_catalog.pg_advisory_xact_lock(1263420242, pg_catalog.hashtext(p_user_id::text));
     WITH charged AS (
@@ -562,7 +562,7 @@ BEGIN
     -- key committed between the look-up and the lock (its row won the unique index).
     SELECT x.* INTO v_row FROM charged c LEFT JOIN appended x ON true;
     IF NOT FOUND THEN
-        RETURN keen.credit_charge(p_user_id, p_claude_cost_usd, v_multiplier, v_charge, p_session_id,
+        RETURN keen_private.credit_charge(p_user_id, p_claude_cost_usd, v_multiplier, v_charge, p_session_id,
                                   p_description, p_idempotency_key, NULL, '{}'::jsonb);
     END IF;
     IF v_row.id IS NULL THEN
@@ -573,7 +573,7 @@ BEGIN
                spent_day_total = a.spent_day_total - v_charge,
                spent_month_total = a.spent_month_total - v_charge
          WHERE a.user_id = p_user_id;
-        RETURN keen.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
+        RETURN keen_private.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
     END IF;
     RETURN v_row;
 END
@@ -597,7 +597,7 @@ CREATE OR REPLACE FUNCTION keen.reserve_credits(p_user_id uuid, p_estimated_clau
                                                 p_idempotency_key text DEFAULT NULL)
 RETURNS TABLE (reservation_id uuid, held_credits numeric, expires_at timestamptz, available_balance numeric)
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -607,12 +607,12 @@ DECLARE
     v_held numeric;
     v_holds numeric := 0;
 BEGIN
-    PERFORM keen.credit_check_amount('p_estimated_claude_cost_usd', p_estimated_claude_cost_usd, 1000000);
-    PERFORM keen.credit_check_text('a hold', p_idempotency_key);  -- the key only: holds carry no description
+    PERFORM keen_private.credit_check_amount('p_estimated_claude_cost_usd', p_estimated_claude_cost_usd, 1000000);
+    PERFORM keen_private.credit_check_text('a hold', p_idempotency_key);  -- the key only: holds carry no description
     IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > interval '7 days' THEN
         RAISE EXCEPTION 'p_ttl must be above 0 and at most 7 days' USING ERRCODE = '22023';
     END IF;
-    PERFORM keen.credit_authorize(p_user_id);
+    PERFORM keen_private.credit_authorize(p_user_id);
 
     SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.user_id = p_user_id;
     IF NOT FOUND THEN
@@ -620,9 +620,9 @@ BEGIN
     END IF;
     -- A retry answers without the account lock.
     IF p_idempotency_key IS NOT NULL THEN
-        v_res := keen.credit_hold_replay(v_account.id, p_idempotency_key, p_estimated_claude_cost_usd, p_session_id);
+        v_res := keen_private.credit_hold_replay(v_account.id, p_idempotency_key, p_estimated_claude_cost_usd, p_session_id);
         IF v_res.id IS NOT NULL THEN
-            RETURN QUERY SELECT * FROM keen.credit_hold_result(v_res);
+            RETURN QUERY SELECT * FROM keen_private.credit_hold_result(v_res);
             RETURN;
         END IF;
     END IF;
@@ -631,13 +631,13 @@ BEGIN
     ) THEN
         RAISE EXCEPTION 'session % not found', p_session_id USING ERRCODE = 'P0002';
     END IF;
-    PERFORM keen.credit_lock(p_user_id);
+    PERFORM keen_private.credit_lock(p_user_id);
     SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.id = v_account.id FOR UPDATE;
     -- Under the lock: a retry of the same key that committed meanwhile is now visible.
     IF p_idempotency_key IS NOT NULL THEN
-        v_res := keen.credit_hold_replay(v_account.id, p_idempotency_key, p_estimated_claude_cost_usd, p_session_id);
+        v_res := keen_private.credit_hold_replay(v_account.id, p_idempotency_key, p_estimated_claude_cost_usd, p_session_id);
         IF v_res.id IS NOT NULL THEN
-            RETURN QUERY SELECT * FROM keen.credit_hold_result(v_res);
+            RETURN QUERY SELECT * FROM keen_private.credit_hold_result(v_res);
             RETURN;
         END IF;
     END IF;
@@ -651,7 +651,7 @@ BEGIN
             RAISE EXCEPTION 'a cost of % USD rounds to a hold of 0 credits', p_estimated_claude_cost_usd
                 USING ERRCODE = '22023';
         END IF;
-        v_holds := keen.credit_check_spend(v_account, v_held, NULL);
+        v_holds := keen_private.credit_check_spend(v_account, v_held, NULL);
     END IF;
 
     INSERT INTO keen.credit_reservations AS r
@@ -683,20 +683,20 @@ CREATE OR REPLACE FUNCTION keen.capture_reservation(p_reservation_id uuid, p_cla
                                                     p_description text DEFAULT 'Agent execution')
 RETURNS keen.credit_transactions
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_res keen.credit_reservations;
     v_row keen.credit_transactions;
     v_charge numeric;
 BEGIN
-    PERFORM keen.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
-    PERFORM keen.credit_check_text(p_description, NULL);
+    PERFORM keen_private.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
+    PERFORM keen_private.credit_check_text(p_description, NULL);
     SELECT r.* INTO v_res FROM keen.credit_reservations r WHERE r.id = p_reservation_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'reservation % not found', p_reservation_id USING ERRCODE = 'P0002';
     END IF;
-    PERFORM keen.credit_authorize(v_res.user_id);
+    PERFORM keen_private.credit_authorize(v_res.user_id);
     v_charge := pg_catalog.round(p_claude_cost_usd * v_res.markup_multiplier, 6);
     IF v_charge <= 0 THEN
         RAISE EXCEPTION 'a cost of % USD rounds to a charge of 0 credits; release the hold instead', p_claude_cost_usd
@@ -704,7 +704,7 @@ BEGIN
     END IF;
 
     -- Account first, then the hold: the one lock order of the ledger.
-    PERFORM keen.credit_lock(v_res.user_id);
+    PERFORM keen_private.credit_lock(v_res.user_id);
     PERFORM 1 FROM keen.credit_accounts a WHERE a.id = v_res.account_id FOR UPDATE;
     SELECT r.* INTO v_res FROM keen.credit_reservations r WHERE r.id = p_reservation_id;
     IF v_res.status <> 'held' OR v_res.expires_at <= pg_catalog.now() THEN
@@ -713,14 +713,14 @@ BEGIN
             USING ERRCODE = 'KN003';
     END IF;
 
-    v_row := keen.credit_charge(v_res.user_id, p_claude_cost_usd, v_res.markup_multiplier, v_charge, v_res.session_id,
+    v_row := keen_private.credit_charge(v_res.user_id, p_claude_cost_usd, v_res.markup_multiplier, v_charge, v_res.session_id,
                                 p_description, NULL, v_res.id,
                                 pg_catalog.jsonb_build_object('reservation_id', v_res.id, 'held_credits', v_res.held_credits,
                                                               'estimated_claude_cost_usd', v_res.estimated_claude_cost_usd));
     UPDATE keen.credit_reservations r
        SET status = 'captured', ended_at = pg_catalog.now(), transaction_id = v_row.id
      WHERE r.id = v_res.id;
-    PERFORM keen.credit_refresh_holds(v_res.account_id);
+    PERFORM keen_private.credit_refresh_holds(v_res.account_id);
     RETURN v_row;
 END
 $$;
@@ -734,7 +734,7 @@ COMMENT ON FUNCTION keen.capture_reservation(uuid, numeric, text) IS 'Charges th
 CREATE OR REPLACE FUNCTION keen.release_reservation(p_reservation_id uuid)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_res keen.credit_reservations;
@@ -743,9 +743,9 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'reservation % not found', p_reservation_id USING ERRCODE = 'P0002';
     END IF;
-    PERFORM keen.credit_authorize(v_res.user_id);
+    PERFORM keen_private.credit_authorize(v_res.user_id);
     -- Account first, then the hold: the one lock order of the ledger.
-    PERFORM keen.credit_lock(v_res.user_id);
+    PERFORM keen_private.credit_lock(v_res.user_id);
     PERFORM 1 FROM keen.credit_accounts a WHERE a.id = v_res.account_id FOR UPDATE;
     UPDATE keen.credit_reservations r
        SET status = 'released', ended_at = pg_catalog.now()
@@ -757,7 +757,7 @@ BEGIN
                         CASE WHEN v_res.status = 'held' THEN 'expired' ELSE v_res.status END
             USING ERRCODE = 'KN003';
     END IF;
-    PERFORM keen.credit_refresh_holds(v_res.account_id);
+    PERFORM keen_private.credit_refresh_holds(v_res.account_id);
 END
 $$;
 REVOKE ALL ON FUNCTION keen.release_reservation(uuid) FROM PUBLIC;
@@ -772,18 +772,18 @@ RETURNS TABLE (user_id uuid, current_balance numeric, available_balance numeric,
                lifetime_spent numeric, unlimited_credits boolean, daily_limit numeric, monthly_limit numeric,
                spent_today numeric, spent_this_month numeric)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
     v_today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
     v_month date := pg_catalog.date_trunc('month', (pg_catalog.now() AT TIME ZONE 'UTC'))::date;
 BEGIN
-    PERFORM keen.credit_authorize(p_user_id);
+    PERFORM keen_private.credit_authorize(p_user_id);
     RETURN QUERY
     SELECT a.user_id, a.current_balance::numeric,
            a.current_balance - CASE WHEN a.live_holds_until > pg_catalog.now()
-                                    THEN keen.credit_live_holds(a.id, NULL) ELSE 0 END,
+                                    THEN keen_private.credit_live_holds(a.id, NULL) ELSE 0 END,
            a.lifetime_purchased::numeric, a.lifetime_spent::numeric, a.unlimited_credits,
            a.daily_limit::numeric, a.monthly_limit::numeric,
            CASE WHEN a.spent_day >= v_today THEN a.spent_day_total ELSE 0 END::numeric,
@@ -807,17 +807,17 @@ COMMENT ON FUNCTION keen.get_balance(uuid) IS 'Balance, available balance, lifet
 CREATE OR REPLACE FUNCTION keen.set_spending_limits(p_user_id uuid, p_daily_limit numeric, p_monthly_limit numeric)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
     IF p_daily_limit IS DISTINCT FROM 0 AND p_daily_limit IS NOT NULL THEN
-        PERFORM keen.credit_check_amount('p_daily_limit', p_daily_limit, 1000000000000);
+        PERFORM keen_private.credit_check_amount('p_daily_limit', p_daily_limit, 1000000000000);
     END IF;
     IF p_monthly_limit IS DISTINCT FROM 0 AND p_monthly_limit IS NOT NULL THEN
-        PERFORM keen.credit_check_amount('p_monthly_limit', p_monthly_limit, 1000000000000);
+        PERFORM keen_private.credit_check_amount('p_monthly_limit', p_monthly_limit, 1000000000000);
     END IF;
-    PERFORM keen.credit_authorize(p_user_id);
-    PERFORM keen.credit_lock(p_user_id);
+    PERFORM keen_private.credit_authorize(p_user_id);
+    PERFORM keen_private.credit_lock(p_user_id);
     UPDATE keen.credit_accounts a
        SET daily_limit = p_daily_limit, monthly_limit = p_monthly_limit, updated_at = pg_catalog.now()
      WHERE a.user_id = p_user_id;
@@ -838,7 +838,7 @@ COMMENT ON FUNCTION keen.set_spending_limits(uuid, numeric, numeric) IS 'Daily a
 CREATE OR REPLACE FUNCTION keen.validate_credits(p_user_id uuid, p_claude_cost_usd numeric)
 RETURNS TABLE (sufficient boolean, current_balance numeric, required numeric, shortfall numeric, unlimited boolean)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -846,15 +846,15 @@ DECLARE
     v_required numeric;
     v_available numeric;
 BEGIN
-    PERFORM keen.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
-    PERFORM keen.credit_authorize(p_user_id);
+    PERFORM keen_private.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
+    PERFORM keen_private.credit_authorize(p_user_id);
     SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.user_id = p_user_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no credit account for user %', p_user_id USING ERRCODE = 'P0002';
     END IF;
     v_required := pg_catalog.round(p_claude_cost_usd * keen.setting_numeric('markup_multiplier')::numeric(10,4), 6);
     v_available := v_account.current_balance - CASE WHEN v_account.live_holds_until > pg_catalog.now()
-                                                    THEN keen.credit_live_holds(v_account.id, NULL) ELSE 0 END;
+                                                    THEN keen_private.credit_live_holds(v_account.id, NULL) ELSE 0 END;
     RETURN QUERY SELECT v_account.unlimited_credits OR v_available >= v_required,
                         v_account.current_balance::numeric,
                         v_required,
@@ -872,13 +872,13 @@ COMMENT ON FUNCTION keen.validate_credits(uuid, numeric) IS 'Would this cost be 
 CREATE OR REPLACE FUNCTION keen.credit_history(p_user_id uuid, p_limit int DEFAULT 100)
 RETURNS SETOF keen.credit_transactions
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'p_limit must be between 1 and 1000' USING ERRCODE = '22023';
     END IF;
-    PERFORM keen.credit_authorize(p_user_id);
+    PERFORM keen_private.credit_authorize(p_user_id);
     IF NOT EXISTS (SELECT 1 FROM keen.credit_accounts a WHERE a.user_id = p_user_id) THEN
         RAISE EXCEPTION 'no credit account for user %', p_user_id USING ERRCODE = 'P0002';
     END IF;
@@ -934,7 +934,7 @@ COMMENT ON FUNCTION keen.verify_ledger() IS 'Per account: balance = sum of its l
 CREATE OR REPLACE FUNCTION keen.refund_credits(p_transaction_id uuid, p_reason text, p_amount numeric DEFAULT NULL)
 RETURNS keen.credit_transactions
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_original keen.credit_transactions;
@@ -944,9 +944,9 @@ DECLARE
     v_delta numeric;
     v_holds numeric := 0;
 BEGIN
-    PERFORM keen.credit_check_text(p_reason, NULL);
+    PERFORM keen_private.credit_check_text(p_reason, NULL);
     IF p_amount IS NOT NULL THEN
-        PERFORM keen.credit_check_amount('p_amount', p_amount, 1000000000);
+        PERFORM keen_private.credit_check_amount('p_amount', p_amount, 1000000000);
     END IF;
     IF NOT keen.actor_is_admin() THEN
         RAISE EXCEPTION 'only an admin may refund credits' USING ERRCODE = '42501';
@@ -966,7 +966,7 @@ BEGIN
     END IF;
     v_delta := CASE WHEN v_original.transaction_type = 'usage' THEN v_amount ELSE -v_amount END;
 
-    PERFORM keen.credit_lock(v_original.user_id);
+    PERFORM keen_private.credit_lock(v_original.user_id);
     SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.id = v_original.account_id FOR UPDATE;
     -- Under the lock: a concurrent refund of the same transaction has committed or never will.
     IF EXISTS (SELECT 1 FROM keen.credit_transactions t WHERE t.refund_of = v_original.id) THEN
@@ -974,7 +974,7 @@ BEGIN
     END IF;
     IF v_delta < 0 THEN
         IF v_account.live_holds_until > pg_catalog.now() THEN
-            v_holds := keen.credit_live_holds(v_account.id, NULL);
+            v_holds := keen_private.credit_live_holds(v_account.id, NULL);
         END IF;
         IF v_account.current_balance - v_holds < v_amount THEN
             RAISE EXCEPTION 'insufficient credits to refund the purchase: % available, % to refund',
@@ -1000,7 +1000,7 @@ BEGIN
             v_original.id)
     RETURNING * INTO v_row;
 
-    PERFORM keen.write_audit('credits', 'refund', v_original.user_id,
+    PERFORM keen_private.write_audit('credits', 'refund', v_original.user_id,
                              pg_catalog.jsonb_build_object('transaction_id', v_row.id, 'refund_of', v_original.id,
                                                            'amount', v_delta, 'reason', p_reason),
                              'medium');
@@ -1023,20 +1023,20 @@ CREATE OR REPLACE FUNCTION keen.set_auto_recharge(p_user_id uuid, p_enabled bool
                                                   p_threshold numeric DEFAULT NULL, p_amount numeric DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
     IF p_enabled IS NULL THEN
         RAISE EXCEPTION 'p_enabled is required' USING ERRCODE = '22023';
     END IF;
     IF p_threshold IS DISTINCT FROM 0 AND p_threshold IS NOT NULL THEN
-        PERFORM keen.credit_check_amount('p_threshold', p_threshold, 1000000000);
+        PERFORM keen_private.credit_check_amount('p_threshold', p_threshold, 1000000000);
     END IF;
     IF p_amount IS NOT NULL THEN
-        PERFORM keen.credit_check_amount('p_amount', p_amount, 1000000000);
+        PERFORM keen_private.credit_check_amount('p_amount', p_amount, 1000000000);
     END IF;
-    PERFORM keen.credit_authorize(p_user_id);
-    PERFORM keen.credit_lock(p_user_id);
+    PERFORM keen_private.credit_authorize(p_user_id);
+    PERFORM keen_private.credit_lock(p_user_id);
     UPDATE keen.credit_accounts a
        SET auto_recharge_enabled = p_enabled,
            auto_recharge_threshold = COALESCE(p_threshold, a.auto_recharge_threshold),

@@ -7,7 +7,7 @@
 -- Lock order: a parent's row before a child is inserted under it (create_session); a session's
 -- own row before anything that changes it, then the credit account (inside deduct_credits).
 
--- keen.agent_sessions_tree_path: BEFORE INSERT trigger. Fills session_depth, root_session_id
+-- keen_private.agent_sessions_tree_path: BEFORE INSERT trigger. Fills session_depth, root_session_id
 -- and tree_path from the parent row (same user), so that direct inserts (bulk loads,
 -- benchmarks) keep the tree consistent too; on UPDATE it refuses any change of the tree's shape.
 -- Who: fires for every writer. SECURITY INVOKER on purpose: inside the API functions the invoker
@@ -18,7 +18,7 @@
 -- growing table once a row (measured: 100,000 rows after 10,000 took 97-161 s instead of 4.5 s).
 -- Raises: 23503 when the parent is absent or another user's; 22023 on a change of
 -- parent_session_id, session_depth, tree_path, root_session_id, id or user_id.
-CREATE OR REPLACE FUNCTION keen.agent_sessions_tree_path()
+CREATE OR REPLACE FUNCTION keen_private.agent_sessions_tree_path()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, keen, pg_temp
@@ -57,23 +57,23 @@ BEGIN
     RETURN NEW;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.agent_sessions_tree_path() FROM PUBLIC;
-COMMENT ON FUNCTION keen.agent_sessions_tree_path() IS 'Trigger: fills session_depth, root_session_id and tree_path from the parent; the tree shape is fixed.';
+REVOKE ALL ON FUNCTION keen_private.agent_sessions_tree_path() FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.agent_sessions_tree_path() IS 'Trigger: fills session_depth, root_session_id and tree_path from the parent; the tree shape is fixed.';
 
 DROP TRIGGER IF EXISTS agent_sessions_tree_path ON keen.agent_sessions;
 CREATE TRIGGER agent_sessions_tree_path
     BEFORE INSERT ON keen.agent_sessions
-    FOR EACH ROW EXECUTE FUNCTION keen.agent_sessions_tree_path();
+    FOR EACH ROW EXECUTE FUNCTION keen_private.agent_sessions_tree_path();
 DROP TRIGGER IF EXISTS agent_sessions_tree_fixed ON keen.agent_sessions;
 CREATE TRIGGER agent_sessions_tree_fixed
     BEFORE UPDATE OF parent_session_id, session_depth, tree_path, root_session_id, id, user_id ON keen.agent_sessions
-    FOR EACH ROW EXECUTE FUNCTION keen.agent_sessions_tree_path();
+    FOR EACH ROW EXECUTE FUNCTION keen_private.agent_sessions_tree_path();
 
--- keen.lock_session: the session row, locked (FOR NO KEY UPDATE) for a change.
+-- keen_private.lock_session: the session row, locked (FOR NO KEY UPDATE) for a change.
 -- Who: the functions of this file only (no EXECUTE for keen_app).
 -- Raises: P0002 when the session is absent or another tenant's; KN004 when p_running and the
 -- session is no longer running.
-CREATE OR REPLACE FUNCTION keen.lock_session(p_id uuid, p_running boolean)
+CREATE OR REPLACE FUNCTION keen_private.lock_session(p_id uuid, p_running boolean)
 RETURNS keen.agent_sessions
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
@@ -92,8 +92,8 @@ BEGIN
     RETURN v_session;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.lock_session(uuid, boolean) FROM PUBLIC;
-COMMENT ON FUNCTION keen.lock_session(uuid, boolean) IS 'Internal: locks a visible session (P0002), optionally one still running (KN004).';
+REVOKE ALL ON FUNCTION keen_private.lock_session(uuid, boolean) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.lock_session(uuid, boolean) IS 'Internal: locks a visible session (P0002), optionally one still running (KN004).';
 
 -- keen.create_session: starts an agent session, a root or the child of p_parent_id.
 -- Depth is the parent's + 1. The deepest depth allowed in a tree is the least of the
@@ -260,7 +260,7 @@ CREATE OR REPLACE FUNCTION keen.record_phase_transition(p_id uuid, p_to_phase te
                                                         p_phase_metadata jsonb DEFAULT '{}')
 RETURNS keen.phase_transitions
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_now timestamptz := pg_catalog.clock_timestamp();
@@ -281,7 +281,7 @@ BEGIN
         RAISE EXCEPTION 'estimated time remaining longer than 255 characters' USING ERRCODE = '22023';
     END IF;
 
-    v_session := keen.lock_session(p_id, true);
+    v_session := keen_private.lock_session(p_id, true);
     IF v_session.current_phase = p_to_phase THEN
         RAISE EXCEPTION 'session % is already in phase %', v_session.session_id, p_to_phase
             USING ERRCODE = 'KN004';
@@ -320,7 +320,7 @@ CREATE OR REPLACE FUNCTION keen.update_session_progress(p_id uuid, p_current_pha
                                                         p_context_tokens_used bigint DEFAULT NULL)
 RETURNS keen.agent_sessions
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_session keen.agent_sessions;
@@ -333,7 +333,7 @@ BEGIN
         RAISE EXCEPTION 'progress counters cannot be negative' USING ERRCODE = '22023';
     END IF;
 
-    v_session := keen.lock_session(p_id, true);
+    v_session := keen_private.lock_session(p_id, true);
     IF p_current_phase IS NOT NULL AND p_current_phase <> v_session.current_phase THEN
         PERFORM keen.record_phase_transition(p_id, p_current_phase);
     END IF;
@@ -356,7 +356,7 @@ COMMENT ON FUNCTION keen.update_session_progress(uuid, text, integer, integer, b
 
 -- keen.complete_session: ends a running session, in one transaction: status completed (p_success)
 -- or failed, success, end_time, files, error, report; for a cost above 0 the charge by the
--- rules of keen.deduct_credits (its input checks and its locked path, keen.credit_charge) on the
+-- rules of keen.deduct_credits (its input checks and its locked path, keen_private.credit_charge) on the
 -- owner's account with the idempotency key 'session-complete:<id>', a key deduct_credits
 -- reserves for this function (the admin bypass, limits and the ledger are its rules); the
 -- session's claude_cost_usd and keen_cost_credits (the credits actually charged: 0 for an
@@ -378,7 +378,7 @@ CREATE OR REPLACE FUNCTION keen.complete_session(p_id uuid, p_success boolean,
                                                  p_completion_report jsonb DEFAULT NULL)
 RETURNS keen.agent_sessions
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_session keen.agent_sessions;
@@ -394,17 +394,17 @@ BEGIN
         RAISE EXCEPTION 'claude cost must be a finite amount of 0 or more' USING ERRCODE = '22023';
     END IF;
 
-    v_session := keen.lock_session(p_id, true);
+    v_session := keen_private.lock_session(p_id, true);
     IF p_claude_cost_usd > 0 THEN
-        -- deduct_credits' input rules, then its locked path (keen.credit_charge) under the key
+        -- deduct_credits' input rules, then its locked path (keen_private.credit_charge) under the key
         -- 'session-complete:<id>', which deduct_credits refuses to anyone else: nobody can
         -- claim it first and leave the session uncompletable.
-        PERFORM keen.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
+        PERFORM keen_private.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
         v_multiplier := keen.setting_numeric('markup_multiplier');
         IF pg_catalog.round(p_claude_cost_usd * v_multiplier, 6) <= 0 THEN
             RAISE EXCEPTION 'a cost of % USD rounds to a charge of 0 credits', p_claude_cost_usd USING ERRCODE = '22023';
         END IF;
-        v_charge := keen.credit_charge(v_session.user_id, p_claude_cost_usd, v_multiplier,
+        v_charge := keen_private.credit_charge(v_session.user_id, p_claude_cost_usd, v_multiplier,
                                        pg_catalog.round(p_claude_cost_usd * v_multiplier, 6), p_id,
                                        'Agent session ' || v_session.session_id, 'session-complete:' || p_id,
                                        NULL, '{}'::jsonb);
@@ -448,7 +448,7 @@ COMMENT ON FUNCTION keen.complete_session(uuid, boolean, numeric, text[], text[]
 CREATE OR REPLACE FUNCTION keen.cancel_session(p_id uuid, p_reason text DEFAULT NULL)
 RETURNS SETOF keen.agent_sessions
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_session keen.agent_sessions;
@@ -456,7 +456,7 @@ DECLARE
     v_ids uuid[];
     v_more uuid[];
 BEGIN
-    v_session := keen.lock_session(p_id, true);
+    v_session := keen_private.lock_session(p_id, true);
     v_ids := ARRAY[p_id];
     UPDATE keen.agent_sessions s
        SET execution_status = 'cancelled', success = false, error_message = v_reason,
@@ -639,7 +639,7 @@ CREATE OR REPLACE FUNCTION keen.record_tool_execution(p_session_id uuid, p_tool_
                                                       p_execution_context jsonb DEFAULT '{}')
 RETURNS keen.tool_executions
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_session keen.agent_sessions;
@@ -661,7 +661,7 @@ BEGIN
         RAISE EXCEPTION 'tool parameters and execution context must be JSON objects' USING ERRCODE = '22023';
     END IF;
 
-    v_session := keen.lock_session(p_session_id, true);
+    v_session := keen_private.lock_session(p_session_id, true);
     INSERT INTO keen.tool_executions (session_id, user_id, tool_name, tool_parameters, execution_time_ms,
                                       success, result_data, error_message, tokens_consumed, cost,
                                       execution_context)
@@ -699,7 +699,7 @@ CREATE OR REPLACE FUNCTION keen.record_git_operation(p_session_id uuid, p_operat
                                                      p_error_message text DEFAULT NULL)
 RETURNS keen.git_operations
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_session keen.agent_sessions;
@@ -719,7 +719,7 @@ BEGIN
         RAISE EXCEPTION 'success is required and line counts cannot be negative' USING ERRCODE = '22023';
     END IF;
 
-    v_session := keen.lock_session(p_session_id, true);
+    v_session := keen_private.lock_session(p_session_id, true);
     INSERT INTO keen.git_operations (session_id, user_id, operation_type, branch_name, commit_hash,
                                      commit_message, files_changed, lines_added, lines_deleted,
                                      merge_conflicts, success, error_message)

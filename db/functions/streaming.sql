@@ -1,6 +1,7 @@
 -- streaming.sql: live connections, the event stream and its retention.
--- The partition machinery (keen.prepare_event_partitions, keen.secure_event_partition) is in
--- migration 0006, which calls it before this file exists on a fresh install.
+-- The partition machinery began in migration 0006 (which called it before this file existed);
+-- keen_private.secure_event_partition and keen_private.may_manage_event_partitions stay defined
+-- there (moved to keen_private by 0009), keen.prepare_event_partitions is maintained here.
 --
 -- Ordering guarantee of the stream: for one session, an event with a higher event_id is never
 -- visible (committed) before an event with a lower one. keen.emit_event takes a
@@ -14,16 +15,93 @@
 -- each other's commit, so an emitting transaction should commit promptly; one transaction
 -- emitting into two sessions locks them in the order it emits (emit in a fixed order).
 
--- The actor check is core.sql's keen.require_actor (this file had its own copy).
+-- keen.prepare_event_partitions: creates the monthly partitions (UTC months) of
+-- keen.streaming_events for the month of p_from and the p_months_ahead months after it, each
+-- named streaming_events_yYYYYmMM and secured like its parent. Rows of such a month that were
+-- caught by the default partition are moved into the new partition first, so creating a
+-- partition never fails. Months that already have a partition are skipped. Returns one row
+-- per partition created.
+-- Who: the maintenance role, an admin actor, or a superuser session (migrations, operators);
+-- run it from cron (e.g. daily) so the coming months always exist ahead of time.
+-- Raises 42501 for anyone else; 22023 for p_months_ahead outside 0..120 or a NULL or
+-- infinite p_from.
+CREATE OR REPLACE FUNCTION keen.prepare_event_partitions(p_months_ahead integer DEFAULT 2,
+                                                        p_from timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, rows_moved bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, keen_private, pg_temp
+AS $$
+DECLARE
+    v_first timestamp;
+    v_month timestamp;
+    v_name text;
+    v_moved bigint;
+BEGIN
+    IF NOT keen_private.may_manage_event_partitions() THEN
+        RAISE EXCEPTION 'only the maintenance role or an admin may prepare event partitions'
+            USING ERRCODE = '42501';
+    END IF;
+    IF p_months_ahead IS NULL OR p_months_ahead < 0 OR p_months_ahead > 120 THEN
+        RAISE EXCEPTION 'p_months_ahead must be between 0 and 120' USING ERRCODE = '22023';
+    END IF;
+    IF p_from IS NULL OR NOT pg_catalog.isfinite(p_from) THEN
+        RAISE EXCEPTION 'p_from must be a finite timestamp' USING ERRCODE = '22023';
+    END IF;
+
+    -- One partition maintainer at a time (prepare and drop take the same lock).
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('keen.streaming_events partitions'));
+
+    v_first := pg_catalog.date_trunc('month', p_from AT TIME ZONE 'UTC');
+    FOR i IN 0 .. p_months_ahead LOOP
+        v_month := v_first + pg_catalog.make_interval(months => i);
+        v_name := 'streaming_events_' || pg_catalog.to_char(v_month, '"y"YYYY"m"MM');
+        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                               WHERE c.relnamespace = 'keen'::regnamespace AND c.relname = v_name);
+
+        partition_name := v_name;
+        range_start := v_month AT TIME ZONE 'UTC';
+        range_end := (v_month + interval '1 month') AT TIME ZONE 'UTC';
+
+        -- The owner reads the default partition around its policy for the move only, inside
+        -- this transaction, which holds the default partition's ACCESS EXCLUSIVE lock from
+        -- here to commit: nobody can write or read it in between.
+        ALTER TABLE keen.streaming_events_default NO FORCE ROW LEVEL SECURITY;
+        EXECUTE pg_catalog.format(
+            'CREATE TABLE keen.%I (LIKE keen.streaming_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', v_name);
+        EXECUTE pg_catalog.format(
+            'WITH moved AS (DELETE FROM keen.streaming_events_default d
+                             WHERE d.created_at >= $1 AND d.created_at < $2 RETURNING d.*)
+             INSERT INTO keen.%I SELECT * FROM moved', v_name)
+            USING range_start, range_end;
+        GET DIAGNOSTICS v_moved = ROW_COUNT;
+        ALTER TABLE keen.streaming_events_default FORCE ROW LEVEL SECURITY;
+        -- Bounds written in UTC, independent of the session's TimeZone and DateStyle.
+        EXECUTE pg_catalog.format(
+            'ALTER TABLE keen.streaming_events ATTACH PARTITION keen.%I FOR VALUES FROM (%L) TO (%L)',
+            v_name,
+            pg_catalog.to_char(v_month, 'YYYY-MM-DD') || ' 00:00:00+00',
+            pg_catalog.to_char(v_month + interval '1 month', 'YYYY-MM-DD') || ' 00:00:00+00');
+        PERFORM keen_private.secure_event_partition(pg_catalog.format('keen.%I', v_name)::regclass);
+
+        rows_moved := v_moved;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.prepare_event_partitions(integer, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.prepare_event_partitions(integer, timestamptz) TO keen_app, keen_maintenance;
+COMMENT ON FUNCTION keen.prepare_event_partitions(integer, timestamptz) IS 'Maintenance: creates the monthly event partitions ahead, moving rows out of the default partition; 42501, 22023.';
+
+-- The actor check is core.sql's keen_private.require_actor (this file had its own copy).
 DROP FUNCTION IF EXISTS keen.streaming_require_actor();
 
--- keen.session_connection_detach: takes closed connections off the websocket_connections
+-- keen_private.session_connection_detach: takes closed connections off the websocket_connections
 -- arrays of their sessions (the order of the others kept). p_session_ids[i] is the session
 -- that p_connection_ids[i] followed: a session has one user, and connection ids are unique per
 -- user, so the pair names one connection. Sessions are updated in id order, so two callers
 -- never wait on each other in a cycle.
 -- Who: internal (close_connection, reap_stale_connections). Raises: nothing.
-CREATE OR REPLACE FUNCTION keen.session_connection_detach(p_session_ids uuid[], p_connection_ids text[])
+CREATE OR REPLACE FUNCTION keen_private.session_connection_detach(p_session_ids uuid[], p_connection_ids text[])
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
@@ -50,8 +128,8 @@ BEGIN
     END LOOP;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.session_connection_detach(uuid[], text[]) FROM PUBLIC;
-COMMENT ON FUNCTION keen.session_connection_detach(uuid[], text[]) IS 'Internal: takes connection ids off their sessions'' websocket_connections.';
+REVOKE ALL ON FUNCTION keen_private.session_connection_detach(uuid[], text[]) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.session_connection_detach(uuid[], text[]) IS 'Internal: takes connection ids off their sessions'' websocket_connections.';
 
 -- keen.register_connection: records a live connection (a websocket of the gateway) of the
 -- actor, optionally following one of the actor's sessions, whose websocket_connections array
@@ -69,10 +147,10 @@ CREATE OR REPLACE FUNCTION keen.register_connection(p_connection_id text, p_clie
                                                     p_subscribed_events text[] DEFAULT '{}')
 RETURNS keen.websocket_connections
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.require_actor();
+    v_actor uuid := keen_private.require_actor();
     v_admin boolean := keen.actor_is_admin();
     v_old keen.websocket_connections;
     v_row keen.websocket_connections;
@@ -145,10 +223,10 @@ COMMENT ON FUNCTION keen.register_connection(text, inet, text, uuid, text, text[
 CREATE OR REPLACE FUNCTION keen.ping_connection(p_connection_id text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.require_actor();
+    v_actor uuid := keen_private.require_actor();
 BEGIN
     UPDATE keen.websocket_connections c
        SET last_ping_at = pg_catalog.now(), connection_status = 'active', updated_at = pg_catalog.now()
@@ -171,10 +249,10 @@ COMMENT ON FUNCTION keen.ping_connection(text) IS 'Marks the actor''s live conne
 CREATE OR REPLACE FUNCTION keen.close_connection(p_connection_id text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.require_actor();
+    v_actor uuid := keen_private.require_actor();
     v_row keen.websocket_connections;
 BEGIN
     SELECT * INTO v_row FROM keen.websocket_connections c
@@ -189,7 +267,7 @@ BEGIN
     UPDATE keen.websocket_connections c
        SET connection_status = 'closed', disconnected_at = pg_catalog.now(), updated_at = pg_catalog.now()
      WHERE c.id = v_row.id;
-    PERFORM keen.session_connection_detach(ARRAY[v_row.session_id], ARRAY[v_row.connection_id::text]);
+    PERFORM keen_private.session_connection_detach(ARRAY[v_row.session_id], ARRAY[v_row.connection_id::text]);
 END
 $$;
 REVOKE ALL ON FUNCTION keen.close_connection(text) FROM PUBLIC;
@@ -204,7 +282,7 @@ COMMENT ON FUNCTION keen.close_connection(text) IS 'Closes the actor''s connecti
 CREATE OR REPLACE FUNCTION keen.reap_stale_connections(p_older_than interval)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_sessions uuid[];
@@ -227,7 +305,7 @@ BEGIN
     SELECT pg_catalog.array_agg(r.session_id), pg_catalog.array_agg(r.connection_id::text), pg_catalog.count(*)
       INTO v_sessions, v_connections, v_count
       FROM reaped r;
-    PERFORM keen.session_connection_detach(v_sessions, v_connections);
+    PERFORM keen_private.session_connection_detach(v_sessions, v_connections);
     RETURN v_count;
 END
 $$;
@@ -344,12 +422,12 @@ COMMENT ON FUNCTION keen.events_since(uuid, bigint, integer) IS 'Replays a sessi
 CREATE OR REPLACE FUNCTION keen.drop_old_event_partitions(p_keep interval)
 RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_partition record;
 BEGIN
-    IF NOT keen.may_manage_event_partitions() THEN
+    IF NOT keen_private.may_manage_event_partitions() THEN
         RAISE EXCEPTION 'only the maintenance role or an admin may drop event partitions'
             USING ERRCODE = '42501';
     END IF;

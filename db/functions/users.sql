@@ -5,11 +5,11 @@
 --     actor. login and authenticate_api_key run before there is an actor: they ask two small
 --     keen_auth functions (BYPASSRLS, column grants on users.email/password_hash and on the
 --     token columns only) "whose password/key is this?", then make that user the actor with
---     keen.set_actor for their own writes.
+--     keen_private.set_actor for their own writes.
 --   * A failed login raises 28P01, which rolls back whatever the login wrote. The failure and
 --     its audit entry are therefore written by keen.record_login_failure over a loopback dblink
 --     connection as keen_recorder, which commits on its own (an autonomous transaction).
---   * keen.write_audit appends to one hash chain per chain_name, one writer at a time.
+--   * keen_private.write_audit appends to one hash chain per chain_name, one writer at a time.
 --
 -- Advisory locks (two-int form, class id first): 7301 = an audit chain, 7302 = logins of one e-mail.
 
@@ -17,13 +17,13 @@
 -- Small shared checks
 -- ---------------------------------------------------------------------------------------------
 
--- The actor checks moved to core.sql (keen.require_actor, keen.require_admin).
+-- The actor checks moved to core.sql (keen_private.require_actor, keen_private.require_admin).
 DROP FUNCTION IF EXISTS keen.users_require_actor();
 DROP FUNCTION IF EXISTS keen.users_require_admin();
 
--- keen.users_check_password: the password rule (8 characters at least, 72 bytes at most, the
+-- keen_private.users_check_password: the password rule (8 characters at least, 72 bytes at most, the
 -- most bcrypt reads). Who: keen_owner's functions. Raises 22023.
-CREATE OR REPLACE FUNCTION keen.users_check_password(p_password text)
+CREATE OR REPLACE FUNCTION keen_private.users_check_password(p_password text)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
@@ -34,18 +34,18 @@ BEGIN
     END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.users_check_password(text) FROM PUBLIC;
-COMMENT ON FUNCTION keen.users_check_password(text) IS 'Internal: 22023 unless 8 characters <= password <= 72 bytes.';
+REVOKE ALL ON FUNCTION keen_private.users_check_password(text) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.users_check_password(text) IS 'Internal: 22023 unless 8 characters <= password <= 72 bytes.';
 
 -- ---------------------------------------------------------------------------------------------
 -- Audit
 -- ---------------------------------------------------------------------------------------------
 
--- keen.audit_row_hash: SHA-256 over every column of an audit entry but id and row_hash, in a
+-- keen_private.audit_row_hash: SHA-256 over every column of an audit entry but id and row_hash, in a
 -- canonical form (a JSON array; the time as epoch seconds, so no TimeZone setting changes it).
 -- prev_hash is inside, which is what chains the entries.
 -- Who: write_audit and verify_audit_chain (keen_owner). Raises: nothing.
-CREATE OR REPLACE FUNCTION keen.audit_row_hash(p_row keen.audit_logs)
+CREATE OR REPLACE FUNCTION keen_private.audit_row_hash(p_row keen.audit_logs)
 RETURNS bytea
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, keen, pg_temp
@@ -57,10 +57,10 @@ AS $$
                p_row.is_admin_action, EXTRACT(EPOCH FROM p_row.created_at)::text)::text,
            'sha256')
 $$;
-REVOKE ALL ON FUNCTION keen.audit_row_hash(keen.audit_logs) FROM PUBLIC;
-COMMENT ON FUNCTION keen.audit_row_hash(keen.audit_logs) IS 'Internal: the SHA-256 that chains an audit entry.';
+REVOKE ALL ON FUNCTION keen_private.audit_row_hash(keen.audit_logs) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.audit_row_hash(keen.audit_logs) IS 'Internal: the SHA-256 that chains an audit entry.';
 
--- keen.write_audit: appends one entry to the audit chain 'main', in the actor's name
+-- keen_private.write_audit: appends one entry to the audit chain 'main', in the actor's name
 -- (actor_id = keen.actor_id(), is_admin_action = keen.actor_is_admin()).
 -- The link is serialized: an advisory lock on the chain, held until the transaction ends, makes
 -- concurrent writers take turns, so each reads the head (sequence, hash) its predecessor
@@ -69,12 +69,12 @@ COMMENT ON FUNCTION keen.audit_row_hash(keen.audit_logs) IS 'Internal: the SHA-2
 -- the lock is held briefly and always after the area's own locks.
 -- Who: keen_owner's SECURITY DEFINER functions (credits, sessions, ...); never keen_app.
 -- Raises 22023 for an invalid event type/subtype (lower-case words), risk level or event data.
-CREATE OR REPLACE FUNCTION keen.write_audit(p_event_type text, p_event_subtype text, p_user_id uuid,
+CREATE OR REPLACE FUNCTION keen_private.write_audit(p_event_type text, p_event_subtype text, p_user_id uuid,
                                             p_event_data jsonb DEFAULT '{}', p_risk_level text DEFAULT 'low',
                                             p_ip inet DEFAULT NULL, p_session_id uuid DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_row keen.audit_logs;
@@ -109,7 +109,7 @@ BEGIN
     v_row.risk_level := p_risk_level;
     v_row.is_admin_action := keen.actor_is_admin();
     v_row.created_at := pg_catalog.clock_timestamp();
-    v_row.row_hash := keen.audit_row_hash(v_row);
+    v_row.row_hash := keen_private.audit_row_hash(v_row);
 
     INSERT INTO keen.audit_logs (chain_name, chain_seq, prev_hash, row_hash, event_type, event_subtype,
                                  user_id, actor_id, session_id, ip_address, event_data, risk_level,
@@ -123,14 +123,14 @@ BEGIN
        SET last_seq = EXCLUDED.last_seq, last_hash = EXCLUDED.last_hash, updated_at = pg_catalog.now();
 END
 $$;
-REVOKE ALL ON FUNCTION keen.write_audit(text, text, uuid, jsonb, text, inet, uuid) FROM PUBLIC;
-COMMENT ON FUNCTION keen.write_audit(text, text, uuid, jsonb, text, inet, uuid) IS
+REVOKE ALL ON FUNCTION keen_private.write_audit(text, text, uuid, jsonb, text, inet, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.write_audit(text, text, uuid, jsonb, text, inet, uuid) IS
     'Appends a hash-chained audit entry in the actor''s name; for keen''s own functions, never keen_app.';
 
--- keen.audit_logs_append_only: the trigger that refuses UPDATE, DELETE and TRUNCATE on
+-- keen_private.audit_logs_append_only: the trigger that refuses UPDATE, DELETE and TRUNCATE on
 -- keen.audit_logs for every role, superusers included (statement level, so it fires even when
 -- no row matches). Raises 42501.
-CREATE OR REPLACE FUNCTION keen.audit_logs_append_only()
+CREATE OR REPLACE FUNCTION keen_private.audit_logs_append_only()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, keen, pg_temp
@@ -139,12 +139,12 @@ BEGIN
     RAISE EXCEPTION 'keen.audit_logs is append-only: % refused', TG_OP USING ERRCODE = '42501';
 END
 $$;
-REVOKE ALL ON FUNCTION keen.audit_logs_append_only() FROM PUBLIC;
-COMMENT ON FUNCTION keen.audit_logs_append_only() IS 'Trigger: keen.audit_logs accepts INSERT only.';
+REVOKE ALL ON FUNCTION keen_private.audit_logs_append_only() FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.audit_logs_append_only() IS 'Trigger: keen.audit_logs accepts INSERT only.';
 DROP TRIGGER IF EXISTS audit_logs_append_only ON keen.audit_logs;
 CREATE TRIGGER audit_logs_append_only
     BEFORE UPDATE OR DELETE OR TRUNCATE ON keen.audit_logs
-    FOR EACH STATEMENT EXECUTE FUNCTION keen.audit_logs_append_only();
+    FOR EACH STATEMENT EXECUTE FUNCTION keen_private.audit_logs_append_only();
 
 -- keen.verify_audit_chain: walks every chain in sequence order and returns its first broken
 -- link, if any: a sequence gap, a prev_hash that is not the previous entry's row_hash, a
@@ -156,7 +156,7 @@ CREATE TRIGGER audit_logs_append_only
 CREATE OR REPLACE FUNCTION keen.verify_audit_chain()
 RETURNS TABLE (chain_name text, chain_seq bigint, audit_id bigint, problem text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_chain text;
@@ -196,7 +196,7 @@ BEGIN
                 v_problem := pg_catalog.format('entries %s to %s are missing', v_expected, v_row.chain_seq - 1);
             ELSIF v_row.prev_hash IS DISTINCT FROM v_prev THEN
                 v_problem := 'prev_hash is not the row_hash of the previous entry';
-            ELSIF v_row.row_hash IS DISTINCT FROM keen.audit_row_hash(v_row) THEN
+            ELSIF v_row.row_hash IS DISTINCT FROM keen_private.audit_row_hash(v_row) THEN
                 v_problem := 'row_hash does not match the entry (its content was changed)';
             END IF;
             IF v_problem IS NOT NULL THEN
@@ -226,12 +226,12 @@ COMMENT ON FUNCTION keen.verify_audit_chain() IS 'The first broken link of each 
 -- The login recorder: failed logins survive the rollback of the login that raised 28P01
 -- ---------------------------------------------------------------------------------------------
 
--- keen.configure_login_recorder: stores the recorder role's password and where this server's
+-- keen_private.configure_login_recorder: stores the recorder role's password and where this server's
 -- socket is, for the loopback connection (`keen-db migrate`/`up` call it after setting the
 -- keen_recorder password). Runs as its caller (not a definer): it reads a superuser-only
 -- setting and writes the secrets table.
 -- Who: a superuser (the deploy). Raises 42501 for anyone else, 22023 for a short password.
-CREATE OR REPLACE FUNCTION keen.configure_login_recorder(p_password text)
+CREATE OR REPLACE FUNCTION keen_private.configure_login_recorder(p_password text)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, keen, pg_temp
@@ -257,14 +257,14 @@ BEGIN
      WHERE s.value IS DISTINCT FROM EXCLUDED.value;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.configure_login_recorder(text) FROM PUBLIC;
-COMMENT ON FUNCTION keen.configure_login_recorder(text) IS 'Deploy only (superuser): the loopback credentials of the login recorder.';
+REVOKE ALL ON FUNCTION keen_private.configure_login_recorder(text) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.configure_login_recorder(text) IS 'Deploy only (superuser): the loopback credentials of the login recorder.';
 
--- keen.auth_recorder_exec: runs one query (of one text column) over the loopback connection as
+-- keen_private.auth_recorder_exec: runs one query (of one text column) over the loopback connection as
 -- keen_recorder, which commits on its own. Returns NULL when it ran, else why not (not
 -- configured, refused).
 -- Who: keen_auth's own functions (it reads the recorder's password). Raises: nothing.
-CREATE OR REPLACE FUNCTION keen.auth_recorder_exec(p_sql text)
+CREATE OR REPLACE FUNCTION keen_private.auth_recorder_exec(p_sql text)
 RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
@@ -289,24 +289,24 @@ EXCEPTION WHEN OTHERS THEN
     RETURN SQLERRM;
 END
 $$;
-ALTER FUNCTION keen.auth_recorder_exec(text) OWNER TO keen_auth;
-REVOKE ALL ON FUNCTION keen.auth_recorder_exec(text) FROM PUBLIC;
-COMMENT ON FUNCTION keen.auth_recorder_exec(text) IS 'Internal (keen_auth): one statement over the autonomous loopback connection.';
+ALTER FUNCTION keen_private.auth_recorder_exec(text) OWNER TO keen_auth;
+REVOKE ALL ON FUNCTION keen_private.auth_recorder_exec(text) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.auth_recorder_exec(text) IS 'Internal (keen_auth): one statement over the autonomous loopback connection.';
 
--- keen.auth_record_login_failure: has keen.record_login_failure run on the loopback connection,
+-- keen_private.auth_record_login_failure: has keen.record_login_failure run on the loopback connection,
 -- so that the failure is committed even though the login raises. A recorder that cannot run
 -- only costs the count of this failure: a WARNING, and the login still fails.
 -- Who: keen.login (keen_owner). Raises: nothing.
-CREATE OR REPLACE FUNCTION keen.auth_record_login_failure(p_email text, p_user_id uuid, p_ip inet,
+CREATE OR REPLACE FUNCTION keen_private.auth_record_login_failure(p_email text, p_user_id uuid, p_ip inet,
                                                           p_reason text, p_audit boolean)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_error text;
 BEGIN
-    v_error := keen.auth_recorder_exec(pg_catalog.format(
+    v_error := keen_private.auth_recorder_exec(pg_catalog.format(
         'SELECT keen.record_login_failure(%L, %L::uuid, %L::inet, %L, %L::boolean)::text',
         p_email, p_user_id, p_ip, p_reason, p_audit));
     IF v_error IS NOT NULL THEN
@@ -315,10 +315,10 @@ BEGIN
     RETURN v_error IS NULL;
 END
 $$;
-ALTER FUNCTION keen.auth_record_login_failure(text, uuid, inet, text, boolean) OWNER TO keen_auth;
-REVOKE ALL ON FUNCTION keen.auth_record_login_failure(text, uuid, inet, text, boolean) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION keen.auth_record_login_failure(text, uuid, inet, text, boolean) TO keen_owner;
-COMMENT ON FUNCTION keen.auth_record_login_failure(text, uuid, inet, text, boolean) IS
+ALTER FUNCTION keen_private.auth_record_login_failure(text, uuid, inet, text, boolean) OWNER TO keen_auth;
+REVOKE ALL ON FUNCTION keen_private.auth_record_login_failure(text, uuid, inet, text, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen_private.auth_record_login_failure(text, uuid, inet, text, boolean) TO keen_owner;
+COMMENT ON FUNCTION keen_private.auth_record_login_failure(text, uuid, inet, text, boolean) IS
     'Internal (keen.login): records a failed login through the autonomous loopback.';
 
 -- keen.login_recorder_status: whether the loopback works (`keen-db doctor` asks).
@@ -326,10 +326,10 @@ COMMENT ON FUNCTION keen.auth_record_login_failure(text, uuid, inet, text, boole
 CREATE OR REPLACE FUNCTION keen.login_recorder_status()
 RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
-    RETURN keen.auth_recorder_exec('SELECT 1::text');
+    RETURN keen_private.auth_recorder_exec('SELECT 1::text');
 END
 $$;
 ALTER FUNCTION keen.login_recorder_status() OWNER TO keen_auth;
@@ -346,7 +346,7 @@ CREATE OR REPLACE FUNCTION keen.record_login_failure(p_email text, p_user_id uui
                                                      p_reason text, p_audit boolean)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 SET lock_timeout = '2s'
 AS $$
 DECLARE
@@ -377,12 +377,12 @@ BEGIN
         -- held too long (lock_timeout) costs the entry, never the count.
         BEGIN
             BEGIN
-                PERFORM keen.write_audit('auth', CASE p_reason WHEN 'inactive' THEN 'login_refused_inactive' ELSE 'login_failed' END,
+                PERFORM keen_private.write_audit('auth', CASE p_reason WHEN 'inactive' THEN 'login_refused_inactive' ELSE 'login_failed' END,
                                          p_user_id, v_data, CASE WHEN v_locked THEN 'high' ELSE 'medium' END, p_ip);
             EXCEPTION WHEN foreign_key_violation THEN
                 -- The user was registered by a transaction that has not committed (this session
                 -- cannot see it yet): keep its id in the data instead.
-                PERFORM keen.write_audit('auth', CASE p_reason WHEN 'inactive' THEN 'login_refused_inactive' ELSE 'login_failed' END,
+                PERFORM keen_private.write_audit('auth', CASE p_reason WHEN 'inactive' THEN 'login_refused_inactive' ELSE 'login_failed' END,
                                          NULL, v_data || pg_catalog.jsonb_build_object('user_id', p_user_id),
                                          CASE WHEN v_locked THEN 'high' ELSE 'medium' END, p_ip);
             END;
@@ -397,12 +397,12 @@ GRANT EXECUTE ON FUNCTION keen.record_login_failure(text, uuid, inet, text, bool
 COMMENT ON FUNCTION keen.record_login_failure(text, uuid, inet, text, boolean) IS
     'Loopback only (keen_recorder): counts and audits a failed login in its own transaction.';
 
--- keen.auth_check_password: the user holding p_email, its status, and whether p_password is its
+-- keen_private.auth_check_password: the user holding p_email, its status, and whether p_password is its
 -- password. An unknown e-mail costs one bcrypt too (a fresh salt at p_dummy_cost), so the time
 -- taken does not tell a wrong password from an unknown e-mail.
 -- Who: keen.login (keen_owner); owned by keen_auth, which alone reads password_hash with no
 -- actor. Raises: nothing.
-CREATE OR REPLACE FUNCTION keen.auth_check_password(p_email text, p_password text, p_dummy_cost integer)
+CREATE OR REPLACE FUNCTION keen_private.auth_check_password(p_email text, p_password text, p_dummy_cost integer)
 RETURNS TABLE (user_id uuid, account_status text, password_ok boolean)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
@@ -425,15 +425,15 @@ BEGIN
                         AND p_password IS NOT NULL AND pg_catalog.octet_length(p_password) <= 72;
 END
 $$;
-ALTER FUNCTION keen.auth_check_password(text, text, integer) OWNER TO keen_auth;
-REVOKE ALL ON FUNCTION keen.auth_check_password(text, text, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION keen.auth_check_password(text, text, integer) TO keen_owner;
-COMMENT ON FUNCTION keen.auth_check_password(text, text, integer) IS 'Internal (keen.login): bcrypt check with no actor.';
+ALTER FUNCTION keen_private.auth_check_password(text, text, integer) OWNER TO keen_auth;
+REVOKE ALL ON FUNCTION keen_private.auth_check_password(text, text, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen_private.auth_check_password(text, text, integer) TO keen_owner;
+COMMENT ON FUNCTION keen_private.auth_check_password(text, text, integer) IS 'Internal (keen.login): bcrypt check with no actor.';
 
--- keen.auth_find_api_key: the live API key with this SHA-256 (active, not revoked, not
+-- keen_private.auth_find_api_key: the live API key with this SHA-256 (active, not revoked, not
 -- expired, its user active), or no row.
 -- Who: keen.authenticate_api_key (keen_owner); owned by keen_auth. Raises: nothing.
-CREATE OR REPLACE FUNCTION keen.auth_find_api_key(p_token_hash text)
+CREATE OR REPLACE FUNCTION keen_private.auth_find_api_key(p_token_hash text)
 RETURNS TABLE (token_id uuid, user_id uuid)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
@@ -450,10 +450,10 @@ BEGIN
        AND u.account_status = 'active';
 END
 $$;
-ALTER FUNCTION keen.auth_find_api_key(text) OWNER TO keen_auth;
-REVOKE ALL ON FUNCTION keen.auth_find_api_key(text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION keen.auth_find_api_key(text) TO keen_owner;
-COMMENT ON FUNCTION keen.auth_find_api_key(text) IS 'Internal (authenticate_api_key): the live key with this hash.';
+ALTER FUNCTION keen_private.auth_find_api_key(text) OWNER TO keen_auth;
+REVOKE ALL ON FUNCTION keen_private.auth_find_api_key(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen_private.auth_find_api_key(text) TO keen_owner;
+COMMENT ON FUNCTION keen_private.auth_find_api_key(text) IS 'Internal (authenticate_api_key): the live key with this hash.';
 
 -- ---------------------------------------------------------------------------------------------
 -- Users
@@ -471,7 +471,7 @@ CREATE OR REPLACE FUNCTION keen.register_user(p_email text, p_username text, p_p
 RETURNS TABLE (id uuid, email text, username text, role text, is_admin boolean,
                account_status text, created_at timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_email text := pg_catalog.lower(pg_catalog.btrim(p_email));
@@ -487,13 +487,13 @@ BEGIN
         RAISE EXCEPTION 'invalid username: 3 to 64 letters, digits, _ . -, starting with a letter or digit'
             USING ERRCODE = '22023';
     END IF;
-    PERFORM keen.users_check_password(p_password);
+    PERFORM keen_private.users_check_password(p_password);
     IF p_display_name IS NOT NULL AND pg_catalog.length(p_display_name) > 255 THEN
         RAISE EXCEPTION 'display name longer than 255 characters' USING ERRCODE = '22023';
     END IF;
 
     -- The new user is the actor just long enough to write its own rows under RLS.
-    PERFORM keen.set_actor(v_id);
+    PERFORM keen_private.set_actor(v_id);
     BEGIN
         INSERT INTO keen.users (id, email, username, password_hash, display_name)
         VALUES (v_id, v_email, p_username,
@@ -504,9 +504,9 @@ BEGIN
         RAISE EXCEPTION 'e-mail or username already registered' USING ERRCODE = '23505';
     END;
     INSERT INTO keen.credit_accounts (user_id) VALUES (v_id);
-    PERFORM keen.set_actor(v_previous_actor);
+    PERFORM keen_private.set_actor(v_previous_actor);
 
-    PERFORM keen.write_audit('user', 'registered', v_id,
+    PERFORM keen_private.write_audit('user', 'registered', v_id,
                              pg_catalog.jsonb_build_object('email', v_email, 'username', p_username));
     RETURN QUERY SELECT v_user.id, v_user.email::text, v_user.username::text, v_user.role::text,
                         v_user.is_admin, v_user.account_status::text, v_user.created_at;
@@ -530,7 +530,7 @@ COMMENT ON FUNCTION keen.register_user(text, text, text, text) IS 'Registers a u
 CREATE OR REPLACE FUNCTION keen.login(p_email text, p_password text, p_ip inet DEFAULT NULL)
 RETURNS TABLE (user_id uuid, is_admin boolean, role text, admin_privileges jsonb)
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_email text := pg_catalog.left(pg_catalog.lower(pg_catalog.btrim(COALESCE(p_email, ''))), 255);
@@ -543,7 +543,7 @@ DECLARE
 BEGIN
     -- The failure count is committed by the recorder's own connection: a REPEATABLE READ
     -- snapshot would never see it (and so never lock out).
-    PERFORM keen.require_read_committed();
+    PERFORM keen_private.require_read_committed();
     -- One login per e-mail at a time: parallel guesses cannot outrun the failure count.
     PERFORM pg_catalog.pg_advisory_xact_lock(7302, pg_catalog.hashtext(v_email));
     IF (SELECT pg_catalog.count(*) FROM keen.login_attempts a
@@ -555,7 +555,7 @@ BEGIN
     END IF;
 
     SELECT c.user_id, c.account_status, c.password_ok INTO v_user_id, v_status, v_ok
-      FROM keen.auth_check_password(v_email, p_password, keen.setting_numeric('bcrypt_cost')::int) c;
+      FROM keen_private.auth_check_password(v_email, p_password, keen.setting_numeric('bcrypt_cost')::int) c;
 
     IF NOT v_ok OR v_status <> 'active' THEN
         -- This transaction may already hold the audit chain (it audited something before):
@@ -564,22 +564,22 @@ BEGIN
                                    WHERE l.locktype = 'advisory' AND l.pid = pg_catalog.pg_backend_pid()
                                      AND l.classid = 7301 AND l.objsubid = 2 AND l.granted);
         IF v_ok AND v_status IN ('suspended', 'banned') THEN
-            PERFORM keen.auth_record_login_failure(v_email, v_user_id, p_ip, 'inactive', NOT v_chain_locked);
+            PERFORM keen_private.auth_record_login_failure(v_email, v_user_id, p_ip, 'inactive', NOT v_chain_locked);
             RAISE EXCEPTION 'this account is %', v_status USING ERRCODE = '28000';
         END IF;
-        PERFORM keen.auth_record_login_failure(v_email, v_user_id, p_ip, 'bad_credentials', NOT v_chain_locked);
+        PERFORM keen_private.auth_record_login_failure(v_email, v_user_id, p_ip, 'bad_credentials', NOT v_chain_locked);
         RAISE EXCEPTION 'invalid e-mail or password' USING ERRCODE = '28P01';
     END IF;
 
     DELETE FROM keen.login_attempts a WHERE a.email = v_email;
-    PERFORM keen.set_actor(v_user_id);
+    PERFORM keen_private.set_actor(v_user_id);
     UPDATE keen.users u
        SET last_login_at = pg_catalog.now(), last_login_ip = p_ip
      WHERE u.id = v_user_id
     RETURNING * INTO v_user;
-    PERFORM keen.set_actor(v_previous_actor);
+    PERFORM keen_private.set_actor(v_previous_actor);
 
-    PERFORM keen.write_audit('auth', 'login_succeeded', v_user_id,
+    PERFORM keen_private.write_audit('auth', 'login_succeeded', v_user_id,
                              pg_catalog.jsonb_build_object('email', v_email), 'low', p_ip);
     RETURN QUERY SELECT v_user.id, v_user.is_admin, v_user.role::text, v_user.admin_privileges;
 END
@@ -596,17 +596,17 @@ RETURNS TABLE (id uuid, email text, username text, display_name text, role text,
                account_status text, email_verified boolean, created_at timestamptz,
                last_login_at timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
-    PERFORM keen.require_admin();
+    PERFORM keen_private.require_admin();
     IF p_limit IS NULL OR p_limit < 1 OR p_limit > 1000 THEN
         RAISE EXCEPTION 'limit must be between 1 and 1000' USING ERRCODE = '22023';
     END IF;
     IF p_offset IS NULL OR p_offset < 0 THEN
         RAISE EXCEPTION 'offset must not be negative' USING ERRCODE = '22023';
     END IF;
-    PERFORM keen.write_audit('admin', 'users_listed', NULL,
+    PERFORM keen_private.write_audit('admin', 'users_listed', NULL,
                              pg_catalog.jsonb_build_object('limit', p_limit, 'offset', p_offset));
     RETURN QUERY
     SELECT u.id, u.email::text, u.username::text, u.display_name::text, u.role::text, u.is_admin,
@@ -620,19 +620,19 @@ REVOKE ALL ON FUNCTION keen.list_users(int, int) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.list_users(int, int) TO keen_app;
 COMMENT ON FUNCTION keen.list_users(int, int) IS 'Admin only (42501): a page of users, oldest first.';
 
--- keen.set_account_status: the common part of suspend_user and reactivate_user: the admin
+-- keen_private.set_account_status: the common part of suspend_user and reactivate_user: the admin
 -- actor moves p_user_id from p_from to p_to and audits it. Returns false when the account was
 -- already in p_to (nothing done).
 -- Who: suspend_user / reactivate_user. Raises 42501 (not an admin; the target is a super-admin,
 -- or an admin and the actor is not a super-admin), P0002 (no such user), 22023 (the actor
 -- itself, or an account in neither state).
-CREATE OR REPLACE FUNCTION keen.set_account_status(p_user_id uuid, p_from text, p_to text, p_reason text)
+CREATE OR REPLACE FUNCTION keen_private.set_account_status(p_user_id uuid, p_from text, p_to text, p_reason text)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.require_admin();
+    v_actor uuid := keen_private.require_admin();
     v_user keen.users;
 BEGIN
     IF p_reason IS NOT NULL AND pg_catalog.length(p_reason) > 1000 THEN
@@ -658,14 +658,14 @@ BEGIN
         RAISE EXCEPTION 'the account is %, not %', v_user.account_status, p_from USING ERRCODE = '22023';
     END IF;
     UPDATE keen.users u SET account_status = p_to, updated_at = pg_catalog.now() WHERE u.id = p_user_id;
-    PERFORM keen.write_audit('admin', CASE p_to WHEN 'suspended' THEN 'user_suspended' ELSE 'user_reactivated' END,
+    PERFORM keen_private.write_audit('admin', CASE p_to WHEN 'suspended' THEN 'user_suspended' ELSE 'user_reactivated' END,
                              p_user_id, pg_catalog.jsonb_build_object('from', p_from, 'to', p_to, 'reason', p_reason),
                              CASE p_to WHEN 'suspended' THEN 'high' ELSE 'medium' END);
     RETURN true;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.set_account_status(uuid, text, text, text) FROM PUBLIC;
-COMMENT ON FUNCTION keen.set_account_status(uuid, text, text, text) IS 'Internal: suspend_user / reactivate_user.';
+REVOKE ALL ON FUNCTION keen_private.set_account_status(uuid, text, text, text) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.set_account_status(uuid, text, text, text) IS 'Internal: suspend_user / reactivate_user.';
 
 -- keen.suspend_user: an admin suspends a user: it can no longer log in (28000), be acted as
 -- (act_as 28000) or use its API keys. Suspending a suspended user does nothing.
@@ -675,10 +675,10 @@ COMMENT ON FUNCTION keen.set_account_status(uuid, text, text, text) IS 'Internal
 CREATE OR REPLACE FUNCTION keen.suspend_user(p_user_id uuid, p_reason text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
-    PERFORM keen.set_account_status(p_user_id, 'active', 'suspended', p_reason);
+    PERFORM keen_private.set_account_status(p_user_id, 'active', 'suspended', p_reason);
 END
 $$;
 REVOKE ALL ON FUNCTION keen.suspend_user(uuid, text) FROM PUBLIC;
@@ -691,10 +691,10 @@ COMMENT ON FUNCTION keen.suspend_user(uuid, text) IS 'Admin: suspends a user (no
 CREATE OR REPLACE FUNCTION keen.reactivate_user(p_user_id uuid)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
-    PERFORM keen.set_account_status(p_user_id, 'suspended', 'active', NULL);
+    PERFORM keen_private.set_account_status(p_user_id, 'suspended', 'active', NULL);
 END
 $$;
 REVOKE ALL ON FUNCTION keen.reactivate_user(uuid) FROM PUBLIC;
@@ -707,10 +707,10 @@ COMMENT ON FUNCTION keen.reactivate_user(uuid) IS 'Admin: lifts a suspension.';
 CREATE OR REPLACE FUNCTION keen.change_password(p_old_password text, p_new_password text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.require_actor();
+    v_actor uuid := keen_private.require_actor();
     v_user keen.users;
 BEGIN
     SELECT * INTO v_user FROM keen.users u WHERE u.id = v_actor FOR UPDATE;
@@ -718,7 +718,7 @@ BEGIN
        OR keen_ext.crypt(p_old_password, v_user.password_hash) <> v_user.password_hash THEN
         RAISE EXCEPTION 'the current password is wrong' USING ERRCODE = '28P01';
     END IF;
-    PERFORM keen.users_check_password(p_new_password);
+    PERFORM keen_private.users_check_password(p_new_password);
     IF p_new_password = p_old_password THEN
         RAISE EXCEPTION 'the new password must differ from the current one' USING ERRCODE = '22023';
     END IF;
@@ -726,7 +726,7 @@ BEGIN
        SET password_hash = keen_ext.crypt(p_new_password, keen_ext.gen_salt('bf', keen.setting_numeric('bcrypt_cost')::int)),
            updated_at = pg_catalog.now()
      WHERE u.id = v_actor;
-    PERFORM keen.write_audit('user', 'password_changed', v_actor, '{}', 'medium');
+    PERFORM keen_private.write_audit('user', 'password_changed', v_actor, '{}', 'medium');
 END
 $$;
 REVOKE ALL ON FUNCTION keen.change_password(text, text) FROM PUBLIC;
@@ -743,10 +743,10 @@ CREATE OR REPLACE FUNCTION keen.update_profile(p_display_name text DEFAULT NULL,
 RETURNS TABLE (id uuid, email text, username text, display_name text, timezone text,
                preferences jsonb, updated_at timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.require_actor();
+    v_actor uuid := keen_private.require_actor();
     v_user keen.users;
 BEGIN
     IF p_display_name IS NOT NULL
@@ -768,7 +768,7 @@ BEGIN
            updated_at = pg_catalog.now()
      WHERE u.id = v_actor
     RETURNING * INTO v_user;
-    PERFORM keen.write_audit('user', 'profile_updated', v_actor,
+    PERFORM keen_private.write_audit('user', 'profile_updated', v_actor,
                              pg_catalog.jsonb_build_object('display_name', p_display_name IS NOT NULL,
                                                            'timezone', p_timezone, 'preferences', p_preferences IS NOT NULL));
     RETURN QUERY SELECT v_user.id, v_user.email::text, v_user.username::text, v_user.display_name::text,
@@ -794,10 +794,10 @@ CREATE OR REPLACE FUNCTION keen.create_api_key(p_name text, p_scopes text[] DEFA
                                                p_expires_at timestamptz DEFAULT NULL)
 RETURNS TABLE (token_id uuid, token text)
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.require_actor();
+    v_actor uuid := keen_private.require_actor();
     v_token text;
     v_id uuid;
     v_scopes text[];
@@ -825,7 +825,7 @@ BEGIN
             pg_catalog.btrim(p_name), v_scopes, p_expires_at, COALESCE(v_bypass, false))
     RETURNING auth_tokens.id INTO v_id;
 
-    PERFORM keen.write_audit('api_key', 'created', v_actor,
+    PERFORM keen_private.write_audit('api_key', 'created', v_actor,
                              pg_catalog.jsonb_build_object('token_id', v_id, 'name', pg_catalog.btrim(p_name),
                                                            'scopes', v_scopes, 'expires_at', p_expires_at),
                              'medium');
@@ -846,7 +846,7 @@ COMMENT ON FUNCTION keen.create_api_key(text, text[], timestamptz) IS 'A new API
 CREATE OR REPLACE FUNCTION keen.authenticate_api_key(p_token text, p_ip inet)
 RETURNS TABLE (user_id uuid, token_id uuid, scopes text[], is_admin boolean, bypass_limits boolean)
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_token_id uuid;
@@ -855,12 +855,12 @@ DECLARE
 BEGIN
     IF p_token IS NOT NULL AND p_token ~ '^keen_[A-Za-z0-9_-]{43}$' THEN
         SELECT f.token_id, f.user_id INTO v_token_id, v_user_id
-          FROM keen.auth_find_api_key(pg_catalog.encode(keen_ext.digest(p_token, 'sha256'), 'hex')) f;
+          FROM keen_private.auth_find_api_key(pg_catalog.encode(keen_ext.digest(p_token, 'sha256'), 'hex')) f;
     END IF;
     IF v_user_id IS NULL THEN
         RAISE EXCEPTION 'invalid API key' USING ERRCODE = '28000';
     END IF;
-    PERFORM keen.set_actor(v_user_id);
+    PERFORM keen_private.set_actor(v_user_id);
     UPDATE keen.auth_tokens t
        SET usage_count = t.usage_count + 1, last_used_at = pg_catalog.now(), last_used_ip = p_ip
      WHERE t.id = (SELECT l.id FROM keen.auth_tokens l WHERE l.id = v_token_id FOR NO KEY UPDATE SKIP LOCKED);
@@ -897,10 +897,10 @@ COMMENT ON FUNCTION keen.authenticate_api_key(text) IS 'API key -> actor for the
 CREATE OR REPLACE FUNCTION keen.revoke_api_key(p_token_id uuid)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
-    v_actor uuid := keen.require_actor();
+    v_actor uuid := keen_private.require_actor();
     v_token keen.auth_tokens;
 BEGIN
     SELECT * INTO v_token FROM keen.auth_tokens t WHERE t.id = p_token_id FOR UPDATE;
@@ -913,7 +913,7 @@ BEGIN
     UPDATE keen.auth_tokens t
        SET is_active = false, revoked_at = pg_catalog.now(), updated_at = pg_catalog.now()
      WHERE t.id = p_token_id;
-    PERFORM keen.write_audit('api_key', 'revoked', v_token.user_id,
+    PERFORM keen_private.write_audit('api_key', 'revoked', v_token.user_id,
                              pg_catalog.jsonb_build_object('token_id', p_token_id, 'name', v_token.token_name,
                                                            'by_owner', v_token.user_id = v_actor));
 END

@@ -15,7 +15,7 @@ CREATE POLICY "Events are visible to their owner and to admins" ON keen.streamin
 
 -- Every partition (the default one, the monthly ones, those created at run time) gets
 -- exactly the parent's policies, ENABLED + FORCED row-level security and no grants:
--- keen.secure_event_partition (migration 0006) copies them from the catalog, so the rule above
+-- keen_private.secure_event_partition (migration 0006) copies them from the catalog, so the rule above
 -- is the only place it is written.
 DO $partitions$
 DECLARE
@@ -26,7 +26,7 @@ BEGIN
          WHERE i.inhparent = 'keen.streaming_events'::regclass
          ORDER BY 1
     LOOP
-        PERFORM keen.secure_event_partition(v_partition);
+        PERFORM keen_private.secure_event_partition(v_partition);
     END LOOP;
 END
 $partitions$;

@@ -20,7 +20,7 @@ CREATE POLICY "Audit logs are visible to admins only" ON keen.audit_logs
     FOR SELECT
     USING ((SELECT keen.actor_sees_all_tenants()));
 
--- keen.write_audit (owned by keen_owner) appends; keen_app holds no INSERT privilege at all, and
+-- keen_private.write_audit (owned by keen_owner) appends; keen_app holds no INSERT privilege at all, and
 -- no policy allows UPDATE or DELETE (a trigger refuses them for superusers too).
 DROP POLICY IF EXISTS "Audit entries are appended by keen functions in the actor's name" ON keen.audit_logs;
 CREATE POLICY "Audit entries are appended by keen functions in the actor's name" ON keen.audit_logs

@@ -1,7 +1,7 @@
 -- 01_structure: the tables of the schema, row-level security ENABLED and FORCED on every data
 -- table, keen_app's privileges (read only, no secrets), definer functions pinned and private.
 BEGIN;
-SELECT plan(25);
+SELECT plan(27);
 
 SELECT has_table('keen', t, 'table keen.' || t || ' exists')
   FROM unnest(ARRAY['settings', 'users', 'auth_tokens', 'credit_accounts', 'credit_transactions',
@@ -50,10 +50,29 @@ SELECT ok(pg_catalog.has_column_privilege('keen_app', 'keen.users', 'email', 'SE
 SELECT is(
     (SELECT pg_catalog.array_agg(p.oid::regprocedure::text ORDER BY 1)
        FROM pg_catalog.pg_proc p
-      WHERE p.pronamespace = 'keen'::regnamespace AND p.prosecdef
-        AND NOT COALESCE('search_path=pg_catalog, keen, pg_temp' = ANY (p.proconfig), false)),
+      WHERE p.pronamespace IN ('keen'::regnamespace, 'keen_private'::regnamespace) AND p.prosecdef
+        AND NOT COALESCE(p.proconfig && ARRAY['search_path=pg_catalog, keen, pg_temp',
+                                              'search_path=pg_catalog, keen, keen_private, pg_temp'], false)),
     NULL,
-    'every SECURITY DEFINER function pins search_path = pg_catalog, keen, pg_temp');
+    'every SECURITY DEFINER function pins search_path = pg_catalog, keen (, keen_private), pg_temp');
+
+SELECT is(
+    (SELECT pg_catalog.array_agg(p.oid::regprocedure::text ORDER BY 1)
+       FROM pg_catalog.pg_proc p
+      WHERE p.pronamespace = 'keen'::regnamespace
+        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                         WHERE r.rolcanlogin AND NOT r.rolsuper
+                           AND pg_catalog.has_function_privilege(r.oid, p.oid, 'EXECUTE'))),
+    NULL,
+    'schema keen is the API: every function in it is executable by some login role');
+
+SELECT is(
+    (SELECT pg_catalog.array_agg(r.rolname::text ORDER BY 1)
+       FROM pg_catalog.pg_roles r
+      WHERE r.rolcanlogin AND NOT r.rolsuper
+        AND pg_catalog.has_schema_privilege(r.oid, 'keen_private', 'USAGE')),
+    NULL,
+    'no login role may use the private schema keen_private');
 
 SELECT is(
     (SELECT pg_catalog.array_agg(p.oid::regprocedure::text ORDER BY 1)

@@ -134,7 +134,7 @@ SELECT throws_ok($$SELECT keen.list_users(0)$$, '22023', NULL, 'a limit of 0 is 
 SELECT throws_ok($$SELECT keen.list_users(10, -1)$$, '22023', NULL, 'a negative offset is 22023');
 SELECT keen.act_as(current_setting('tests.alice')::uuid);
 SELECT throws_ok($$SELECT keen.list_users()$$, '42501', NULL, 'list_users by a user is 42501');
-SELECT keen.set_actor(NULL);
+SELECT keen_private.set_actor(NULL);
 SELECT throws_ok($$SELECT keen.list_users()$$, '42501', NULL, 'list_users without an actor is 42501');
 
 -- change_password -------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ SELECT results_eq($$SELECT display_name, timezone FROM keen.update_profile(p_tim
 SELECT throws_ok($$SELECT keen.update_profile(p_timezone => 'Mars/Olympus')$$, '22023', NULL, 'an unknown time zone is 22023');
 SELECT throws_ok($$SELECT keen.update_profile(p_preferences => '[1, 2]')$$, '22023', NULL, 'preferences that are not an object are 22023');
 SELECT throws_ok($$SELECT keen.update_profile(p_display_name => '   ')$$, '22023', NULL, 'a blank display name is 22023');
-SELECT keen.set_actor(NULL);
+SELECT keen_private.set_actor(NULL);
 SELECT throws_ok($$SELECT keen.update_profile('x')$$, '28000', NULL, 'update_profile needs an actor');
 
 -- create_api_key / authenticate_api_key / revoke_api_key ----------------------------------------
@@ -174,7 +174,7 @@ SELECT is((SELECT scopes FROM keen.auth_tokens t JOIN keys k ON k.token_id = t.i
 SELECT throws_ok($$SELECT keen.create_api_key('  ')$$, '22023', NULL, 'a blank key name is 22023');
 SELECT throws_ok($$SELECT keen.create_api_key('ci', ARRAY['Bad Scope'])$$, '22023', NULL, 'an invalid scope is 22023');
 SELECT throws_ok($$SELECT keen.create_api_key('ci', '{}', now() - interval '1 second')$$, '22023', NULL, 'an expiry in the past is 22023');
-SELECT keen.set_actor(NULL);
+SELECT keen_private.set_actor(NULL);
 SELECT results_eq(format('SELECT user_id, scopes, is_admin, bypass_limits FROM keen.authenticate_api_key(%L)', (SELECT token FROM keys)),
                   format($$VALUES (%L::uuid, ARRAY['credits:read', 'sessions:write'], false, false)$$, current_setting('tests.alice')),
                   'authenticate_api_key returns the key''s user and scopes');

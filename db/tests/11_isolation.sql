@@ -40,7 +40,7 @@ BEGIN
     INSERT INTO keen.streaming_events (session_id, user_id, event_type)
     VALUES (v_session, p_user, 'seeded');
     INSERT INTO keen.daily_usage_stats (user_id, date_bucket) VALUES (p_user, current_date);
-    PERFORM keen.write_audit('test', 'seeded', p_user);
+    PERFORM keen_private.write_audit('test', 'seeded', p_user);
 END $$;
 SELECT pg_temp.seed_tenant(current_setting('tests.alice')::uuid);
 SELECT pg_temp.seed_tenant(current_setting('tests.bob')::uuid);
@@ -112,11 +112,11 @@ SELECT throws_ok($$SELECT * FROM keen.audit_chain_heads$$, '42501', NULL, 'keen_
 SELECT throws_ok($$UPDATE keen.users SET is_admin = true$$, '42501', NULL, 'keen_app cannot make itself admin by UPDATE');
 SELECT throws_ok($$INSERT INTO keen.audit_logs (chain_seq, row_hash, event_type) VALUES (1, '\x00', 'x')$$, '42501', NULL,
                  'keen_app cannot insert audit entries');
-SELECT throws_ok($$SELECT keen.write_audit('x', NULL, NULL)$$, '42501', NULL, 'keen_app cannot call write_audit');
-SELECT throws_ok(format('SELECT keen.set_actor(%L)', current_setting('tests.bob')), '42501', NULL, 'keen_app cannot call set_actor');
-SELECT throws_ok(format('SELECT keen.actor_proof(%L)', current_setting('tests.bob')), '42501', NULL,
+SELECT throws_ok($$SELECT keen_private.write_audit('x', NULL, NULL)$$, '42501', NULL, 'keen_app cannot call write_audit');
+SELECT throws_ok(format('SELECT keen_private.set_actor(%L)', current_setting('tests.bob')), '42501', NULL, 'keen_app cannot call set_actor');
+SELECT throws_ok(format('SELECT keen_private.actor_proof(%L)', current_setting('tests.bob')), '42501', NULL,
                  'keen_app cannot compute an actor proof');
-SELECT throws_ok($$SELECT * FROM keen.auth_check_password('alice@example.com', 'x', 4)$$, '42501', NULL,
+SELECT throws_ok($$SELECT * FROM keen_private.auth_check_password('alice@example.com', 'x', 4)$$, '42501', NULL,
                  'keen_app cannot call the keen_auth password check');
 SELECT throws_ok($$SELECT keen.record_login_failure('alice@example.com', NULL, NULL, 'bad_credentials', false)$$, '42501', NULL,
                  'keen_app cannot record login failures itself');
@@ -178,7 +178,7 @@ SELECT set_config('keen.actor_id', current_setting('tests.bob'), true);
 SELECT is(keen.actor_id(), NULL, 'another user''s id under a valid proof for someone else is no actor');
 SELECT set_config('keen.actor_id', current_setting('tests.alice'), true);
 SELECT is(keen.actor_id(), current_setting('tests.alice')::uuid, 'the proof still holds for the user it was made for');
-SELECT set_config('keen.actor_proof', repeat('0', 64), true);
+SELECT set_config('keen_private.actor_proof', repeat('0', 64), true);
 SELECT is(keen.actor_id(), NULL, 'a forged proof is no actor');
 SELECT set_config('keen.actor_id', 'not-a-uuid', true);
 SELECT is(keen.actor_id(), NULL, 'a malformed id reads as no actor (no error)');

@@ -88,22 +88,22 @@ SELECT function_privs_are('keen', f, a, 'keen_app', ARRAY['EXECUTE'], 'keen_app 
                ('act_as', ARRAY['uuid']),
                ('actor_id', ARRAY[]::text[]),
                ('actor_is_admin', ARRAY[]::text[])) AS api(f, a);
-SELECT function_privs_are('keen', f, a, 'keen_app', ARRAY[]::text[], 'keen_app may not call keen.' || f)
-  FROM (VALUES ('write_audit', ARRAY['text', 'text', 'uuid', 'jsonb', 'text', 'inet', 'uuid']),
-               ('audit_row_hash', ARRAY['keen.audit_logs']),
-               ('set_actor', ARRAY['uuid']),
-               ('actor_proof', ARRAY['uuid']),
-               ('auth_check_password', ARRAY['text', 'text', 'integer']),
-               ('auth_find_api_key', ARRAY['text']),
-               ('auth_recorder_exec', ARRAY['text']),
-               ('auth_record_login_failure', ARRAY['text', 'uuid', 'inet', 'text', 'boolean']),
-               ('record_login_failure', ARRAY['text', 'uuid', 'inet', 'text', 'boolean']),
-               ('configure_login_recorder', ARRAY['text']),
-               ('login_recorder_status', ARRAY[]::text[]),
-               ('set_account_status', ARRAY['uuid', 'text', 'text', 'text']),
-               ('require_actor', ARRAY[]::text[]),
-               ('require_admin', ARRAY[]::text[]),
-               ('users_check_password', ARRAY['text'])) AS internal(f, a);
+SELECT function_privs_are(n, f, a, 'keen_app', ARRAY[]::text[], 'keen_app may not call ' || n || '.' || f)
+  FROM (VALUES ('keen_private', 'write_audit', ARRAY['text', 'text', 'uuid', 'jsonb', 'text', 'inet', 'uuid']),
+               ('keen_private', 'audit_row_hash', ARRAY['keen.audit_logs']),
+               ('keen_private', 'set_actor', ARRAY['uuid']),
+               ('keen_private', 'actor_proof', ARRAY['uuid']),
+               ('keen_private', 'auth_check_password', ARRAY['text', 'text', 'integer']),
+               ('keen_private', 'auth_find_api_key', ARRAY['text']),
+               ('keen_private', 'auth_recorder_exec', ARRAY['text']),
+               ('keen_private', 'auth_record_login_failure', ARRAY['text', 'uuid', 'inet', 'text', 'boolean']),
+               ('keen', 'record_login_failure', ARRAY['text', 'uuid', 'inet', 'text', 'boolean']),
+               ('keen_private', 'configure_login_recorder', ARRAY['text']),
+               ('keen', 'login_recorder_status', ARRAY[]::text[]),
+               ('keen_private', 'set_account_status', ARRAY['uuid', 'text', 'text', 'text']),
+               ('keen_private', 'require_actor', ARRAY[]::text[]),
+               ('keen_private', 'require_admin', ARRAY[]::text[]),
+               ('keen_private', 'users_check_password', ARRAY['text'])) AS internal(n, f, a);
 SELECT function_privs_are('keen', 'verify_audit_chain', ARRAY[]::text[], 'keen_maintenance', ARRAY['EXECUTE'],
                           'the maintenance role may verify the audit chain');
 SELECT function_privs_are('keen', 'login_recorder_status', ARRAY[]::text[], 'keen_maintenance', ARRAY['EXECUTE'],
@@ -124,20 +124,21 @@ SELECT is_definer('keen', f, a, 'keen.' || f || ' is SECURITY DEFINER')
                ('authenticate_api_key', ARRAY['text']), ('authenticate_api_key', ARRAY['text', 'inet']),
                ('revoke_api_key', ARRAY['uuid']), ('suspend_user', ARRAY['uuid', 'text']), ('reactivate_user', ARRAY['uuid']),
                ('change_password', ARRAY['text', 'text']), ('update_profile', ARRAY['text', 'text', 'jsonb']),
-               ('write_audit', ARRAY['text', 'text', 'uuid', 'jsonb', 'text', 'inet', 'uuid']),
-               ('verify_audit_chain', ARRAY[]::text[]), ('actor_id', ARRAY[]::text[]), ('act_as', ARRAY['uuid']),
+               ('verify_audit_chain', ARRAY[]::text[]), ('actor_id', ARRAY[]::text[]), ('act_as', ARRAY['uuid'])) AS d(f, a);
+SELECT is_definer('keen_private', f, a, 'keen_private.' || f || ' is SECURITY DEFINER')
+  FROM (VALUES ('write_audit', ARRAY['text', 'text', 'uuid', 'jsonb', 'text', 'inet', 'uuid']),
                ('set_actor', ARRAY['uuid'])) AS d(f, a);
-SELECT isnt_definer('keen', f, a, 'keen.' || f || ' runs as its caller')
+SELECT isnt_definer('keen_private', f, a, 'keen_private.' || f || ' runs as its caller')
   FROM (VALUES ('configure_login_recorder', ARRAY['text']), ('audit_row_hash', ARRAY['keen.audit_logs']),
                ('actor_proof', ARRAY['uuid']), ('audit_logs_append_only', ARRAY[]::text[])) AS i(f, a);
-SELECT function_owner_is('keen', f, a, 'keen_auth', 'keen.' || f || ' belongs to keen_auth')
-  FROM (VALUES ('actor_id', ARRAY[]::text[]), ('act_as', ARRAY['uuid']), ('set_actor', ARRAY['uuid']),
-               ('actor_proof', ARRAY['uuid']), ('actor_is_admin', ARRAY[]::text[]),
-               ('auth_check_password', ARRAY['text', 'text', 'integer']), ('auth_find_api_key', ARRAY['text']),
-               ('auth_recorder_exec', ARRAY['text'])) AS o(f, a);
-SELECT function_owner_is('keen', f, a, 'keen_owner', 'keen.' || f || ' belongs to keen_owner (runs under the policies)')
-  FROM (VALUES ('login', ARRAY['text', 'text', 'inet']), ('write_audit', ARRAY['text', 'text', 'uuid', 'jsonb', 'text', 'inet', 'uuid']),
-               ('authenticate_api_key', ARRAY['text', 'inet']), ('record_login_failure', ARRAY['text', 'uuid', 'inet', 'text', 'boolean'])) AS o(f, a);
+SELECT function_owner_is(n, f, a, 'keen_auth', n || '.' || f || ' belongs to keen_auth')
+  FROM (VALUES ('keen', 'actor_id', ARRAY[]::text[]), ('keen', 'act_as', ARRAY['uuid']), ('keen_private', 'set_actor', ARRAY['uuid']),
+               ('keen_private', 'actor_proof', ARRAY['uuid']), ('keen', 'actor_is_admin', ARRAY[]::text[]),
+               ('keen_private', 'auth_check_password', ARRAY['text', 'text', 'integer']), ('keen_private', 'auth_find_api_key', ARRAY['text']),
+               ('keen_private', 'auth_recorder_exec', ARRAY['text'])) AS o(n, f, a);
+SELECT function_owner_is(n, f, a, 'keen_owner', n || '.' || f || ' belongs to keen_owner (runs under the policies)')
+  FROM (VALUES ('keen', 'login', ARRAY['text', 'text', 'inet']), ('keen_private', 'write_audit', ARRAY['text', 'text', 'uuid', 'jsonb', 'text', 'inet', 'uuid']),
+               ('keen', 'authenticate_api_key', ARRAY['text', 'inet']), ('keen', 'record_login_failure', ARRAY['text', 'uuid', 'inet', 'text', 'boolean'])) AS o(n, f, a);
 SELECT ok((SELECT rolbypassrls FROM pg_roles WHERE rolname = 'keen_auth') AND NOT (SELECT rolbypassrls FROM pg_roles WHERE rolname = 'keen_owner'),
           'keen_auth bypasses row-level security, keen_owner does not');
 SELECT ok((SELECT rolcanlogin AND NOT rolsuper AND NOT rolbypassrls AND NOT rolinherit FROM pg_roles WHERE rolname = 'keen_recorder'),
@@ -145,7 +146,7 @@ SELECT ok((SELECT rolcanlogin AND NOT rolsuper AND NOT rolbypassrls AND NOT roli
 
 -- The append-only audit log.
 SELECT has_trigger('keen', 'audit_logs', 'audit_logs_append_only', 'keen.audit_logs has its append-only trigger');
-SELECT trigger_is('keen', 'audit_logs', 'audit_logs_append_only', 'keen', 'audit_logs_append_only');
+SELECT trigger_is('keen', 'audit_logs', 'audit_logs_append_only', 'keen_private', 'audit_logs_append_only');
 SELECT ok((SELECT tgtype & 1 = 0 AND tgtype & 2 = 2 AND tgtype & (8 | 16 | 32) = (8 | 16 | 32)
              FROM pg_trigger WHERE tgrelid = 'keen.audit_logs'::regclass AND tgname = 'audit_logs_append_only'),
           'it fires BEFORE each UPDATE, DELETE and TRUNCATE statement');
@@ -153,18 +154,20 @@ SELECT col_is_unique('keen', 'audit_logs', ARRAY['chain_name', 'chain_seq'], 'on
 
 -- Data-driven rules over every keen function, whoever adds it.
 SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
-            WHERE p.pronamespace = 'keen'::regnamespace AND has_function_privilege('public', p.oid, 'EXECUTE')),
-          NULL, 'no keen function is executable by PUBLIC');
+            WHERE p.pronamespace IN ('keen'::regnamespace, 'keen_private'::regnamespace)
+              AND has_function_privilege('public', p.oid, 'EXECUTE')),
+          NULL, 'no keen or keen_private function is executable by PUBLIC');
 SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
-            WHERE p.pronamespace = 'keen'::regnamespace AND p.prosecdef
-              AND NOT coalesce('search_path=pg_catalog, keen, pg_temp' = ANY (p.proconfig), false)),
-          NULL, 'every SECURITY DEFINER function pins search_path = pg_catalog, keen, pg_temp');
+            WHERE p.pronamespace IN ('keen'::regnamespace, 'keen_private'::regnamespace) AND p.prosecdef
+              AND NOT coalesce(p.proconfig && ARRAY['search_path=pg_catalog, keen, pg_temp',
+                                                    'search_path=pg_catalog, keen, keen_private, pg_temp'], false)),
+          NULL, 'every SECURITY DEFINER function pins search_path = pg_catalog, keen (, keen_private), pg_temp');
 SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
-            WHERE p.pronamespace = 'keen'::regnamespace
+            WHERE p.pronamespace IN ('keen'::regnamespace, 'keen_private'::regnamespace)
               AND NOT coalesce(EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%'), false)),
           NULL, 'every keen function, definer or not, pins a search_path');
 SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
-            WHERE p.pronamespace = 'keen'::regnamespace AND p.prosecdef
+            WHERE p.pronamespace IN ('keen'::regnamespace, 'keen_private'::regnamespace) AND p.prosecdef
               AND pg_get_userbyid(p.proowner) = 'keen_auth'
               AND p.proname NOT IN ('actor_id', 'actor_is_admin', 'act_as', 'set_actor', 'auth_check_password',
                                     'auth_find_api_key', 'auth_recorder_exec', 'auth_record_login_failure',

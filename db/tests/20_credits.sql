@@ -25,8 +25,8 @@ SELECT is_definer('keen', 'deduct_credits', ARRAY['uuid', 'numeric', 'uuid', 'te
 SELECT ok(pg_catalog.has_function_privilege('keen_app', 'keen.deduct_credits(uuid,numeric,uuid,text,text)', 'EXECUTE')
           AND pg_catalog.has_function_privilege('keen_app', 'keen.refund_credits(uuid,text,numeric)', 'EXECUTE'),
           'keen_app may call the ledger API');
-SELECT ok(NOT pg_catalog.has_function_privilege('keen_app', 'keen.credit_charge(uuid,numeric,numeric,numeric,uuid,text,text,uuid,jsonb)', 'EXECUTE')
-          AND NOT pg_catalog.has_function_privilege('keen_app', 'keen.credit_replay(uuid,text,text,numeric,uuid)', 'EXECUTE'),
+SELECT ok(NOT pg_catalog.has_function_privilege('keen_app', 'keen_private.credit_charge(uuid,numeric,numeric,numeric,uuid,text,text,uuid,jsonb)', 'EXECUTE')
+          AND NOT pg_catalog.has_function_privilege('keen_app', 'keen_private.credit_replay(uuid,text,text,numeric,uuid)', 'EXECUTE'),
           'keen_app may not call the internal helpers');
 SELECT ok(pg_catalog.has_function_privilege('keen_maintenance', 'keen.verify_ledger()', 'EXECUTE'),
           'the maintenance role may verify the ledger');

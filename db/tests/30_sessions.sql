@@ -19,7 +19,7 @@ SELECT is_definer('keen', f, f || ' is SECURITY DEFINER')
                     'session_tree_summary', 'record_phase_transition', 'get_session']) AS f;
 SELECT ok(pg_catalog.has_function_privilege('keen_app', 'keen.create_session(uuid, text, text, text, text, uuid, jsonb)', 'EXECUTE'),
           'keen_app may create sessions');
-SELECT ok(NOT pg_catalog.has_function_privilege('keen_app', 'keen.lock_session(uuid, boolean)', 'EXECUTE'),
+SELECT ok(NOT pg_catalog.has_function_privilege('keen_app', 'keen_private.lock_session(uuid, boolean)', 'EXECUTE'),
           'keen_app may not call the internal lock_session');
 SELECT has_index('keen', 'agent_sessions', 'agent_sessions_tree_path_idx', 'the subtree index exists');
 SELECT has_index('keen', 'agent_sessions', 'agent_sessions_tree_order_idx', 'the ordered whole-tree index exists');

@@ -37,7 +37,7 @@ SELECT set_config('tests.session_b', pg_temp.new_session(current_setting('tests.
 SELECT has_function('keen', f, 'keen.' || f || ' exists')
   FROM unnest(ARRAY['register_connection', 'ping_connection', 'close_connection', 'reap_stale_connections',
                     'emit_event', 'events_since', 'prepare_event_partitions', 'drop_old_event_partitions']) AS f;
-SELECT ok(NOT has_function_privilege('keen_app', 'keen.secure_event_partition(regclass)', 'EXECUTE'),
+SELECT ok(NOT has_function_privilege('keen_app', 'keen_private.secure_event_partition(regclass)', 'EXECUTE'),
           'keen_app cannot run the internal partition securing function');
 
 -- register_connection ---------------------------------------------------------------------
