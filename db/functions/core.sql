@@ -276,3 +276,65 @@ $$;
 REVOKE ALL ON FUNCTION keen.set_setting(text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.set_setting(text, jsonb) TO keen_app;
 COMMENT ON FUNCTION keen.set_setting(text, jsonb) IS 'Admin-only change of a platform setting.';
+
+-- keen_private.size_cap: the largest accepted size, in bytes, of each free-form input; the one
+-- place the caps are written (docs/security.md lists them). NULL for an unknown kind.
+-- Who: keen's functions. Raises: nothing. LANGUAGE sql without SET: inlined into its callers.
+CREATE OR REPLACE FUNCTION keen_private.size_cap(p_what text)
+RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE p_what
+        WHEN 'event_data' THEN 65536
+        WHEN 'tool_parameters' THEN 65536
+        WHEN 'tool_result' THEN 262144
+        WHEN 'git_details' THEN 16384
+        WHEN 'vision' THEN 16384
+        WHEN 'working_directory' THEN 4096
+        WHEN 'description' THEN 1024
+        WHEN 'metadata' THEN 16384
+        WHEN 'error_message' THEN 16384
+        WHEN 'completion_report' THEN 262144
+        WHEN 'user_agent' THEN 512
+        WHEN 'name' THEN 256
+    END
+$$;
+REVOKE ALL ON FUNCTION keen_private.size_cap(text) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.size_cap(text) IS 'Internal: the size cap in bytes of a kind of free-form input.';
+
+-- keen_private.require_size: refuses a free-form value larger than its kind's cap (NULL passes).
+-- Who: keen's functions. Raises 22023 above the cap (the message names the input, its size and
+-- the cap); 22023 for a kind with no cap (a programming error, caught by the tests).
+CREATE OR REPLACE FUNCTION keen_private.require_size(p_what text, p_value text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, keen, keen_private, pg_temp
+AS $$
+DECLARE
+    v_cap integer := keen_private.size_cap(p_what);
+BEGIN
+    IF v_cap IS NULL THEN
+        RAISE EXCEPTION 'no size cap for %', p_what USING ERRCODE = '22023';
+    END IF;
+    IF p_value IS NOT NULL AND pg_catalog.octet_length(p_value) > v_cap THEN
+        RAISE EXCEPTION '% is % bytes; at most % are accepted', p_what, pg_catalog.octet_length(p_value), v_cap
+            USING ERRCODE = '22023';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION keen_private.require_size(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.require_size(text, text) IS 'Internal: 22023 when a free-form value passes its size cap.';
+
+-- keen_private.require_size (jsonb): the same cap, measured on the value's text form.
+-- Who: keen's functions. Raises 22023 as above.
+CREATE OR REPLACE FUNCTION keen_private.require_size(p_what text, p_value jsonb)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, keen, keen_private, pg_temp
+AS $$
+BEGIN
+    PERFORM keen_private.require_size(p_what, p_value::text);
+END
+$$;
+REVOKE ALL ON FUNCTION keen_private.require_size(text, jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.require_size(text, jsonb) IS 'Internal: 22023 when a JSON value passes its size cap.';
