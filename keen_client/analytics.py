@@ -7,11 +7,10 @@ import json
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
-if TYPE_CHECKING:
-    from .client import Tx
+from ._base import Area, M, Query, query, rows, scalar, void
 
 
 @dataclass(frozen=True)
@@ -113,49 +112,50 @@ class DashboardHour:
 
 
 # Columns named explicitly: a column added to the table later must not break class_row.
-USER_USAGE_SQL = """
-    SELECT id, user_id, date_bucket, sessions_started, sessions_completed, sessions_failed,
+USER_USAGE_SQL = """SELECT id, user_id, date_bucket, sessions_started, sessions_completed, sessions_failed,
            sessions_cancelled, total_session_time_seconds, explore_phase_time_seconds,
            plan_phase_time_seconds, found_phase_time_seconds, summon_phase_time_seconds,
            complete_phase_time_seconds, agents_spawned, max_recursion_depth, tool_executions,
            unique_tools_used, total_tokens_consumed, total_cost, total_claude_cost_usd,
            credits_purchased, credits_used, admin_bypass_transactions, files_modified,
            files_created, git_operations, created_at, updated_at
-      FROM keen.user_usage(%s, %s, %s)"""
-
-DASHBOARD_SQL = """
-    SELECT hour_bucket, sessions_started, sessions_completed, sessions_failed, admin_sessions,
+      FROM keen.user_usage(p_user_id => %s, p_from => %s, p_to => %s)"""
+DASHBOARD_SQL = """SELECT hour_bucket, sessions_started, sessions_completed, sessions_failed, admin_sessions,
            total_tokens, total_context_tokens, total_claude_costs, total_credit_cost,
            avg_credit_cost_per_session, avg_recursion_depth, max_recursion_depth, refreshed_at
       FROM keen.dashboard_metrics()"""
+ROLLUP_SQL = "SELECT keen.rollup_daily_analytics()"
+ROLLUP_DAY_SQL = "SELECT keen.rollup_daily_analytics(p_day => %s)"
+# As text: the JSON is parsed with Decimal for every number (psycopg's jsonb loader uses float).
+PLATFORM_SQL = "SELECT keen.platform_metrics(p_from => %s, p_to => %s)::text"
+REFRESH_SQL = "SELECT keen.refresh_dashboard_metrics()"
 
 
-class AnalyticsApi:
-    """tx.analytics: see CONTRACT.md "Analytics" and docs/analytics.md."""
+class AnalyticsApi(Area[M]):
+    """tx.analytics: see CONTRACT.md "Analytics" and docs/analytics.md. Every read here is
+    lag-tolerant (rollups): a Keen's read pool may serve it."""
 
-    def __init__(self, tx: Tx):
-        self.tx = tx
-
-    def rollup_daily_analytics(self, day: date | None = None) -> None:
+    @query
+    def rollup_daily_analytics(self, day: date | None = None) -> Query[None]:
         """Roll up one UTC day (today in UTC by default); admin or maintenance."""
-        if day is None:
-            self.tx.execute("SELECT keen.rollup_daily_analytics()")
-        else:
-            self.tx.execute("SELECT keen.rollup_daily_analytics(%s)", (day,))
+        return void(ROLLUP_SQL) if day is None else void(ROLLUP_DAY_SQL, (day,))
 
-    def platform_metrics(self, from_: date, to: date) -> PlatformMetrics:
+    @query
+    def platform_metrics(self, from_: date, to: date) -> Query[PlatformMetrics]:
         """Platform figures over UTC days from_..to (inclusive); admin only."""
-        text = self.tx.scalar("SELECT keen.platform_metrics(%s, %s)::text", (from_, to))
-        return PlatformMetrics.from_json(text)
+        return scalar(PLATFORM_SQL, (from_, to), str).then(PlatformMetrics.from_json)
 
-    def user_usage(self, user_id: UUID | str, from_: date, to: date) -> list[DailyUsage]:
+    @query
+    def user_usage(self, user_id: UUID | str, from_: date, to: date) -> Query[list[DailyUsage]]:
         """A user's daily rows over UTC days from_..to, oldest first; own, or any for an admin."""
-        return self.tx.all(USER_USAGE_SQL, (user_id, from_, to), DailyUsage)
+        return rows(USER_USAGE_SQL, (user_id, from_, to), DailyUsage)
 
-    def refresh_dashboard_metrics(self) -> datetime:
+    @query
+    def refresh_dashboard_metrics(self) -> Query[datetime]:
         """REFRESH MATERIALIZED VIEW CONCURRENTLY of the 24-hour dashboard; admin or maintenance."""
-        return self.tx.scalar("SELECT keen.refresh_dashboard_metrics()")
+        return scalar(REFRESH_SQL, None, datetime)
 
-    def dashboard_metrics(self) -> list[DashboardHour]:
+    @query
+    def dashboard_metrics(self) -> Query[list[DashboardHour]]:
         """The 24 UTC hours of the dashboard as of its last refresh, oldest first; admin only."""
-        return self.tx.all(DASHBOARD_SQL, None, DashboardHour)
+        return rows(DASHBOARD_SQL, None, DashboardHour)

@@ -1,49 +1,73 @@
 """The pooled client: a Keen holds a psycopg_pool; a Tx is one transaction on one connection,
-optionally acting as one user. Area APIs (tx.users, tx.credits, ...) live in their modules."""
+optionally acting as one user. The area APIs (tx.users, tx.credits, ...) are defined once in
+their modules (see keen_client._base) and run here synchronously, or by keen_client.aio."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 import psycopg
 from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
-from .errors import AuthenticationFailed, from_psycopg, mapped
+from ._base import Query, Sync, no_row, one, rows, scalar, void
+from .analytics import AnalyticsApi
+from .credits import CreditsApi
+from .errors import AuthenticationFailed, KeenError, from_psycopg, mapped
+from .sessions import SessionsApi
+from .streaming import StreamingApi
+from .users import UsersApi
+
+if TYPE_CHECKING:
+    from .streaming import StreamEvent
 
 T = TypeVar("T")
 
-# tx.<name> -> the API class of that area's module.
-AREAS = {
-    "users": "keen_client.users:UsersApi",
-    "credits": "keen_client.credits:CreditsApi",
-    "sessions": "keen_client.sessions:SessionsApi",
-    "streaming": "keen_client.streaming:StreamingApi",
-    "analytics": "keen_client.analytics:AnalyticsApi",
-}
+POOLERS = ("pgbouncer",)
+
+
+def _env(name: str, default: str, kind: Callable[[str], T]) -> Callable[[], T]:
+    return lambda: kind(os.environ.get(name) or default)
+
+
+def _env_pooler() -> str | None:
+    value = (os.environ.get("KEEN_POOLER") or "").strip().lower()
+    return value or None
 
 
 @dataclass(frozen=True)
 class PoolSettings:
-    """Pool size and timeouts; each from the environment unless given."""
+    """Pool size and timeouts. Each field not given is read from the environment when the
+    settings are made (Keen() makes them when it makes its pool), never at import."""
 
-    min_size: int = int(os.environ.get("KEEN_POOL_MIN_SIZE", "1"))
-    max_size: int = int(os.environ.get("KEEN_POOL_MAX_SIZE", "10"))
-    timeout: float = float(os.environ.get("KEEN_POOL_TIMEOUT", "30"))  # wait for a connection
-    max_lifetime: float = float(os.environ.get("KEEN_POOL_MAX_LIFETIME", "3600"))
-    max_idle: float = float(os.environ.get("KEEN_POOL_MAX_IDLE", "600"))
-    connect_timeout: int = int(os.environ.get("KEEN_CONNECT_TIMEOUT", "10"))
-    statement_timeout_ms: int = int(os.environ.get("KEEN_STATEMENT_TIMEOUT_MS", "30000"))
+    min_size: int = field(default_factory=_env("KEEN_POOL_MIN_SIZE", "1", int))
+    max_size: int = field(default_factory=_env("KEEN_POOL_MAX_SIZE", "10", int))
+    timeout: float = field(default_factory=_env("KEEN_POOL_TIMEOUT", "30", float))  # wait for a connection
+    max_lifetime: float = field(default_factory=_env("KEEN_POOL_MAX_LIFETIME", "3600", float))
+    max_idle: float = field(default_factory=_env("KEEN_POOL_MAX_IDLE", "600", float))
+    connect_timeout: int = field(default_factory=_env("KEEN_CONNECT_TIMEOUT", "10", int))
+    statement_timeout_ms: int = field(default_factory=_env("KEEN_STATEMENT_TIMEOUT_MS", "30000", int))
+    idle_in_transaction_timeout_ms: int = field(
+        default_factory=_env("KEEN_IDLE_IN_TRANSACTION_TIMEOUT_MS", "60000", int)
+    )
     # Checkout pings a connection that sat in the pool this long (s); 0 pings every checkout.
-    check_after: float = float(os.environ.get("KEEN_POOL_CHECK_AFTER", "1"))
+    check_after: float = field(default_factory=_env("KEEN_POOL_CHECK_AFTER", "1", float))
+    # "pgbouncer" (KEEN_POOLER) when conninfo reaches PostgreSQL through PgBouncer in
+    # transaction pooling: no startup `options`, no server-side prepared statements, timeouts
+    # set per transaction (SET LOCAL), LISTEN on listen_conninfo (KEEN_LISTEN_URL).
+    pooler: str | None = field(default_factory=_env_pooler)
+
+    def __post_init__(self) -> None:
+        if self.pooler is not None and self.pooler not in POOLERS:
+            raise ValueError(f"KEEN_POOLER must be one of {', '.join(POOLERS)} (or unset), not {self.pooler!r}")
 
 
 class _HealthCheck:
@@ -53,14 +77,17 @@ class _HealthCheck:
 
     def __init__(self, after: float):
         self.after = after
-        self.returned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.returned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
-    def check(self, conn: psycopg.Connection) -> None:
+    def due(self, conn: Any) -> bool:
         last = self.returned.get(conn)
-        if last is None or time.monotonic() - last >= self.after:
+        return last is None or time.monotonic() - last >= self.after
+
+    def check(self, conn: psycopg.Connection[Any]) -> None:
+        if self.due(conn):
             ConnectionPool.check_connection(conn)
 
-    def reset(self, conn: psycopg.Connection) -> None:
+    def reset(self, conn: Any) -> None:
         self.returned[conn] = time.monotonic()
 
 
@@ -73,83 +100,187 @@ def default_url() -> str:
     return config.load().role_url("keen_app")
 
 
+class ClientConfig:
+    """What Keen and AsyncKeen share: URLs, connection parameters, the first statement of a
+    transaction. Behind a pooler the timeouts travel with each transaction (SET LOCAL through
+    set_config(..., true), in the same round trip as act_as); direct, they are startup options."""
+
+    def __init__(
+        self,
+        conninfo: str | None,
+        settings: PoolSettings | None,
+        read_conninfo: str | None,
+        listen_conninfo: str | None,
+    ):
+        self.settings = settings or PoolSettings()
+        self.conninfo = conninfo or default_url()
+        self.read_conninfo = read_conninfo or os.environ.get("KEEN_READ_URL") or None
+        self.listen_conninfo = listen_conninfo or os.environ.get("KEEN_LISTEN_URL") or None
+        self.pooled = self.settings.pooler is not None
+
+    def connect_kwargs(self, application_name: str = "keen_client") -> dict[str, Any]:
+        s = self.settings
+        kwargs: dict[str, Any] = {"connect_timeout": s.connect_timeout, "application_name": application_name}
+        if self.pooled:
+            # PgBouncer refuses `options`; and a statement psycopg prepares on one server
+            # connection is not there on the next transaction's (PgBouncer 1.18 has no
+            # prepared statement support): never prepare.
+            kwargs["prepare_threshold"] = None
+        else:
+            kwargs["options"] = (
+                f"-c statement_timeout={s.statement_timeout_ms}"
+                f" -c idle_in_transaction_session_timeout={s.idle_in_transaction_timeout_ms}"
+            )
+        return kwargs
+
+    def begin(self, user_id: UUID | str | None = None, read_only: bool = False) -> Query[None] | None:
+        """The first statement of a transaction (None: nothing to send)."""
+        parts: list[str] = []
+        params: list[Any] = []
+        if self.pooled:
+            parts.append("pg_catalog.set_config('statement_timeout', %s, true)")
+            parts.append("pg_catalog.set_config('idle_in_transaction_session_timeout', %s, true)")
+            params += [str(self.settings.statement_timeout_ms), str(self.settings.idle_in_transaction_timeout_ms)]
+        if read_only:
+            parts.append("pg_catalog.set_config('transaction_read_only', 'on', true)")
+        if user_id is not None:
+            parts.append("keen.act_as(p_user_id => %s)")
+            params.append(user_id)
+        if not parts:
+            return None
+        return void("SELECT " + ", ".join(parts), params)
+
+    def listen_url(self) -> str:
+        """A direct connection for LISTEN (a transaction pooler cannot deliver notifications)."""
+        if self.listen_conninfo:
+            return self.listen_conninfo
+        if self.pooled:
+            raise KeenError(
+                None, "LISTEN needs a direct connection: set KEEN_LISTEN_URL (or listen_conninfo) behind a pooler"
+            )
+        return self.conninfo
+
+
+ACCESS_TOKEN_SQL = "SELECT user_id FROM keen.authenticate_access_token(p_access_token => %s)"
+API_KEY_SQL = "SELECT user_id FROM keen.authenticate_api_key(p_token => %s)"
+
+
 class Tx:
     """One transaction on one connection. Use the area APIs (tx.credits.deduct_credits(...))
     or the typed helpers below; every database error surfaces as a keen_client.errors type."""
 
-    def __init__(self, conn: psycopg.Connection):
+    def __init__(self, conn: psycopg.Connection[Any]):
         self.conn = conn
 
-    def __getattr__(self, name: str) -> Any:
-        target = AREAS.get(name)
-        if target is None:
-            raise AttributeError(name)
-        module, cls = target.split(":")
-        api = getattr(importlib.import_module(module), cls)(self)
-        setattr(self, name, api)
-        return api
+    @cached_property
+    def users(self) -> UsersApi[Sync]:
+        return UsersApi(self)
 
-    def one(self, query: str, params: Sequence[Any] | dict | None, cls: type[T]) -> T:
-        """The single row of `query` as a `cls` (a frozen dataclass named like the columns)."""
-        with mapped(), self.conn.cursor(row_factory=class_row(cls)) as cur:
-            cur.execute(query, params)
-            row = cur.fetchone()
-        if row is None:
-            raise LookupError(f"no row from {query!r}")
-        return row
+    @cached_property
+    def credits(self) -> CreditsApi[Sync]:
+        return CreditsApi(self)
 
-    def all(self, query: str, params: Sequence[Any] | dict | None, cls: type[T]) -> list[T]:
-        with mapped(), self.conn.cursor(row_factory=class_row(cls)) as cur:
-            cur.execute(query, params)
-            return cur.fetchall()
+    @cached_property
+    def sessions(self) -> SessionsApi[Sync]:
+        return SessionsApi(self)
 
-    def scalar(self, query: str, params: Sequence[Any] | dict | None = None) -> Any:
+    @cached_property
+    def streaming(self) -> StreamingApi[Sync]:
+        return StreamingApi(self)
+
+    @cached_property
+    def analytics(self) -> AnalyticsApi[Sync]:
+        return AnalyticsApi(self)
+
+    def run(self, q: Query[T]) -> T:
+        """Run one area query on this transaction's connection."""
+        raw: Any = None
         with mapped():
-            row = self.conn.execute(query, params).fetchone()
-        return None if row is None else row[0]
+            if q.row is not None:
+                with self.conn.cursor(row_factory=class_row(q.row)) as cur:
+                    cur.execute(q.sql, q.params)
+                    if q.shape == "one":
+                        raw = cur.fetchone()
+                        if raw is None:
+                            raise no_row(q)
+                    else:
+                        raw = cur.fetchall()
+            else:
+                cur = self.conn.execute(q.sql, q.params)
+                if q.shape == "scalar":
+                    row = cur.fetchone()
+                    raw = None if row is None else row[0]
+        return q.finish(raw)
 
-    def execute(self, query: str, params: Sequence[Any] | dict | None = None) -> None:
-        with mapped():
-            self.conn.execute(query, params)
+    def one(self, query: str, params: Sequence[Any] | dict[str, Any] | None, cls: type[T]) -> T:
+        """The single row of `query` as a `cls` (a frozen dataclass named like the columns);
+        NotFound (a KeenError) when there is no row."""
+        return self.run(one(query, params, cls))
+
+    def all(self, query: str, params: Sequence[Any] | dict[str, Any] | None, cls: type[T]) -> list[T]:
+        return self.run(rows(query, params, cls))
+
+    def scalar(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> Any:
+        return self.run(scalar(query, params, object))
+
+    def execute(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> None:
+        self.run(void(query, params))
 
     @property
     def actor_id(self) -> UUID | None:
-        return self.scalar("SELECT keen.actor_id()")
+        value: UUID | None = self.scalar("SELECT keen.actor_id()")
+        return value
 
 
 class Keen:
-    """A pool of keen_app connections.
+    """A pool of keen_app connections (and optionally a second pool for lag-tolerant reads).
 
     keen = Keen()                       # KEEN_APP_URL or the local keen-db
     with keen.as_user(user_id) as tx:   # one transaction acting as that user
         tx.credits.deduct_credits(user_id, Decimal("0.25"))
+
+    read_conninfo (KEEN_READ_URL): a standby, or a multi-host URL preferring one. Keen.reading()
+    and Keen.read_as_user() open read-only transactions there (on the primary pool when no read
+    URL is set); docs/client.md lists the calls meant for them.
     """
 
-    def __init__(self, conninfo: str | None = None, settings: PoolSettings | None = None, open: bool = True):
-        self.settings = settings or PoolSettings()
+    def __init__(
+        self,
+        conninfo: str | None = None,
+        settings: PoolSettings | None = None,
+        read_conninfo: str | None = None,
+        *,
+        listen_conninfo: str | None = None,
+        open: bool = True,
+    ):
+        self.config = ClientConfig(conninfo, settings, read_conninfo, listen_conninfo)
+        self.settings = self.config.settings
+        self.conninfo = self.config.conninfo
+        self.read_conninfo = self.config.read_conninfo
+        self.pool = self._make_pool(self.conninfo, "keen", open)
+        self.read_pool = self._make_pool(self.read_conninfo, "keen-read", open) if self.read_conninfo else None
+
+    def _make_pool(self, conninfo: str, name: str, open: bool) -> ConnectionPool[Any]:
         s = self.settings
-        self.conninfo = conninfo or default_url()
         health = _HealthCheck(s.check_after)
-        self.pool = ConnectionPool(
-            self.conninfo,
+        return ConnectionPool(
+            conninfo,
             min_size=s.min_size,
             max_size=s.max_size,
             timeout=s.timeout,
             max_lifetime=s.max_lifetime,
             max_idle=s.max_idle,
-            kwargs={
-                "connect_timeout": s.connect_timeout,
-                "options": f"-c statement_timeout={s.statement_timeout_ms}",
-                "application_name": "keen_client",
-            },
+            kwargs=self.config.connect_kwargs(),
             check=health.check,  # a health check on checkout (see _HealthCheck)
             reset=health.reset,
             open=open,
-            name="keen",
+            name=name,
         )
 
     def close(self) -> None:
         self.pool.close()
+        if self.read_pool is not None:
+            self.read_pool.close()
 
     def __enter__(self) -> Keen:
         return self
@@ -158,31 +289,62 @@ class Keen:
         self.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[Tx]:
-        """A transaction with no actor (register, login, authenticate)."""
+    def _transaction(
+        self, pool: ConnectionPool[Any], user_id: UUID | str | None = None, read_only: bool = False
+    ) -> Iterator[Tx]:
         try:
-            with self.pool.connection() as conn:
-                yield Tx(conn)
+            with pool.connection() as conn:
+                tx = Tx(conn)
+                begin = self.config.begin(user_id, read_only)
+                if begin is not None:
+                    tx.run(begin)
+                yield tx
         except psycopg.Error as exc:  # commit-time failures too
             raise from_psycopg(exc) from exc
 
     @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """A transaction with no actor (register, login, authenticate)."""
+        with self._transaction(self.pool) as tx:
+            yield tx
+
+    @contextmanager
     def as_user(self, user_id: UUID | str) -> Iterator[Tx]:
         """Run a block of calls as one user, in one transaction (committed at the end)."""
-        with self.transaction() as tx:
-            tx.execute("SELECT keen.act_as(%s)", (user_id,))
+        with self._transaction(self.pool, user_id) as tx:
             yield tx
 
     @contextmanager
     def with_api_key(self, token: str) -> Iterator[Tx]:
         """Run a block as the owner of an API key (AuthenticationFailed if it is not valid)."""
         with self.transaction() as tx:
-            user_id = tx.scalar("SELECT user_id FROM keen.authenticate_api_key(%s)", (token,))
-            if user_id is None:
+            if tx.scalar(API_KEY_SQL, (token,)) is None:
                 raise AuthenticationFailed("28000", "invalid API key")
             yield tx
 
-    def listen(self, session_id: UUID | str, after_event_id: int = 0, **options: Any):
+    @contextmanager
+    def with_access_token(self, token: str) -> Iterator[Tx]:
+        """Run a block as the user of a login session's access token (AuthenticationFailed,
+        28000, when it is not valid, expired, or its session or user is not live)."""
+        with self.transaction() as tx:
+            if tx.scalar(ACCESS_TOKEN_SQL, (token,)) is None:
+                raise AuthenticationFailed("28000", "invalid access token")
+            yield tx
+
+    @contextmanager
+    def reading(self) -> Iterator[Tx]:
+        """A read-only transaction with no actor on the read pool (the primary without one)."""
+        with self._transaction(self.read_pool or self.pool, None, read_only=True) as tx:
+            yield tx
+
+    @contextmanager
+    def read_as_user(self, user_id: UUID | str) -> Iterator[Tx]:
+        """A read-only transaction acting as one user on the read pool: for the lag-tolerant
+        reads (analytics, event replays, credit history; docs/client.md)."""
+        with self._transaction(self.read_pool or self.pool, user_id, read_only=True) as tx:
+            yield tx
+
+    def listen(self, session_id: UUID | str, after_event_id: int = 0, **options: Any) -> Iterator[StreamEvent]:
         """Follow a session's events live (see keen_client.streaming.listen)."""
         from .streaming import listen
 

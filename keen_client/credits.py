@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from ipaddress import IPv4Address, IPv6Address
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
-if TYPE_CHECKING:
-    from .client import Tx
+from ._base import Area, M, Query, one, query, rows, void
 
 
 @dataclass(frozen=True)
@@ -150,6 +149,10 @@ BALANCE_SQL = """SELECT user_id, current_balance, available_balance, lifetime_pu
 VALIDATE_SQL = """SELECT sufficient, current_balance, required, shortfall, unlimited
       FROM keen.validate_credits(p_user_id => %s, p_claude_cost_usd => %s)"""
 VERIFY_SQL = "SELECT user_id, balance, ledger_sum, ok FROM keen.verify_ledger()"
+RELEASE_SQL = "SELECT keen.release_reservation(p_reservation_id => %s)"
+LIMITS_SQL = "SELECT keen.set_spending_limits(p_user_id => %s, p_daily_limit => %s, p_monthly_limit => %s)"
+AUTO_RECHARGE_SQL = """SELECT keen.set_auto_recharge(p_user_id => %s, p_enabled => %s, p_threshold => %s,
+        p_amount => %s)"""
 RECHARGE = """id, user_id, account_id, status, threshold, requested_amount, balance_at_request,
         triggered_by, purchase_transaction_id, resolution_note, created_at, resolved_at"""
 RECHARGE_LIST_SQL = "SELECT " + RECHARGE + " FROM keen.recharge_requests(p_status => %s, p_limit => %s)"
@@ -161,18 +164,17 @@ RECHARGE_RESOLVE_SQL = (
 )
 
 
-class CreditsApi:
+class CreditsApi(Area[M]):
     """tx.credits: see CONTRACT.md "Credits" and docs/credits.md."""
 
-    def __init__(self, tx: Tx):
-        self.tx = tx
-
+    @query
     def add_credits(
         self, user_id: UUID | str, amount: Decimal | int, description: str, idempotency_key: str | None = None
-    ) -> CreditTransaction:
+    ) -> Query[CreditTransaction]:
         """A purchase (admin actor only); a retry with the same key returns the first one."""
-        return self.tx.one(ADD_SQL, (user_id, money(amount), description, idempotency_key), CreditTransaction)
+        return one(ADD_SQL, (user_id, money(amount), description, idempotency_key), CreditTransaction)
 
+    @query
     def deduct_credits(
         self,
         user_id: UUID | str,
@@ -180,12 +182,12 @@ class CreditsApi:
         session_id: UUID | str | None = None,
         description: str = "Agent execution",
         idempotency_key: str | None = None,
-    ) -> CreditTransaction:
+    ) -> Query[CreditTransaction]:
         """Charge round(cost * multiplier, 6) credits (recorded, not charged, for an unlimited account)."""
-        return self.tx.one(
-            DEDUCT_SQL, (user_id, money(claude_cost_usd), session_id, description, idempotency_key), CreditTransaction
-        )
+        params = (user_id, money(claude_cost_usd), session_id, description, idempotency_key)
+        return one(DEDUCT_SQL, params, CreditTransaction)
 
+    @query
     def reserve_credits(
         self,
         user_id: UUID | str,
@@ -193,73 +195,78 @@ class CreditsApi:
         session_id: UUID | str | None = None,
         ttl: timedelta = timedelta(minutes=15),
         idempotency_key: str | None = None,
-    ) -> Reservation:
+    ) -> Query[Reservation]:
         """Hold the estimated charge against the available balance until captured, released or expired."""
-        return self.tx.one(
-            RESERVE_SQL, (user_id, money(estimated_claude_cost_usd), session_id, ttl, idempotency_key), Reservation
-        )
+        params = (user_id, money(estimated_claude_cost_usd), session_id, ttl, idempotency_key)
+        return one(RESERVE_SQL, params, Reservation)
 
+    @query
     def capture_reservation(
         self, reservation_id: UUID | str, claude_cost_usd: Decimal | int, description: str = "Agent execution"
-    ) -> CreditTransaction:
+    ) -> Query[CreditTransaction]:
         """Charge the actual cost of a live hold and end it."""
-        return self.tx.one(CAPTURE_SQL, (reservation_id, money(claude_cost_usd), description), CreditTransaction)
+        return one(CAPTURE_SQL, (reservation_id, money(claude_cost_usd), description), CreditTransaction)
 
-    def release_reservation(self, reservation_id: UUID | str) -> None:
+    @query
+    def release_reservation(self, reservation_id: UUID | str) -> Query[None]:
         """End a live hold with no charge."""
-        self.tx.execute("SELECT keen.release_reservation(p_reservation_id => %s)", (reservation_id,))
+        return void(RELEASE_SQL, (reservation_id,))
 
+    @query
     def refund_credits(
         self, transaction_id: UUID | str, reason: str, amount: Decimal | int | None = None
-    ) -> CreditTransaction:
+    ) -> Query[CreditTransaction]:
         """Admin: refund (part of, or with amount None the whole of) a purchase or usage, once."""
-        return self.tx.one(REFUND_SQL, (transaction_id, reason, money(amount)), CreditTransaction)
+        return one(REFUND_SQL, (transaction_id, reason, money(amount)), CreditTransaction)
 
-    def get_balance(self, user_id: UUID | str) -> Balance:
-        return self.tx.one(BALANCE_SQL, (user_id,), Balance)
+    @query
+    def get_balance(self, user_id: UUID | str) -> Query[Balance]:
+        return one(BALANCE_SQL, (user_id,), Balance)
 
+    @query
     def set_spending_limits(
         self, user_id: UUID | str, daily_limit: Decimal | int | None, monthly_limit: Decimal | int | None
-    ) -> None:
+    ) -> Query[None]:
         """Daily and monthly limits in credits; None means no limit."""
-        self.tx.execute(
-            "SELECT keen.set_spending_limits(p_user_id => %s, p_daily_limit => %s, p_monthly_limit => %s)",
-            (user_id, money(daily_limit), money(monthly_limit)),
-        )
+        return void(LIMITS_SQL, (user_id, money(daily_limit), money(monthly_limit)))
 
-    def validate_credits(self, user_id: UUID | str, claude_cost_usd: Decimal | int) -> CreditValidation:
-        return self.tx.one(VALIDATE_SQL, (user_id, money(claude_cost_usd)), CreditValidation)
+    @query
+    def validate_credits(self, user_id: UUID | str, claude_cost_usd: Decimal | int) -> Query[CreditValidation]:
+        return one(VALIDATE_SQL, (user_id, money(claude_cost_usd)), CreditValidation)
 
-    def credit_history(self, user_id: UUID | str, limit: int = 100) -> list[CreditTransaction]:
-        """The account's ledger, newest first."""
-        return self.tx.all(HISTORY_SQL, (user_id, limit), CreditTransaction)
+    @query
+    def credit_history(self, user_id: UUID | str, limit: int = 100) -> Query[list[CreditTransaction]]:
+        """The account's ledger, newest first (lag-tolerant: a Keen's read pool may serve it)."""
+        return rows(HISTORY_SQL, (user_id, limit), CreditTransaction)
 
-    def verify_ledger(self) -> list[LedgerCheck]:
+    @query
+    def verify_ledger(self) -> Query[list[LedgerCheck]]:
         """One row per account (admin actor or maintenance role)."""
-        return self.tx.all(VERIFY_SQL, None, LedgerCheck)
+        return rows(VERIFY_SQL, None, LedgerCheck)
 
+    @query
     def set_auto_recharge(
         self,
         user_id: UUID | str,
         enabled: bool,
         threshold: Decimal | int | None = None,
         amount: Decimal | int | None = None,
-    ) -> None:
-        self.tx.execute(
-            "SELECT keen.set_auto_recharge(p_user_id => %s, p_enabled => %s, p_threshold => %s, p_amount => %s)",
-            (user_id, enabled, money(threshold), money(amount)),
-        )
+    ) -> Query[None]:
+        return void(AUTO_RECHARGE_SQL, (user_id, enabled, money(threshold), money(amount)))
 
-    def recharge_requests(self, status: str = "pending", limit: int = 100) -> list[RechargeRequest]:
+    @query
+    def recharge_requests(self, status: str = "pending", limit: int = 100) -> Query[list[RechargeRequest]]:
         """Auto-recharge requests, oldest first (own, or all for an admin or maintenance)."""
-        return self.tx.all(RECHARGE_LIST_SQL, (status, limit), RechargeRequest)
+        return rows(RECHARGE_LIST_SQL, (status, limit), RechargeRequest)
 
+    @query
     def resolve_recharge_request(
         self,
         request_id: UUID | str,
         status: str,
         purchase_transaction_id: UUID | str | None = None,
         note: str | None = None,
-    ) -> RechargeRequest:
+    ) -> Query[RechargeRequest]:
         """Close a pending request: completed (naming the purchase), failed or cancelled."""
-        return self.tx.one(RECHARGE_RESOLVE_SQL, (request_id, status, purchase_transaction_id, note), RechargeRequest)
+        params = (request_id, status, purchase_transaction_id, note)
+        return one(RECHARGE_RESOLVE_SQL, params, RechargeRequest)

@@ -9,15 +9,23 @@ import psycopg
 
 
 class KeenError(Exception):
-    """Every keen-db error: carries the SQLSTATE and the server's message."""
+    """Every keen-db error: carries the SQLSTATE, the server's message, and its DETAIL and HINT
+    when it sent them (e.g. KN005's "first used by transaction ...", KN007's next allowed time)."""
 
-    def __init__(self, sqlstate: str | None, message: str):
+    def __init__(self, sqlstate: str | None, message: str, detail: str | None = None, hint: str | None = None):
         super().__init__(message)
         self.sqlstate = sqlstate
         self.message = message
+        self.detail = detail
+        self.hint = hint
 
     def __str__(self) -> str:
-        return f"[{self.sqlstate}] {self.message}" if self.sqlstate else self.message
+        text = f"[{self.sqlstate}] {self.message}" if self.sqlstate else self.message
+        if self.detail:
+            text += f" (DETAIL: {self.detail})"
+        if self.hint:
+            text += f" (HINT: {self.hint})"
+        return text
 
 
 class InsufficientCredits(KeenError):
@@ -38,6 +46,14 @@ class SessionStateError(KeenError):
 
 class IdempotencyConflict(KeenError):
     """KN005: an idempotency key reused with different parameters."""
+
+
+class SecondFactorRequired(KeenError):
+    """KN006: a second factor is required, or the code given is wrong or already used."""
+
+
+class RateLimited(KeenError):
+    """KN007: the API key's rate limit is exceeded (DETAIL says when the next call is allowed)."""
 
 
 class PermissionDenied(KeenError):
@@ -66,6 +82,8 @@ SQLSTATE_EXCEPTIONS: dict[str, type[KeenError]] = {
     "KN003": ReservationError,
     "KN004": SessionStateError,
     "KN005": IdempotencyConflict,
+    "KN006": SecondFactorRequired,
+    "KN007": RateLimited,
     "42501": PermissionDenied,
     "P0002": NotFound,
     "22023": InvalidInput,
@@ -81,10 +99,12 @@ def from_psycopg(exc: psycopg.Error) -> KeenError:
     sqlstate = getattr(exc, "sqlstate", None)
     diag = getattr(exc, "diag", None)
     message = (diag.message_primary if diag is not None and diag.message_primary else str(exc)).strip()
+    detail = diag.message_detail if diag is not None else None
+    hint = diag.message_hint if diag is not None else None
     cls = SQLSTATE_EXCEPTIONS.get(sqlstate or "")
     if cls is None and sqlstate and sqlstate.startswith("22"):
         cls = InvalidInput
-    return (cls or KeenError)(sqlstate, message)
+    return (cls or KeenError)(sqlstate, message, detail, hint)
 
 
 @contextmanager

@@ -8,15 +8,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
+from ._base import Area, M, Query, one, query, rows
 from .credits import money
-
-if TYPE_CHECKING:
-    from .client import Tx
 
 PHASES = ("EXPLORE", "PLAN", "FOUND", "SUMMON", "COMPLETE")
 STATUSES = ("running", "completed", "failed", "cancelled")
@@ -121,7 +119,7 @@ def build_tree(rows: Sequence[TreeRow]) -> SessionNode:
     among the rows before it (session_tree orders by depth)."""
     if not rows:
         raise ValueError("a tree needs at least its top session")
-    kids: dict[UUID, list[TreeRow]] = {}
+    kids: dict[UUID | None, list[TreeRow]] = {}
     for row in rows[1:]:
         kids.setdefault(row.parent_session_id, []).append(row)
 
@@ -280,12 +278,10 @@ GIT_SQL = (
 )
 
 
-class SessionsApi:
+class SessionsApi(Area[M]):
     """tx.sessions: see CONTRACT.md "Agent sessions" and docs/sessions.md."""
 
-    def __init__(self, tx: Tx):
-        self.tx = tx
-
+    @query
     def create_session(
         self,
         user_id: UUID | str,
@@ -295,17 +291,19 @@ class SessionsApi:
         working_directory: str,
         parent_id: UUID | str | None = None,
         agent_options: dict[str, Any] | None = None,
-    ) -> AgentSession:
+    ) -> Query[AgentSession]:
         """A root session, or a child of parent_id (its `id`, not its session_id)."""
-        return self.tx.one(
+        return one(
             CREATE_SQL,
             (user_id, session_id, git_branch, vision, working_directory, parent_id, Jsonb(agent_options or {})),
             AgentSession,
         )
 
-    def get_session(self, id: UUID | str) -> AgentSession:
-        return self.tx.one(GET_SQL, (id,), AgentSession)
+    @query
+    def get_session(self, id: UUID | str) -> Query[AgentSession]:
+        return one(GET_SQL, (id,), AgentSession)
 
+    @query
     def update_session_progress(
         self,
         id: UUID | str,
@@ -314,14 +312,15 @@ class SessionsApi:
         tool_calls_count: int | None = None,
         tokens_used: int | None = None,
         context_tokens_used: int | None = None,
-    ) -> AgentSession:
+    ) -> Query[AgentSession]:
         """Counters given replace the stored totals; a new phase is recorded as a transition."""
-        return self.tx.one(
+        return one(
             PROGRESS_SQL,
             (id, current_phase, iteration_count, tool_calls_count, tokens_used, context_tokens_used),
             AgentSession,
         )
 
+    @query
     def complete_session(
         self,
         id: UUID | str,
@@ -332,9 +331,9 @@ class SessionsApi:
         files_deleted: Sequence[str] = (),
         error_message: str | None = None,
         completion_report: Any = None,
-    ) -> AgentSession:
+    ) -> Query[AgentSession]:
         """Ends the session and charges its cost, in this one transaction."""
-        return self.tx.one(
+        return one(
             COMPLETE_SQL,
             (
                 id,
@@ -349,25 +348,31 @@ class SessionsApi:
             AgentSession,
         )
 
-    def cancel_session(self, id: UUID | str, reason: str | None = None) -> list[AgentSession]:
+    @query
+    def cancel_session(self, id: UUID | str, reason: str | None = None) -> Query[list[AgentSession]]:
         """Cancels the session and its running descendants; returns those it cancelled."""
-        return self.tx.all(CANCEL_SQL, (id, reason), AgentSession)
+        return rows(CANCEL_SQL, (id, reason), AgentSession)
 
-    def list_sessions(self, limit: int = 100, offset: int = 0, status: str | None = None) -> list[AgentSession]:
+    @query
+    def list_sessions(self, limit: int = 100, offset: int = 0, status: str | None = None) -> Query[list[AgentSession]]:
         """The actor's sessions (everyone's for an admin), newest first."""
-        return self.tx.all(LIST_SQL, (limit, offset, status), AgentSession)
+        return rows(LIST_SQL, (limit, offset, status), AgentSession)
 
-    def session_tree(self, id: UUID | str) -> list[TreeRow]:
+    @query
+    def session_tree(self, id: UUID | str) -> Query[list[TreeRow]]:
         """The session and all its descendants, by depth then git_branch."""
-        return self.tx.all(TREE_SQL, (id,), TreeRow)
+        return rows(TREE_SQL, (id,), TreeRow)
 
-    def tree(self, id: UUID | str) -> SessionNode:
+    @query
+    def tree(self, id: UUID | str) -> Query[SessionNode]:
         """session_tree as linked nodes (parent, children), the session on top."""
-        return build_tree(self.session_tree(id))
+        return rows(TREE_SQL, (id,), TreeRow).then(build_tree)
 
-    def tree_summary(self, id: UUID | str) -> TreeSummary:
-        return self.tx.one(SUMMARY_SQL, (id,), TreeSummary)
+    @query
+    def tree_summary(self, id: UUID | str) -> Query[TreeSummary]:
+        return one(SUMMARY_SQL, (id,), TreeSummary)
 
+    @query
     def record_phase_transition(
         self,
         id: UUID | str,
@@ -378,9 +383,9 @@ class SessionsApi:
         confidence: Decimal | None = None,
         estimated_time_remaining: str | None = None,
         phase_metadata: dict[str, Any] | None = None,
-    ) -> PhaseTransition:
+    ) -> Query[PhaseTransition]:
         """A phase change with its report (update_session_progress records one without)."""
-        return self.tx.one(
+        return one(
             PHASE_SQL,
             (
                 id,
@@ -395,6 +400,7 @@ class SessionsApi:
             PhaseTransition,
         )
 
+    @query
     def record_tool_execution(
         self,
         session_id: UUID | str,
@@ -407,8 +413,8 @@ class SessionsApi:
         tokens_consumed: int = 0,
         cost: Decimal | int = 0,
         execution_context: dict[str, Any] | None = None,
-    ) -> ToolExecution:
-        return self.tx.one(
+    ) -> Query[ToolExecution]:
+        return one(
             TOOL_SQL,
             (
                 session_id,
@@ -425,6 +431,7 @@ class SessionsApi:
             ToolExecution,
         )
 
+    @query
     def record_git_operation(
         self,
         session_id: UUID | str,
@@ -438,8 +445,8 @@ class SessionsApi:
         lines_deleted: int = 0,
         merge_conflicts: Any = None,
         error_message: str | None = None,
-    ) -> GitOperation:
-        return self.tx.one(
+    ) -> Query[GitOperation]:
+        return one(
             GIT_SQL,
             (
                 session_id,

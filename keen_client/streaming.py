@@ -17,10 +17,11 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from ._base import Area, M, Query, one, query, rows, scalar, void
 from .errors import KeenError
 
 if TYPE_CHECKING:
-    from .client import Keen, Tx
+    from .client import Keen
 
 CHANNEL = "keen_events"
 
@@ -76,15 +77,37 @@ class EventNotice:
         return cls(int(d["event_id"]), UUID(d["session_id"]), UUID(d["user_id"]), d["event_type"])
 
 
-_CONNECTION_COLUMNS = ", ".join(WebsocketConnection.__dataclass_fields__)
+# Columns named explicitly: a column added to a table later must not break class_row.
+CONNECTION = """id, user_id, session_id, connection_id, client_ip, user_agent, client_type, connected_at,
+        last_ping_at, disconnected_at, subscribed_events, admin_connection, can_view_all_sessions,
+        connection_status"""
+EVENT = "event_id, session_id, event_type, event_data, event_source, created_at"
+
+REGISTER_SQL = (
+    "SELECT "
+    + CONNECTION
+    + """ FROM keen.register_connection(p_connection_id => %s,
+        p_client_ip => %s, p_client_type => %s, p_session_id => %s, p_user_agent => %s,
+        p_subscribed_events => %s)"""
+)
+PING_SQL = "SELECT keen.ping_connection(p_connection_id => %s)"
+CLOSE_SQL = "SELECT keen.close_connection(p_connection_id => %s)"
+REAP_SQL = "SELECT keen.reap_stale_connections(p_older_than => %s)"
+EMIT_SQL = """SELECT keen.emit_event(p_session_id => %s, p_event_type => %s, p_event_data => %s,
+        p_event_source => %s)"""
+EVENTS_SINCE_SQL = (
+    "SELECT " + EVENT + " FROM keen.events_since(p_session_id => %s, p_after_event_id => %s, p_limit => %s)"
+)
+PREPARE_PARTITIONS_SQL = """SELECT partition_name, range_start, range_end, rows_moved
+      FROM keen.prepare_event_partitions(p_months_ahead => %s, p_from => COALESCE(%s, pg_catalog.now()))"""
+DROP_PARTITIONS_SQL = """SELECT partition_name, range_start, range_end
+      FROM keen.drop_old_event_partitions(p_keep => %s)"""
 
 
-class StreamingApi:
+class StreamingApi(Area[M]):
     """tx.streaming: each method is one call of the SQL API in the Tx's transaction."""
 
-    def __init__(self, tx: Tx):
-        self.tx = tx
-
+    @query
     def register_connection(
         self,
         connection_id: str,
@@ -93,50 +116,45 @@ class StreamingApi:
         session_id: UUID | str | None = None,
         user_agent: str | None = None,
         subscribed_events: Sequence[str] = (),
-    ) -> WebsocketConnection:
-        return self.tx.one(
-            f"SELECT {_CONNECTION_COLUMNS} FROM keen.register_connection(%s, %s, %s, %s, %s, %s)",
-            (connection_id, client_ip, client_type, session_id, user_agent, list(subscribed_events)),
-            WebsocketConnection,
-        )
+    ) -> Query[WebsocketConnection]:
+        params = (connection_id, client_ip, client_type, session_id, user_agent, list(subscribed_events))
+        return one(REGISTER_SQL, params, WebsocketConnection)
 
-    def ping_connection(self, connection_id: str) -> None:
-        self.tx.execute("SELECT keen.ping_connection(%s)", (connection_id,))
+    @query
+    def ping_connection(self, connection_id: str) -> Query[None]:
+        return void(PING_SQL, (connection_id,))
 
-    def close_connection(self, connection_id: str) -> None:
-        self.tx.execute("SELECT keen.close_connection(%s)", (connection_id,))
+    @query
+    def close_connection(self, connection_id: str) -> Query[None]:
+        return void(CLOSE_SQL, (connection_id,))
 
-    def reap_stale_connections(self, older_than: timedelta) -> int:
-        return self.tx.scalar("SELECT keen.reap_stale_connections(%s)", (older_than,))
+    @query
+    def reap_stale_connections(self, older_than: timedelta) -> Query[int]:
+        return scalar(REAP_SQL, (older_than,), int)
 
+    @query
     def emit_event(
         self, session_id: UUID | str, event_type: str, event_data: Any = None, event_source: str = "agent"
-    ) -> int:
+    ) -> Query[int]:
         data = Jsonb({} if event_data is None else event_data)
-        return self.tx.scalar("SELECT keen.emit_event(%s, %s, %s, %s)", (session_id, event_type, data, event_source))
+        return scalar(EMIT_SQL, (session_id, event_type, data, event_source), int)
 
-    def events_since(self, session_id: UUID | str, after_event_id: int = 0, limit: int = 1000) -> list[StreamEvent]:
-        return self.tx.all(
-            "SELECT event_id, session_id, event_type, event_data, event_source, created_at "
-            "FROM keen.events_since(%s, %s, %s)",
-            (session_id, after_event_id, limit),
-            StreamEvent,
-        )
+    @query
+    def events_since(
+        self, session_id: UUID | str, after_event_id: int = 0, limit: int = 1000
+    ) -> Query[list[StreamEvent]]:
+        """A session's events after an id, oldest first (a replay: a read pool may serve it)."""
+        return rows(EVENTS_SINCE_SQL, (session_id, after_event_id, limit), StreamEvent)
 
-    def prepare_event_partitions(self, months_ahead: int = 2, from_: datetime | None = None) -> list[EventPartition]:
-        return self.tx.all(
-            "SELECT partition_name, range_start, range_end, rows_moved "
-            "FROM keen.prepare_event_partitions(%s, COALESCE(%s, pg_catalog.now()))",
-            (months_ahead, from_),
-            EventPartition,
-        )
+    @query
+    def prepare_event_partitions(
+        self, months_ahead: int = 2, from_: datetime | None = None
+    ) -> Query[list[EventPartition]]:
+        return rows(PREPARE_PARTITIONS_SQL, (months_ahead, from_), EventPartition)
 
-    def drop_old_event_partitions(self, keep: timedelta) -> list[EventPartition]:
-        return self.tx.all(
-            "SELECT partition_name, range_start, range_end FROM keen.drop_old_event_partitions(%s)",
-            (keep,),
-            EventPartition,
-        )
+    @query
+    def drop_old_event_partitions(self, keep: timedelta) -> Query[list[EventPartition]]:
+        return rows(DROP_PARTITIONS_SQL, (keep,), EventPartition)
 
 
 def _fetch(
@@ -176,7 +194,8 @@ def listen(
 ) -> Iterator[StreamEvent]:
     """Follow one session's events live: yields StreamEvent, oldest first, each exactly once.
 
-    A dedicated autocommit connection (keen.conninfo, not the pool) LISTENs on keen_events;
+    A dedicated autocommit connection (not the pool: keen's listen URL, KEEN_LISTEN_URL, which
+    must be direct behind a transaction pooler) LISTENs on keen_events;
     every event is read through keen.events_since in a short transaction acting as `as_user`
     (None: no actor, for a maintenance-role Keen), so row-level security guards the stream:
     another tenant's session raises NotFound. After LISTEN it first catches up, then waits for
@@ -213,7 +232,7 @@ def listen(
         conn: psycopg.Connection | None = None
         try:
             conn = psycopg.connect(
-                keen.conninfo,
+                keen.config.listen_url(),
                 autocommit=True,
                 connect_timeout=keen.settings.connect_timeout,
                 application_name="keen_listener",

@@ -3,15 +3,15 @@ Every rule is in db/functions/users.sql; this module calls and maps (see docs/us
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
-if TYPE_CHECKING:
-    from .client import Tx
+from psycopg.types.json import Jsonb
+
+from ._base import Area, M, Query, one, query, rows, void
 
 
 @dataclass(frozen=True)
@@ -98,92 +98,106 @@ class AuditChainBreak:
     problem: str
 
 
-class UsersApi:
+# Columns named explicitly: a column added to a function's result later must not break class_row.
+REGISTERED = "id, email, username, role, is_admin, account_status, created_at"
+USER_SUMMARY = """id, email, username, display_name, role, is_admin, account_status, email_verified,
+        created_at, last_login_at"""
+PROFILE = "id, email, username, display_name, timezone, preferences, updated_at"
+API_KEY_IDENTITY = "user_id, token_id, scopes, is_admin, bypass_limits"
+
+REGISTER_SQL = (
+    "SELECT "
+    + REGISTERED
+    + """ FROM keen.register_user(p_email => %s, p_username => %s,
+        p_password => %s, p_display_name => %s)"""
+)
+LOGIN_SQL = """SELECT user_id, is_admin, role, admin_privileges
+      FROM keen.login(p_email => %s, p_password => %s, p_ip => %s)"""
+LIST_USERS_SQL = "SELECT " + USER_SUMMARY + " FROM keen.list_users(p_limit => %s, p_offset => %s)"
+SUSPEND_SQL = "SELECT keen.suspend_user(p_user_id => %s, p_reason => %s)"
+REACTIVATE_SQL = "SELECT keen.reactivate_user(p_user_id => %s)"
+CHANGE_PASSWORD_SQL = "SELECT keen.change_password(p_old_password => %s, p_new_password => %s)"
+UPDATE_PROFILE_SQL = (
+    "SELECT "
+    + PROFILE
+    + """ FROM keen.update_profile(p_display_name => %s, p_timezone => %s,
+        p_preferences => %s)"""
+)
+CREATE_API_KEY_SQL = """SELECT token_id, token
+      FROM keen.create_api_key(p_name => %s, p_scopes => %s, p_expires_at => %s)"""
+AUTHENTICATE_API_KEY_SQL = "SELECT " + API_KEY_IDENTITY + " FROM keen.authenticate_api_key(p_token => %s)"
+AUTHENTICATE_API_KEY_IP_SQL = (
+    "SELECT " + API_KEY_IDENTITY + " FROM keen.authenticate_api_key(p_token => %s, p_ip => %s)"
+)
+REVOKE_API_KEY_SQL = "SELECT keen.revoke_api_key(p_token_id => %s)"
+VERIFY_AUDIT_SQL = "SELECT chain_name, chain_seq, audit_id, problem FROM keen.verify_audit_chain()"
+
+
+class UsersApi(Area[M]):
     """tx.users: see CONTRACT.md "Users and tokens" and docs/users.md."""
 
-    def __init__(self, tx: Tx):
-        self.tx = tx
-
-    def register(self, email: str, username: str, password: str, display_name: str | None = None) -> RegisteredUser:
+    @query
+    def register(
+        self, email: str, username: str, password: str, display_name: str | None = None
+    ) -> Query[RegisteredUser]:
         """A new user and its credit account; InvalidInput, Conflict."""
-        return self.tx.one(
-            "SELECT id, email, username, role, is_admin, account_status, created_at"
-            "  FROM keen.register_user(%s, %s, %s, %s)",
-            (email, username, password, display_name),
-            RegisteredUser,
-        )
+        return one(REGISTER_SQL, (email, username, password, display_name), RegisteredUser)
 
-    def login(self, email: str, password: str, ip: str | None = None) -> LoginResult:
+    @query
+    def login(self, email: str, password: str, ip: str | None = None) -> Query[LoginResult]:
         """bcrypt check in the database; AuthenticationFailed (28P01 bad credentials, 28000
         inactive account or locked-out e-mail)."""
-        return self.tx.one(
-            "SELECT user_id, is_admin, role, admin_privileges FROM keen.login(%s, %s, %s)",
-            (email, password, ip),
-            LoginResult,
-        )
+        return one(LOGIN_SQL, (email, password, ip), LoginResult)
 
-    def list_users(self, limit: int = 100, offset: int = 0) -> list[UserSummary]:
+    @query
+    def list_users(self, limit: int = 100, offset: int = 0) -> Query[list[UserSummary]]:
         """A page of users, oldest first; admin only (PermissionDenied)."""
-        return self.tx.all(
-            "SELECT id, email, username, display_name, role, is_admin, account_status,"
-            "       email_verified, created_at, last_login_at"
-            "  FROM keen.list_users(%s, %s)",
-            (limit, offset),
-            UserSummary,
-        )
+        return rows(LIST_USERS_SQL, (limit, offset), UserSummary)
 
-    def suspend_user(self, user_id: UUID | str, reason: str | None = None) -> None:
+    @query
+    def suspend_user(self, user_id: UUID | str, reason: str | None = None) -> Query[None]:
         """Admin: the user can no longer log in, be acted as or use its API keys."""
-        self.tx.execute("SELECT keen.suspend_user(%s, %s)", (user_id, reason))
+        return void(SUSPEND_SQL, (user_id, reason))
 
-    def reactivate_user(self, user_id: UUID | str) -> None:
+    @query
+    def reactivate_user(self, user_id: UUID | str) -> Query[None]:
         """Admin: lifts a suspension."""
-        self.tx.execute("SELECT keen.reactivate_user(%s)", (user_id,))
+        return void(REACTIVATE_SQL, (user_id,))
 
-    def change_password(self, old_password: str, new_password: str) -> None:
+    @query
+    def change_password(self, old_password: str, new_password: str) -> Query[None]:
         """The actor's password; AuthenticationFailed for a wrong current one."""
-        self.tx.execute("SELECT keen.change_password(%s, %s)", (old_password, new_password))
+        return void(CHANGE_PASSWORD_SQL, (old_password, new_password))
 
+    @query
     def update_profile(
         self, display_name: str | None = None, timezone: str | None = None, preferences: dict[str, Any] | None = None
-    ) -> Profile:
+    ) -> Query[Profile]:
         """The actor's display name, time zone, preferences (None leaves a field unchanged)."""
-        return self.tx.one(
-            "SELECT id, email, username, display_name, timezone, preferences, updated_at"
-            "  FROM keen.update_profile(%s, %s, %s::jsonb)",
-            (display_name, timezone, None if preferences is None else json.dumps(preferences)),
-            Profile,
-        )
+        prefs = None if preferences is None else Jsonb(preferences)
+        return one(UPDATE_PROFILE_SQL, (display_name, timezone, prefs), Profile)
 
-    def create_api_key(self, name: str, scopes: Sequence[str] = (), expires_at: datetime | None = None) -> NewApiKey:
+    @query
+    def create_api_key(
+        self, name: str, scopes: Sequence[str] = (), expires_at: datetime | None = None
+    ) -> Query[NewApiKey]:
         """A new key for the actor; keep NewApiKey.token, it is never shown again."""
-        return self.tx.one(
-            "SELECT token_id, token FROM keen.create_api_key(%s, %s::text[], %s)",
-            (name, list(scopes), expires_at),
-            NewApiKey,
-        )
+        return one(CREATE_API_KEY_SQL, (name, list(scopes), expires_at), NewApiKey)
 
-    def authenticate_api_key(self, token: str, ip: str | None = None) -> ApiKeyIdentity:
+    @query
+    def authenticate_api_key(self, token: str, ip: str | None = None) -> Query[ApiKeyIdentity]:
         """The key's owner becomes the actor of this transaction; AuthenticationFailed
         (28000) for an unknown, revoked or expired key. `ip`: the end user's address."""
         if ip is None:
-            return self.tx.one(
-                "SELECT user_id, token_id, scopes, is_admin, bypass_limits FROM keen.authenticate_api_key(%s)",
-                (token,),
-                ApiKeyIdentity,
-            )
-        return self.tx.one(
-            "SELECT user_id, token_id, scopes, is_admin, bypass_limits FROM keen.authenticate_api_key(%s, %s::inet)",
-            (token, ip),
-            ApiKeyIdentity,
-        )
+            return one(AUTHENTICATE_API_KEY_SQL, (token,), ApiKeyIdentity)
+        return one(AUTHENTICATE_API_KEY_IP_SQL, (token, ip), ApiKeyIdentity)
 
-    def revoke_api_key(self, token_id: UUID | str) -> None:
+    @query
+    def revoke_api_key(self, token_id: UUID | str) -> Query[None]:
         """The actor's key (an admin: anyone's); NotFound otherwise."""
-        self.tx.execute("SELECT keen.revoke_api_key(%s)", (token_id,))
+        return void(REVOKE_API_KEY_SQL, (token_id,))
 
-    def verify_audit_chain(self) -> list[AuditChainBreak]:
+    @query
+    def verify_audit_chain(self) -> Query[list[AuditChainBreak]]:
         """The first broken link of each audit chain (empty: intact); admin or maintenance."""
-        return self.tx.all(
-            "SELECT chain_name, chain_seq, audit_id, problem FROM keen.verify_audit_chain()", None, AuditChainBreak
-        )
+        return rows(VERIFY_AUDIT_SQL, None, AuditChainBreak)
