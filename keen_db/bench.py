@@ -574,7 +574,7 @@ class Bench:
         def ratio(a: str, b: str) -> float | None:
             """The median of the ratios of each round (or interleaved pair), not the ratio of
             the medians: each round's two sides ran moments apart, under the same load."""
-            pairs = [x / y for x, y in zip(self.samples.get(a, []), self.samples.get(b, []), strict=False) if y]
+            pairs = [x / y for x, y in zip(self.samples.get(a, []), self.samples.get(b, []), strict=True) if y]
             return round(statistics.median(pairs), 3) if pairs else None
 
         r["ratio_deduct_vs_tpcb"] = ratio("deduct_tps", "tpcb_tps")

@@ -504,8 +504,8 @@ def test_a_hold_ends_exactly_once(db, keen, funded):
         tx.credits.release_reservation(released.reservation_id)
     for res in (captured, released):
         for call in (
-            lambda tx: tx.credits.capture_reservation(res.reservation_id, D(1)),
-            lambda tx: tx.credits.release_reservation(res.reservation_id),
+            lambda tx, res=res: tx.credits.capture_reservation(res.reservation_id, D(1)),
+            lambda tx, res=res: tx.credits.release_reservation(res.reservation_id),
         ):
             with pytest.raises(errors.ReservationError):
                 with keen.as_user(funded) as tx:

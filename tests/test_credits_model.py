@@ -64,7 +64,7 @@ class Refused(Exception):
 class Account:
     balance: Decimal
     unlimited: bool = False
-    spent: Decimal = D(0)  # usage of the UTC day (and month: one day is all a run spans)
+    spent: Decimal = Decimal(0)  # usage of the UTC day (and month: one day is all a run spans)
     daily: Decimal | None = None
     monthly: Decimal | None = None
 
@@ -180,9 +180,9 @@ class Model:
         return delta, self.accounts[row.user].balance
 
 
-def attempt(fn) -> Any:
+def attempt(fn, *args: Any, **kwargs: Any) -> Any:
     try:
-        return fn()
+        return fn(*args, **kwargs)
     except Refused as exc:
         return exc.sqlstate
     except errors.KeenError as exc:
@@ -208,15 +208,11 @@ def test_random_ledger_sequences_agree_with_the_model(db, keen, admin_id, make_u
             _, u, value, key = step
             full_key = key and f"{nonce}-{key}"
             if kind == "grant":
-                expected = attempt(lambda: model.grant(u, value, key))
-                actual = attempt(lambda: _grant(keen, admin_id, users[u], value, full_key))
+                expected = attempt(model.grant, u, value, key)
+                actual = attempt(_grant, keen, admin_id, users[u], value, full_key)
             else:
-                expected = attempt(lambda: model.deduct(u, value, key))
-                actual = attempt(
-                    lambda: _call(
-                        keen, users[u], lambda tx: tx.credits.deduct_credits(users[u], value, idempotency_key=full_key)
-                    )
-                )
+                expected = attempt(model.deduct, u, value, key)
+                actual = attempt(_call, keen, users[u], "deduct_credits", users[u], value, idempotency_key=full_key)
             if isinstance(expected, int):  # a replay: the first row, again
                 assert not isinstance(actual, str), step
                 assert actual.id == model.rows[expected].id, step
@@ -229,8 +225,8 @@ def test_random_ledger_sequences_agree_with_the_model(db, keen, admin_id, make_u
                     model.keys[(u, key)] = ("purchase" if kind == "grant" else "usage", value, len(model.rows) - 1)
         elif kind == "reserve":
             _, u, cost = step
-            expected = attempt(lambda: model.reserve(u, cost))
-            actual = attempt(lambda: _call(keen, users[u], lambda tx: tx.credits.reserve_credits(users[u], cost)))
+            expected = attempt(model.reserve, u, cost)
+            actual = attempt(_call, keen, users[u], "reserve_credits", users[u], cost)
             if isinstance(actual, str) or isinstance(expected, str):
                 assert actual == expected, step
             else:
@@ -242,39 +238,33 @@ def test_random_ledger_sequences_agree_with_the_model(db, keen, admin_id, make_u
                 continue
             hold = model.holds[step[1] % len(model.holds)]
             if kind == "capture":
-                expected = attempt(lambda: model.capture(hold, step[2]))
-                actual = attempt(
-                    lambda: _call(keen, users[hold.user], lambda tx: tx.credits.capture_reservation(hold.id, step[2]))
-                )
+                expected = attempt(model.capture, hold, step[2])
+                actual = attempt(_call, keen, users[hold.user], "capture_reservation", hold.id, step[2])
                 assert _shape(actual) == expected, step
                 if not isinstance(actual, str):
                     model.rows.append(Row(actual.id, hold.user, actual.transaction_type, actual.amount))
             else:
-                expected = attempt(lambda: model.release(hold))
-                actual = attempt(
-                    lambda: _call(keen, users[hold.user], lambda tx: tx.credits.release_reservation(hold.id))
-                )
+                expected = attempt(model.release, hold)
+                actual = attempt(_call, keen, users[hold.user], "release_reservation", hold.id)
                 assert actual == expected, step
         elif kind == "refund":
             if not model.rows:
                 continue
             row = model.rows[step[1] % len(model.rows)]
-            expected = attempt(lambda: model.refund(row, step[2]))
+            expected = attempt(model.refund, row, step[2])
             whole = abs(row.amount)
             amount = (
                 None
                 if step[2] == "whole"
                 else ((whole / 2).quantize(SIX, ROUND_HALF_UP) if step[2] == "half" else whole * 2)
             )
-            actual = attempt(
-                lambda: _call(keen, admin_id, lambda tx: tx.credits.refund_credits(row.id, "model", amount))
-            )
+            actual = attempt(_call, keen, admin_id, "refund_credits", row.id, "model", amount)
             assert _shape(actual) == expected, step
             if not isinstance(actual, str):
                 model.rows.append(Row(actual.id, row.user, "refund", actual.amount))
         else:
             _, u, daily, monthly = step
-            _call(keen, users[u], lambda tx: tx.credits.set_spending_limits(users[u], daily, monthly))
+            _call(keen, users[u], "set_spending_limits", users[u], daily, monthly)
             model.accounts[u].daily, model.accounts[u].monthly = daily, monthly
             expected = None
 
@@ -288,9 +278,9 @@ def test_random_ledger_sequences_agree_with_the_model(db, keen, admin_id, make_u
     assert_ledger_clean(db)
 
 
-def _call(keen, actor, fn) -> Any:
+def _call(keen, actor, method: str, *args: Any, **kwargs: Any) -> Any:
     with keen.as_user(actor) as tx:
-        return fn(tx)
+        return getattr(tx.credits, method)(*args, **kwargs)
 
 
 def _grant(keen, admin_id, user, amount, key) -> Any:

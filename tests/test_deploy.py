@@ -56,7 +56,7 @@ def schema_dump(url: str) -> str:
         env=dict(os.environ, PGPASSWORD=p["password"]),
     )
     # \restrict / \unrestrict carry a random key per dump (pg_dump's psql-injection guard).
-    return "\n".join(l for l in res.stdout.splitlines() if not l.startswith(("\\restrict", "\\unrestrict")))
+    return "\n".join(line for line in res.stdout.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
 
 
 def keen_schema_count(url: str) -> int:

@@ -36,7 +36,7 @@ def copy_dir(tmp_path_factory):
     port_file = d / "pgdata" / "keen.conf"
     port = 1
     if port_file.exists():
-        port = int(next(l for l in port_file.read_text().splitlines() if l.startswith("port")).split("=")[1])
+        port = int(next(line for line in port_file.read_text().splitlines() if line.startswith("port")).split("=")[1])
     Embedded(d, port).destroy()
 
 

@@ -199,7 +199,7 @@ def test_listener_survives_repeated_drops_while_events_stream_in(db, keen, alice
     t.start()
     drops = 0
     for threshold in (10, 25, 40):
-        wait_until(lambda: len(emitted) >= threshold or not t.is_alive(), "the emitter")
+        wait_until(lambda threshold=threshold: len(emitted) >= threshold or not t.is_alive(), "the emitter")
         drops += terminate_listeners(db)
     t.join(WAIT)
     collector.join(WAIT)
