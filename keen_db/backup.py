@@ -41,6 +41,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from . import cluster, config
+from .sql import one, value
 
 FORMAT = 1
 ARCHIVE = "keen.dump"
@@ -71,16 +72,16 @@ def table_counts(conn: psycopg.Connection) -> dict[str, int]:
          ORDER BY 1, 2""",
     )
     return {
-        f"{schema}.{table}": conn.execute(
-            sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-        ).fetchone()[0]
+        f"{schema}.{table}": value(
+            conn, sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        )
         for schema, table in tables
     }
 
 
 def ledger_totals(conn: psycopg.Connection) -> dict[str, dict[str, str | int]]:
     """Per account: balance, sum of its transactions' amounts, number of transactions."""
-    if conn.execute("SELECT pg_catalog.to_regclass('keen.credit_accounts')").fetchone()[0] is None:
+    if value(conn, "SELECT pg_catalog.to_regclass('keen.credit_accounts')") is None:
         return {}
     rows = _rows(
         conn,
@@ -96,7 +97,7 @@ def ledger_totals(conn: psycopg.Connection) -> dict[str, dict[str, str | int]]:
 
 
 def migrations(conn: psycopg.Connection) -> list[str]:
-    if conn.execute("SELECT pg_catalog.to_regclass('public._yoyo_migration')").fetchone()[0] is None:
+    if value(conn, "SELECT pg_catalog.to_regclass('public._yoyo_migration')") is None:
         return []
     return [
         r[0]
@@ -113,12 +114,12 @@ def integrity_checks(maintenance_url: str) -> list[str]:
     problems found, empty when all is well."""
     problems = []
     with psycopg.connect(maintenance_url, autocommit=True) as conn:
-        if conn.execute("SELECT pg_catalog.to_regprocedure('keen.verify_ledger()')").fetchone()[0]:
+        if value(conn, "SELECT pg_catalog.to_regprocedure('keen.verify_ledger()')"):
             bad = conn.execute("SELECT user_id, balance, ledger_sum FROM keen.verify_ledger() WHERE NOT ok").fetchall()
             problems += [f"verify_ledger: account of {u}: balance {b} but ledger sums to {s}" for u, b, s in bad[:10]]
         else:
             problems.append("keen.verify_ledger() is not defined")
-        if conn.execute("SELECT pg_catalog.to_regprocedure('keen.verify_audit_chain()')").fetchone()[0]:
+        if value(conn, "SELECT pg_catalog.to_regprocedure('keen.verify_audit_chain()')"):
             problems += [f"verify_audit_chain: {p}" for p in _audit_chain_problems(conn)]
     return problems
 
@@ -157,7 +158,7 @@ def _libpq(conninfo: str, **override: str) -> tuple[str, dict[str, str]]:
     params = conninfo_to_dict(conninfo)
     params.update(override)
     password = params.pop("password", None)
-    return make_conninfo("", **params), ({"PGPASSWORD": password} if password else {})
+    return make_conninfo("", **params), ({"PGPASSWORD": str(password)} if password else {})
 
 
 def _tool(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -203,20 +204,18 @@ def take_backup(superuser_url: str, path: Path) -> dict[str, Any]:
 def _write_backup(superuser_url: str, path: Path) -> dict[str, Any]:
     started = time.monotonic()
     with psycopg.connect(superuser_url, autocommit=True) as conn:
-        if not conn.execute(
-            "SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user"
-        ).fetchone()[0]:
+        if not value(conn, "SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user"):
             raise BackupError(
                 "a backup needs a role that bypasses row-level security (a superuser): "
                 "anything else would silently leave other tenants' rows out"
             )
-        database = conn.execute("SELECT current_database()").fetchone()[0]
+        database = value(conn, "SELECT current_database()")
         # One snapshot for the dump and the manifest, so the counts describe exactly the archive.
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        snapshot = conn.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]
+        snapshot = value(conn, "SELECT pg_catalog.pg_export_snapshot()")
         manifest_facts = facts(conn)
-        server_version = conn.execute("SHOW server_version").fetchone()[0]
-        taken_at = conn.execute("SELECT pg_catalog.now()").fetchone()[0]
+        server_version = value(conn, "SHOW server_version")
+        taken_at = value(conn, "SELECT pg_catalog.now()")
         dsn, env = _libpq(superuser_url)
         _tool(
             [
@@ -324,7 +323,7 @@ VIEW_REFRESHERS = ("keen.refresh_dashboard_metrics()",)
 def _refresh_views(maintenance_url: str) -> None:
     with psycopg.connect(maintenance_url, autocommit=True) as conn:
         for fn in VIEW_REFRESHERS:
-            if conn.execute("SELECT pg_catalog.to_regprocedure(%s)", (fn,)).fetchone()[0]:
+            if value(conn, "SELECT pg_catalog.to_regprocedure(%s)", (fn,)):
                 conn.execute(sql.SQL("SELECT {}").format(sql.SQL(fn)))
 
 
@@ -451,7 +450,10 @@ def take_basebackup(s: config.Settings, keep: int = 2) -> tuple[Path, dict[str, 
         shutil.rmtree(dest, ignore_errors=True)
         raise BackupError(f"pg_verifybackup rejected the new base backup: {(res.stderr or res.stdout).strip()}")
     label = (dest / "backup_label").read_text()
-    start_wal = re.search(r"START WAL LOCATION: \S+ \(file ([0-9A-F]{24})\)", label).group(1)
+    found = re.search(r"START WAL LOCATION: \S+ \(file ([0-9A-F]{24})\)", label)
+    if found is None:
+        raise BackupError(f"no START WAL LOCATION in the backup_label of {dest}")
+    start_wal = found.group(1)
     info = {
         "started_at": started_at.isoformat(),
         "ended_at": ended_at.isoformat(),  # a recovery target must not be earlier than this
@@ -503,12 +505,10 @@ def archive_current_wal(s: config.Settings, timeout: float = 60) -> None:
         # A commit stamped now: recovery to a time stops at the first commit after it, and
         # fails when the WAL ends before one (nothing may have committed since the target).
         conn.execute("SELECT pg_catalog.txid_current()")
-        segment = conn.execute("SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())").fetchone()[0]
+        segment = value(conn, "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())")
         deadline = time.monotonic() + timeout
         while True:
-            last, failed = conn.execute(
-                "SELECT last_archived_wal, last_failed_wal FROM pg_catalog.pg_stat_archiver"
-            ).fetchone()
+            last, failed = one(conn, "SELECT last_archived_wal, last_failed_wal FROM pg_catalog.pg_stat_archiver")
             if last and last[8:] >= segment[8:]:
                 return
             if time.monotonic() > deadline:
@@ -587,9 +587,9 @@ def point_in_time_recovery(
     try:
         cluster.start(copy, timeout=3600)
         with psycopg.connect(copy.superuser_url("postgres"), autocommit=True) as conn:
-            while conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]:
+            while value(conn, "SELECT pg_catalog.pg_is_in_recovery()"):
                 time.sleep(0.2)
-            replayed = conn.execute("SELECT pg_catalog.pg_last_xact_replay_timestamp()").fetchone()[0]
+            replayed = value(conn, "SELECT pg_catalog.pg_last_xact_replay_timestamp()")
     except (cluster.ClusterError, psycopg.OperationalError) as exc:
         tail = "\n".join(copy.log_file.read_text(errors="replace").splitlines()[-8:]) if copy.log_file.exists() else ""
         cluster.stop(copy, mode="immediate")

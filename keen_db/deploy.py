@@ -70,9 +70,9 @@ def _yoyo_url(conninfo: str) -> str:
     from urllib.parse import quote
 
     p = conninfo_to_dict(conninfo)
-    auth = quote(p.get("user", ""), safe="")
+    auth = quote(str(p.get("user", "")), safe="")
     if p.get("password"):
-        auth += ":" + quote(p["password"], safe="")
+        auth += ":" + quote(str(p["password"]), safe="")
     port = f":{p['port']}" if p.get("port") else ""
     return f"postgresql+psycopg://{auth}@{p.get('host', '')}{port}/{p.get('dbname', '')}"
 

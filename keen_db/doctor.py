@@ -8,6 +8,7 @@ import psycopg
 
 from . import cluster, deploy
 from .config import DB_DIR, Settings
+from .sql import one, value
 
 Check = Callable[[Settings, psycopg.Connection], tuple[bool, str]]
 
@@ -20,7 +21,7 @@ def check_migrations(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
 
 
 def check_repeatables(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
-    deployed = dict(conn.execute("SELECT path, sha256 FROM keen.deployed_files").fetchall())
+    deployed: dict[str, str] = dict(conn.execute("SELECT path, sha256 FROM keen.deployed_files").fetchall())
     drift = []
     for path in deploy.repeatable_files():
         rel = str(path.relative_to(DB_DIR))
@@ -155,11 +156,11 @@ def check_admin(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
 
 
 def check_ledger(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
-    if not conn.execute("SELECT pg_catalog.to_regprocedure('keen.verify_ledger()')").fetchone()[0]:
+    if not value(conn, "SELECT pg_catalog.to_regprocedure('keen.verify_ledger()')"):
         return False, "keen.verify_ledger() is not defined"
     with psycopg.connect(s.role_url("keen_maintenance")) as mconn:
         rows = mconn.execute("SELECT user_id, balance, ledger_sum FROM keen.verify_ledger() WHERE NOT ok").fetchall()
-        total = mconn.execute("SELECT count(*) FROM keen.verify_ledger()").fetchone()[0]
+        total = value(mconn, "SELECT count(*) FROM keen.verify_ledger()")
     if rows:
         return False, "; ".join(f"{r[0]}: balance {r[1]} but ledger sums to {r[2]}" for r in rows[:5])
     return True, f"{total} account(s), every balance equals its ledger"
@@ -168,14 +169,17 @@ def check_ledger(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
 def check_connections(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
     """Server health: connections in use against max_connections, the client pool's share,
     and sessions left idle inside a transaction (they hold locks and snapshots)."""
-    used, limit, reserved, pooled, idle_tx, oldest_idle_tx = conn.execute("""
+    used, limit, reserved, pooled, idle_tx, oldest_idle_tx = one(
+        conn,
+        """
         SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend'),
                pg_catalog.current_setting('max_connections')::int,
                pg_catalog.current_setting('superuser_reserved_connections')::int,
                (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE application_name = 'keen_client'),
                (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE state LIKE 'idle in transaction%%'),
                (SELECT COALESCE(EXTRACT(EPOCH FROM pg_catalog.max(pg_catalog.now() - state_change)), 0)::int
-                  FROM pg_catalog.pg_stat_activity WHERE state LIKE 'idle in transaction%%')""").fetchone()
+                  FROM pg_catalog.pg_stat_activity WHERE state LIKE 'idle in transaction%%')""",
+    )
     available = limit - reserved
     detail = (
         f"{used} of {available} connections in use ({pooled} from keen_client pools), {idle_tx} idle in a transaction"
@@ -193,20 +197,21 @@ def check_connections(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]
 
 def check_wal_archiving(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
     """WAL archiving (what point-in-time recovery replays): on, not failing, not falling behind."""
-    mode = conn.execute("SELECT pg_catalog.current_setting('archive_mode')").fetchone()[0]
+    mode = value(conn, "SELECT pg_catalog.current_setting('archive_mode')")
     if mode == "off":
         if s.embedded:
             return False, "archive_mode is off: point-in-time recovery is impossible (restart with keen-db up)"
         return True, "archive_mode off on this server (point-in-time recovery is its operator's business)"
-    archived, last_wal, last_age, failed, last_failed, failing = conn.execute("""
+    archived, last_wal, last_age, failed, last_failed, failing = one(
+        conn,
+        """
         SELECT archived_count, last_archived_wal,
                EXTRACT(EPOCH FROM pg_catalog.now() - last_archived_time)::int,
                failed_count, last_failed_wal,
                COALESCE(last_failed_time > COALESCE(last_archived_time, '-infinity'), false)
-          FROM pg_catalog.pg_stat_archiver""").fetchone()
-    waiting = conn.execute(
-        "SELECT count(*) FROM pg_catalog.pg_ls_archive_statusdir() WHERE name LIKE '%%.ready'"
-    ).fetchone()[0]
+          FROM pg_catalog.pg_stat_archiver""",
+    )
+    waiting = value(conn, "SELECT count(*) FROM pg_catalog.pg_ls_archive_statusdir() WHERE name LIKE '%%.ready'")
     detail = (
         f"{archived} segment(s) archived, last {last_wal or 'none'}"
         + (f" {last_age}s ago" if last_age is not None else "")
@@ -230,11 +235,14 @@ def check_wal_archiving(s: Settings, conn: psycopg.Connection) -> tuple[bool, st
 def check_holds(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
     """Credit holds: the oldest live one (a hold counts against the balance until captured,
     released or expired; expiry needs no job, so this is information, not a failure)."""
-    live, oldest, expired = conn.execute("""
+    live, oldest, expired = one(
+        conn,
+        """
         SELECT count(*) FILTER (WHERE expires_at > pg_catalog.now()),
                EXTRACT(EPOCH FROM pg_catalog.now() - pg_catalog.min(created_at) FILTER (WHERE expires_at > pg_catalog.now()))::int,
                count(*) FILTER (WHERE expires_at <= pg_catalog.now())
-          FROM keen.credit_reservations WHERE status = 'held'""").fetchone()
+          FROM keen.credit_reservations WHERE status = 'held'""",
+    )
     if not live:
         return True, f"no live hold ({expired} expired without capture or release)"
     return True, f"{live} live hold(s), the oldest placed {oldest}s ago; {expired} expired without capture or release"
@@ -243,11 +251,11 @@ def check_holds(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
 def check_event_partitions(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
     """The monthly partitions of keen.streaming_events for this UTC month and the next exist
     (keen.prepare_event_partitions, run daily, keeps them ahead); the default partition is empty."""
-    if not conn.execute(
-        "SELECT pg_catalog.to_regprocedure('keen.prepare_event_partitions(integer,timestamptz)')"
-    ).fetchone()[0]:
+    if not value(conn, "SELECT pg_catalog.to_regprocedure('keen.prepare_event_partitions(integer,timestamptz)')"):
         return True, "no partition maintenance defined (keen.prepare_event_partitions)"
-    missing, ahead, in_default = conn.execute("""
+    missing, ahead, in_default = one(
+        conn,
+        """
         WITH months AS (
             SELECT 'streaming_events_' || pg_catalog.to_char(m, '"y"YYYY"m"MM') AS name
               FROM pg_catalog.generate_series(pg_catalog.date_trunc('month', pg_catalog.now() AT TIME ZONE 'UTC'),
@@ -259,7 +267,8 @@ def check_event_partitions(s: Settings, conn: psycopg.Connection) -> tuple[bool,
                    AND p.relname > 'streaming_events_' || pg_catalog.to_char(pg_catalog.now() AT TIME ZONE 'UTC', '"y"YYYY"m"MM')),
                (SELECT count(*) FROM keen.streaming_events_default)
           FROM months m
-          LEFT JOIN pg_catalog.pg_class c ON c.relname = m.name AND c.relnamespace = 'keen'::regnamespace""").fetchone()
+          LEFT JOIN pg_catalog.pg_class c ON c.relname = m.name AND c.relnamespace = 'keen'::regnamespace""",
+    )
     if missing:
         return False, f"missing partition(s) {', '.join(missing)} (run SELECT keen.prepare_event_partitions())"
     return True, f"this month's partition and {ahead} ahead; {in_default} row(s) in the default partition"
@@ -269,7 +278,7 @@ def check_audit_chain(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]
     """keen.verify_audit_chain() finds no broken link (docs/users.md)."""
     with psycopg.connect(s.role_url("keen_maintenance")) as mconn:
         broken = mconn.execute("SELECT chain_name, chain_seq, problem FROM keen.verify_audit_chain()").fetchall()
-        total = mconn.execute("SELECT count(*) FROM keen.audit_logs").fetchone()[0]
+        total = value(mconn, "SELECT count(*) FROM keen.audit_logs")
     if broken:
         return False, "; ".join(f"chain {r[0]} broken at entry {r[1]}: {r[2]}" for r in broken)
     return True, f"{total} entries, every hash links to the one before"
@@ -277,7 +286,7 @@ def check_audit_chain(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]
 
 def check_login_recorder(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
     """The loopback that counts failed logins connects (else lock-out is off; docs/users.md)."""
-    problem = conn.execute("SELECT keen.login_recorder_status()").fetchone()[0]
+    problem = value(conn, "SELECT keen.login_recorder_status()")
     if problem:
         return False, f"failed logins are not counted: {problem}"
     return True, "failed logins are counted and audited"
@@ -313,7 +322,7 @@ def run_checks(s: Settings) -> Iterator[tuple[str, bool, str]]:
         yield "connection", False, str(exc).strip()
         return
     with conn:
-        version = conn.execute("SHOW server_version").fetchone()[0]
+        version = value(conn, "SHOW server_version")
         yield "connection", True, f"PostgreSQL {version}"
         try:
             with psycopg.connect(s.role_url("keen_app"), connect_timeout=5) as app:
