@@ -39,6 +39,7 @@ import psycopg
 from psycopg import sql
 
 from . import cluster, config, deploy
+from .sql import value
 
 BENCH_DB = "keen_bench"
 HOT_USER = 1
@@ -113,7 +114,7 @@ UPDATE keen.credit_accounts a
 def seed_ledger(conn: psycopg.Connection, per_account: int, days: int = 365) -> int:
     """Add `per_account` ledger rows to every bench account in one transaction (balances follow)."""
     with conn.transaction():
-        n = conn.execute(SEED_LEDGER, {"per": per_account, "days": days}).fetchone()[0]
+        n = value(conn, SEED_LEDGER, {"per": per_account, "days": days})
         conn.execute(SEED_LEDGER_BALANCES, {"per": per_account})
     return n
 
@@ -138,7 +139,7 @@ SELECT %(user)s, %(prefix)s || '-' || %(depth)s || '-' || pg_catalog.row_number(
 def seed_tree(conn: psycopg.Connection, user_id: uuid.UUID, prefix: str, nodes: int, fanout: int = 10) -> uuid.UUID:
     """A session tree of `nodes` nodes (breadth first, `fanout` children each) as superuser;
     session_depth and tree_path come from the parent (the sessions' insert trigger)."""
-    root = conn.execute(SEED_TREE_ROOT, {"user": user_id, "prefix": prefix}).fetchone()[0]
+    root = value(conn, SEED_TREE_ROOT, {"user": user_id, "prefix": prefix})
     made, depth, width = 1, 1, 1
     while made < nodes:
         # Fresh statistics (and so fresh cached plans: the foreign key check's and the
@@ -322,7 +323,10 @@ class Bench:
             raise click.ClickException(f"pgbench {' '.join(args)} failed: {(res.stderr or res.stdout).strip()[-2000:]}")
         failed = re.search(r"number of failed transactions: (\d+)", res.stdout)
         self.failures += int(failed.group(1)) if failed else 0
-        return float(re.search(r"tps = ([0-9.]+)", res.stdout).group(1))
+        tps = re.search(r"tps = ([0-9.]+)", res.stdout)
+        if tps is None:
+            raise click.ClickException(f"pgbench {' '.join(args)} printed no tps: {res.stdout.strip()[-2000:]}")
+        return float(tps.group(1))
 
     def script(self, name: str) -> str:
         path = self.tmp / f"{name}.sql"
@@ -335,7 +339,7 @@ class Bench:
 
     def has_function(self, signature: str) -> bool:
         with self.su() as conn:
-            return conn.execute("SELECT pg_catalog.to_regprocedure(%s) IS NOT NULL", (signature,)).fetchone()[0]
+            return value(conn, "SELECT pg_catalog.to_regprocedure(%s) IS NOT NULL", (signature,))
 
     # -- set-up
     def setup(self) -> None:
@@ -361,9 +365,7 @@ class Bench:
         with self.su() as conn:
             conn.execute(BENCH_OBJECTS)
             seed_users(conn, cfg.users)
-            self.admin = conn.execute(
-                "SELECT id FROM keen.users WHERE role = 'super_admin' ORDER BY created_at LIMIT 1"
-            ).fetchone()[0]
+            self.admin = value(conn, "SELECT id FROM keen.users WHERE role = 'super_admin' ORDER BY created_at LIMIT 1")
         self.sessions = self.has_function("keen.session_tree(uuid)")
         if self.sessions:
             self.seed_sessions()
@@ -395,31 +397,32 @@ class Bench:
             self.trees = {size: seed_tree(conn, bench_uid(TREE_USER), f"tree{size}", size) for size in (small, big)}
             self.event_session = seed_tree(conn, bench_uid(HOT_USER), "events", 1)
             # A subtree of at most 100 nodes: the deepest node of the big tree that has children.
-            self.subtree = conn.execute(
+            self.subtree = value(
+                conn,
                 """
                 SELECT p.id FROM keen.agent_sessions p
                  WHERE p.user_id = %s AND p.session_id LIKE %s || '-%%' AND p.session_depth > 0
                    AND EXISTS (SELECT 1 FROM keen.agent_sessions c WHERE c.parent_session_id = p.id)
                  ORDER BY p.session_depth DESC LIMIT 1""",
                 (bench_uid(TREE_USER), f"tree{big}"),
-            ).fetchone()[0]
+            )
             self.subtree_size = (
-                conn.execute(
-                    "SELECT count(*) FROM keen.agent_sessions WHERE parent_session_id = %s", (self.subtree,)
-                ).fetchone()[0]
+                value(conn, "SELECT count(*) FROM keen.agent_sessions WHERE parent_session_id = %s", (self.subtree,))
                 + 1
             )
-            self.pk_probe = conn.execute(
+            self.pk_probe = value(
+                conn,
                 "SELECT id FROM keen.agent_sessions WHERE user_id = %s AND session_id = %s",
                 (bench_uid(TREE_USER), f"tree{small}-1-7"),
-            ).fetchone()[0]
+            )
 
     def _deadlocks(self) -> int:
         with self.su("postgres") as conn:
-            return conn.execute(
+            return value(
+                conn,
                 "SELECT COALESCE(sum(deadlocks), 0)::int FROM pg_catalog.pg_stat_database WHERE datname IN (%s, %s)",
                 (self.db, self.tpcb_db),
-            ).fetchone()[0]
+            )
 
     # -- figures
     def throughput_round(self) -> None:

@@ -12,6 +12,7 @@ from decimal import ROUND_UP, Decimal
 import psycopg
 
 from keen_client.errors import InsufficientCredits
+from keen_db.sql import value
 
 D = Decimal
 
@@ -34,9 +35,9 @@ def run(ctx) -> None:
 
     if ctx.state.get("admin_id") is None:  # keen_app sees no user row without an actor: ask the superuser
         with psycopg.connect(ctx.superuser_url()) as conn:
-            ctx.state["admin_id"] = conn.execute(
-                "SELECT id FROM keen.users WHERE role = 'super_admin' ORDER BY created_at LIMIT 1"
-            ).fetchone()[0]
+            ctx.state["admin_id"] = value(
+                conn, "SELECT id FROM keen.users WHERE role = 'super_admin' ORDER BY created_at LIMIT 1"
+            )
     admin_id = ctx.state["admin_id"]
     if ctx.state.get("user_id") is None:
         tag = uuid.uuid4().hex[:6]

@@ -12,6 +12,7 @@ from decimal import Decimal
 import psycopg
 
 from keen_client.errors import SessionStateError
+from keen_db.sql import value
 
 D = Decimal
 COSTS = {"backend-db": D("0.40"), "frontend": D("0.85"), "backend": D("0.60"), "root": D("1.20")}
@@ -34,7 +35,7 @@ def _admin_id(ctx) -> uuid.UUID:
     if ctx.state.get("admin_id"):
         return ctx.state["admin_id"]
     with psycopg.connect(ctx.superuser_url()) as conn:
-        admin_id = conn.execute("SELECT id FROM keen.users WHERE role = 'super_admin'").fetchone()[0]
+        admin_id = value(conn, "SELECT id FROM keen.users WHERE role = 'super_admin'")
     ctx.state["admin_id"] = admin_id
     return admin_id
 
@@ -78,7 +79,7 @@ def run(ctx) -> None:
     keen = ctx.keen
     ctx.step("Agent sessions: a recursive tree, phases, tools, git, and completion that charges")
     user_id = _user_id(ctx)
-    before = _fund(ctx, user_id, sum(COSTS.values()) * 5)
+    before = _fund(ctx, user_id, sum(COSTS.values(), Decimal(0)) * 5)
     tag = uuid.uuid4().hex[:4]
 
     with keen.as_user(user_id) as tx:

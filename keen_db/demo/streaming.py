@@ -12,6 +12,7 @@ from datetime import timedelta
 import psycopg
 
 from keen_client.errors import NotFound
+from keen_db.sql import value
 
 SCRIPT = [  # (event_type, source, data): a short agent run
     ("phase_change", "agent", {"from": "EXPLORE", "to": "PLAN"}),
@@ -154,8 +155,8 @@ def run(ctx) -> None:
         listed = tx.scalar("SELECT websocket_connections FROM keen.agent_sessions WHERE id = %s", (session_id,))
     ctx.say(f"Closed the connection; the session's websocket_connections: {listed}")
     with psycopg.connect(ctx.maintenance_url()) as conn:
-        reaped = conn.execute("SELECT keen.reap_stale_connections(%s)", (timedelta(minutes=2),)).fetchone()[0]
-        made = conn.execute("SELECT count(*) FROM keen.prepare_event_partitions(2)").fetchone()[0]
+        reaped = value(conn, "SELECT keen.reap_stale_connections(%s)", (timedelta(minutes=2),))
+        made = value(conn, "SELECT count(*) FROM keen.prepare_event_partitions(2)")
     with psycopg.connect(ctx.superuser_url()) as conn:
         parts = conn.execute("""
             SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), c.relrowsecurity AND c.relforcerowsecurity,
