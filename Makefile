@@ -8,7 +8,7 @@ APT_PACKAGES := postgresql-15 postgresql-contrib postgresql-15-pgtap libtap-pars
 	postgresql-15-plpgsql-check postgresql-15-cron postgresql-15-auto-failover pgbouncer
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup system venv up down doctor pgtap pytest lint bench clean
+.PHONY: demo test setup system venv up down doctor pgtap pytest lint schema bench clean
 
 demo: setup
 	$(BIN)/keen-db demo
@@ -57,6 +57,10 @@ lint: venv
 	$(BIN)/mypy
 	@files=$$(ls db/schema/[0-9]*.sql | grep -v rollback | awk -F/ '{ n = substr($$NF, 1, 4) + 0; if (n > 8) print }'); \
 	if [ -n "$$files" ]; then $(BIN)/squawk --config=.squawk.toml $$files; else echo "squawk: no migration after 0008"; fi
+
+# db/schema.sql, the current schema as one file, from the migrated embedded database.
+schema: setup
+	$(BIN)/keen-db schema --write
 
 bench: setup
 	$(BIN)/keen-db bench

@@ -13,7 +13,14 @@ from . import cluster, config, deploy
 
 # Commands that live with their area (backup/restore, bench, rollup, demo); each module
 # exposes COMMANDS, a list of click commands.
-COMMAND_MODULES = ("keen_db.backup", "keen_db.bench", "keen_db.rollup", "keen_db.demo")
+COMMAND_MODULES = (
+    "keen_db.backup",
+    "keen_db.bench",
+    "keen_db.rollup",
+    "keen_db.demo",
+    "keen_db.ha",
+    "keen_db.schema_file",
+)
 
 
 def _settings(ctx: click.Context) -> config.Settings:
@@ -77,10 +84,18 @@ def down(ctx: click.Context) -> None:
 @cli.command()
 @click.option("--superuser", is_flag=True, help="a URL that logs in as a superuser")
 @click.option("--maintenance", is_flag=True, help="a URL that logs in as keen_maintenance")
+@click.option("--read-only", is_flag=True, help="while HA runs: a URL that prefers the standby")
 @click.pass_context
-def url(ctx: click.Context, superuser: bool, maintenance: bool) -> None:
-    """Print a libpq URL for keen_app (or a superuser / the maintenance role)."""
+def url(ctx: click.Context, superuser: bool, maintenance: bool, read_only: bool) -> None:
+    """Print a libpq URL for keen_app (or a superuser / the maintenance role); while
+    `keen-db ha` runs, a multi-host URL over both nodes (see keen_db.ha)."""
     s = _settings(ctx)
+    from . import ha
+
+    if ha.running(s):
+        role = "postgres" if superuser else "keen_maintenance" if maintenance else "keen_app"
+        click.echo(ha.url(s, role, read_only))
+        return
     if superuser:
         click.echo(config.to_url(s.superuser_url()))
     else:
