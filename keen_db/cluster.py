@@ -11,14 +11,16 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
-from .config import Settings
+from .config import PORT_FILE, RELOCATED_ROOT, Settings, free_port, port_in_use
 
 PG_BIN_CANDIDATES = ("/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin")
 SERVER_USER = "postgres"
@@ -87,9 +89,15 @@ def initialised(s: Settings) -> bool:
 
 
 def init(s: Settings) -> None:
-    """initdb (first time only) with scram authentication and our settings file."""
+    """initdb (first time only) with scram authentication and our settings file; records the
+    port in $KEEN_HOME/port (so a port picked because 54329 was taken stays this cluster's)."""
+    if s.relocated_from is not None:
+        RELOCATED_ROOT.mkdir(parents=True, exist_ok=True)
+        os.chmod(RELOCATED_ROOT, 0o711)
     s.home.mkdir(parents=True, exist_ok=True)
     os.chmod(s.home, 0o711)
+    if not os.environ.get("KEEN_PORT"):
+        (s.home / PORT_FILE).write_text(f"{s.port}\n")
     _check_reachable(s.home)
     superuser_password = s.secret("postgres")
     _owned_dir(s.data_dir, 0o700)
@@ -179,10 +187,75 @@ include_if_exists = 'keen.recovery.conf'
     os.chown(path, uid, gid)
 
 
+def _process_state(pid: int) -> str | None:
+    """The State letter of /proc/<pid>/status (R, S, D, Z, X, ...), None when there is no such process."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return line.split()[1]
+    except (OSError, IndexError):
+        return None
+    return None
+
+
+def postmaster_pid(s: Settings) -> int | None:
+    """The pid in postmaster.pid, when the file is there and readable."""
+    try:
+        return int((s.data_dir / "postmaster.pid").read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _is_live_postmaster(pid: int, data_dir: Path) -> bool:
+    """A live (not zombie, not dead) postgres process working in `data_dir`: the postmaster
+    chdirs into its data directory; a zombie has no cwd, a reused pid another program's."""
+    if _process_state(pid) in (None, "Z", "X"):
+        return False
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    return comm in ("postgres", "postmaster") and cwd == str(data_dir.resolve())
+
+
 def running(s: Settings) -> bool:
+    """True only for a live postmaster of this data directory. `pg_ctl status` is not enough:
+    it calls a killed postmaster that its parent has not reaped yet (a zombie, as in any
+    container whose PID 1 does not reap) running, and `up` would skip the start."""
     if not initialised(s):
         return False
-    return _run([pg_bin("pg_ctl"), "status", "-D", str(s.data_dir)], check=False).returncode == 0
+    pid = postmaster_pid(s)
+    return pid is not None and _is_live_postmaster(pid, s.data_dir)
+
+
+def _cluster_on_port(port: int) -> str | None:
+    """The data directory of another running PostgreSQL that listens on `port`, if any."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() != "postgres":
+                continue
+            cwd = Path(os.readlink(proc / "cwd"))
+            lines = (cwd / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            continue
+        if len(lines) > 3 and lines[0].strip() == proc.name and lines[3].strip() == str(port):
+            return str(cwd)
+    return None
+
+
+def check_port_free(s: Settings) -> None:
+    """Before starting: the port must be free; say who holds it and what to set."""
+    if not port_in_use(s.port):
+        return
+    other = _cluster_on_port(s.port)
+    who = f"another PostgreSQL cluster (data directory {other})" if other else "another program"
+    raise ClusterError(
+        f"port {s.port} on 127.0.0.1 is in use by {who}; set KEEN_PORT to a free port "
+        f"(e.g. KEEN_PORT={free_port()} keen-db up) or stop that server"
+    )
 
 
 def _orphans(s: Settings) -> list[int]:
@@ -215,8 +288,8 @@ def _clear_stale_pid(s: Settings, grace: float = 15.0) -> None:
     except (ValueError, IndexError):
         pidfile.unlink()
         return
-    if Path(f"/proc/{pid}").exists() and pid not in _orphans(s):
-        pidfile.unlink()  # the pid now belongs to another program
+    if not _is_live_postmaster(pid, s.data_dir):
+        pidfile.unlink()  # dead, a zombie, or the pid now belongs to another program
     deadline = time.monotonic() + grace
     signalled = False
     while orphans := _orphans(s):
@@ -239,6 +312,7 @@ def start(s: Settings, timeout: int = 60) -> None:
     if running(s):
         return
     _clear_stale_pid(s)
+    check_port_free(s)
     write_conf(s)
     res = _run(
         [pg_bin("pg_ctl"), "start", "-D", str(s.data_dir), "-l", str(s.log_file), "-w", "-t", str(timeout)], check=False
@@ -283,6 +357,12 @@ def ensure_running(s: Settings) -> None:
     """Create (once) and start the embedded cluster; a no-op when it already runs."""
     if not s.embedded:
         return
+    if s.relocated_from is not None:
+        print(
+            f"keen-db: the postgres user cannot reach {s.relocated_from}; the cluster lives in {s.home} "
+            f"(set KEEN_HOME to choose another place)",
+            file=sys.stderr,
+        )
     try:
         if not initialised(s):
             init(s)
@@ -292,3 +372,100 @@ def ensure_running(s: Settings) -> None:
             f"cannot use KEEN_HOME={s.home}: {exc.strerror or exc}; "
             f"set KEEN_HOME to a writable directory the postgres user can reach"
         ) from exc
+
+
+PGBOUNCER_CANDIDATES = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer")
+
+
+def pgbouncer_bin() -> str | None:
+    for p in PGBOUNCER_CANDIDATES:
+        if Path(p).exists():
+            return p
+    return shutil.which("pgbouncer")
+
+
+@dataclass
+class PgBouncer:
+    """A PgBouncer in transaction pooling in front of the embedded cluster (tests, bench)."""
+
+    workdir: Path
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def url(self, conninfo: str) -> str:
+        """`conninfo` (a URL on the cluster) redirected through this PgBouncer."""
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
+        params.update(host="127.0.0.1", port=str(self.port))
+        return psycopg.conninfo.make_conninfo("", **params)
+
+    def log(self) -> str:
+        path = self.workdir / "pgbouncer.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def pgbouncer_ini(s: Settings, workdir: Path, port: int, pool_size: int) -> str:
+    """A transaction-pooling PgBouncer for every database of the cluster; clients and the
+    server authenticate with scram-sha-256 (auth_file holds the login roles' passwords)."""
+    return f"""[databases]
+* = host=127.0.0.1 port={s.port}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {workdir}/userlist.txt
+pool_mode = transaction
+default_pool_size = {pool_size}
+max_client_conn = 1000
+ignore_startup_parameters = extra_float_digits
+logfile = {workdir}/pgbouncer.log
+pidfile = {workdir}/pgbouncer.pid
+"""
+
+
+def start_pgbouncer(
+    s: Settings, roles: tuple[str, ...] = ("keen_app",), pool_size: int = 20, timeout: float = 15.0
+) -> PgBouncer:
+    """Start PgBouncer (Debian's package) as the postgres user (it refuses root) on a free
+    port, in a directory of its own under /var/tmp; stop it with PgBouncer.stop()."""
+    binary = pgbouncer_bin()
+    if binary is None:
+        raise ClusterError("pgbouncer not found: install the Debian package pgbouncer (make system does)")
+    workdir = Path(tempfile.mkdtemp(prefix="keen_pgbouncer_", dir="/var/tmp"))
+    uid, gid = _server_uid_gid()
+    port = free_port()
+    users = "".join(f'"{role}" "{s.secret(role, env=f"{role.upper()}_PASSWORD")}"\n' for role in roles)
+    (workdir / "userlist.txt").write_text(users)
+    (workdir / "pgbouncer.ini").write_text(pgbouncer_ini(s, workdir, port, pool_size))
+    for path in (workdir, workdir / "userlist.txt", workdir / "pgbouncer.ini"):
+        os.chown(path, uid, gid)
+    os.chmod(workdir, 0o700)
+    os.chmod(workdir / "userlist.txt", 0o600)
+    as_server = {"user": uid, "group": gid, "extra_groups": []} if os.geteuid() == 0 else {}
+    process = subprocess.Popen(
+        [binary, str(workdir / "pgbouncer.ini")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=workdir,
+        **as_server,  # type: ignore[call-overload]
+    )
+    bouncer = PgBouncer(workdir, port, process)
+    deadline = time.monotonic() + timeout
+    while not port_in_use(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            log = bouncer.log()
+            bouncer.stop()
+            raise ClusterError(f"pgbouncer did not start: {log[-1500:]}")
+        time.sleep(0.05)
+    return bouncer

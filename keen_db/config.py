@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pwd
 import secrets
+import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +15,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_DIR = ROOT / "db"
+DEFAULT_PORT = 54329
+SERVER_USER = "postgres"
+# Where a cluster goes when the postgres user cannot reach the checkout (root's 0700 home).
+RELOCATED_ROOT = Path("/var/lib/keen-db")
+PORT_FILE = "port"
 
 
 @dataclass(frozen=True)
@@ -19,6 +28,8 @@ class Settings:
     port: int
     database: str
     database_url: str | None  # an existing server's superuser URL (KEEN_DATABASE_URL)
+    # The default ./.keen the postgres user could not reach, when home was moved from there.
+    relocated_from: Path | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -88,7 +99,7 @@ def to_url(conninfo: str) -> str:
     """A libpq conninfo as a postgresql:// URL (what `keen-db url` prints)."""
     from urllib.parse import quote
 
-    p = conninfo_to_dict(conninfo)
+    p = {k: str(v) for k, v in conninfo_to_dict(conninfo).items() if v is not None}
     auth = quote(p.get("user", ""), safe="")
     if p.get("password"):
         auth += ":" + quote(p["password"], safe="")
@@ -101,12 +112,84 @@ def to_url(conninfo: str) -> str:
     return f"postgresql://{netloc}/{quote(p.get('dbname', ''), safe='')}" + (f"?{query}" if query else "")
 
 
+def reachable_by_server_user(path: Path) -> bool:
+    """True when the postgres OS user can search every existing directory on the way to
+    `path` (mode bits: owner, group, other; enough for the usual 0700 home). Not root: we run
+    the server ourselves, so whatever we can reach it can."""
+    if os.geteuid() != 0:
+        return True
+    try:
+        pw = pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        return True
+    gids = {pw.pw_gid, *os.getgrouplist(SERVER_USER, pw.pw_gid)}
+    for d in [path, *path.parents]:
+        try:
+            st = d.stat()
+        except OSError:
+            continue  # not created yet: we create it with a searchable mode
+        if st.st_uid == pw.pw_uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid in gids:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def default_home() -> tuple[Path, Path | None]:
+    """./.keen, or, when the postgres user cannot reach it (and no cluster is there yet), a
+    place of its own under /var/lib/keen-db named by a hash of the checkout's path, so two
+    checkouts never share one. Returns (home, the unreachable default or None)."""
+    home = Path("./.keen").resolve()
+    if (home / "pgdata").exists() or reachable_by_server_user(home):
+        return home, None
+    digest = hashlib.sha256(str(home.parent).encode()).hexdigest()[:12]
+    return RELOCATED_ROOT / digest, home
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def load_port(home: Path) -> int:
+    """KEEN_PORT; else the port recorded in $KEEN_HOME/port when the cluster was created;
+    else 54329, or, for a cluster not created yet while 54329 is taken (another checkout's
+    cluster), a free port that `keen-db up` records when it creates the cluster."""
+    if os.environ.get("KEEN_PORT"):
+        return int(os.environ["KEEN_PORT"])
+    recorded = home / PORT_FILE
+    try:
+        return int(recorded.read_text().strip())
+    except (OSError, ValueError):
+        pass
+    if not (home / "pgdata" / "PG_VERSION").exists() and port_in_use(DEFAULT_PORT):
+        return free_port()
+    return DEFAULT_PORT
+
+
 def load(database_url: str | None = None) -> Settings:
-    home = Path(os.environ.get("KEEN_HOME", "./.keen")).resolve()
     url = database_url or os.environ.get("KEEN_DATABASE_URL") or None
+    relocated_from = None
+    if os.environ.get("KEEN_HOME"):
+        home = Path(os.environ["KEEN_HOME"]).resolve()
+    else:
+        home, relocated_from = default_home()
     return Settings(
         home=home,
-        port=int(os.environ.get("KEEN_PORT", "54329")),
-        database=(conninfo_to_dict(url).get("dbname") if url else None) or os.environ.get("KEEN_DB", "keen"),
+        port=load_port(home),
+        database=str((conninfo_to_dict(url).get("dbname") if url else None) or os.environ.get("KEEN_DB", "keen")),
         database_url=url,
+        relocated_from=relocated_from,
     )
