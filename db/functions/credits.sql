@@ -249,6 +249,7 @@ COMMENT ON FUNCTION keen_private.credit_refresh_holds(uuid) IS 'Internal: recomp
 -- Who: deduct_credits (when its fast path did not apply) and capture_reservation, after they
 -- validated the input and the actor. Raises P0002 (no account), KN001 (available balance
 -- short), KN002 (daily or monthly limit), KN005 (idempotency key used for another request).
+-- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock).
 CREATE OR REPLACE FUNCTION keen_private.credit_charge(p_user_id uuid, p_claude_cost_usd numeric, p_multiplier numeric,
                                               p_charge numeric, p_session_id uuid, p_description text,
                                               p_idempotency_key text, p_reservation_id uuid, p_metadata jsonb)
@@ -377,6 +378,7 @@ COMMENT ON FUNCTION keen_private.credit_hold_result(keen.credit_reservations) IS
 -- Raises 42501 (not an admin), 22023 (amount not a positive number of at most 1,000,000,000
 -- with at most 6 decimals, a bad description or key, or a balance that would pass
 -- 1,000,000,000,000), P0002 (no such user), KN005 (key used for another request).
+-- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock).
 CREATE OR REPLACE FUNCTION keen.add_credits(p_user_id uuid, p_amount numeric, p_description text,
                                             p_idempotency_key text DEFAULT NULL)
 RETURNS keen.credit_transactions
@@ -591,6 +593,7 @@ COMMENT ON FUNCTION keen.deduct_credits(uuid, numeric, uuid, text, text) IS 'Cha
 -- Raises 22023 (bad cost as for deduct_credits, a TTL not above 0 or over 7 days, a bad key),
 -- 42501, P0002 (no account, or not this user's session), KN001 (available balance short),
 -- KN002 (a limit would be passed), KN005 (key used for another request).
+-- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock).
 CREATE OR REPLACE FUNCTION keen.reserve_credits(p_user_id uuid, p_estimated_claude_cost_usd numeric,
                                                 p_session_id uuid DEFAULT NULL,
                                                 p_ttl interval DEFAULT '15 minutes',
@@ -679,6 +682,7 @@ COMMENT ON FUNCTION keen.reserve_credits(uuid, numeric, uuid, interval, text) IS
 -- Raises 22023 (bad cost or description), P0002 (no such hold), KN003 (captured, released or
 -- expired), KN001 (the balance, less the other live holds, cannot cover the cost: the hold
 -- stays live), KN002 (a limit would be passed).
+-- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock).
 CREATE OR REPLACE FUNCTION keen.capture_reservation(p_reservation_id uuid, p_claude_cost_usd numeric,
                                                     p_description text DEFAULT 'Agent execution')
 RETURNS keen.credit_transactions
@@ -731,6 +735,7 @@ COMMENT ON FUNCTION keen.capture_reservation(uuid, numeric, text) IS 'Charges th
 -- keen.release_reservation: ends a live hold with no charge.
 -- Who: the hold's owner or an admin (another tenant's hold is P0002).
 -- Raises P0002 (no such hold), KN003 (captured, released or expired).
+-- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock).
 CREATE OR REPLACE FUNCTION keen.release_reservation(p_reservation_id uuid)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
@@ -804,6 +809,7 @@ COMMENT ON FUNCTION keen.get_balance(uuid) IS 'Balance, available balance, lifet
 -- live holds; lowering one below what is already spent only blocks further usage.
 -- Who: the account's owner or an admin. Raises 22023 (a limit that is negative, NaN, infinite,
 -- over 1,000,000,000,000 or has more than 6 decimals), 42501, P0002.
+-- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock).
 CREATE OR REPLACE FUNCTION keen.set_spending_limits(p_user_id uuid, p_daily_limit numeric, p_monthly_limit numeric)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
@@ -931,6 +937,7 @@ COMMENT ON FUNCTION keen.verify_ledger() IS 'Per account: balance = sum of its l
 -- than the original, a transaction that is not a purchase or usage), P0002 (no such
 -- transaction), 23505 (already refunded), KN001 (a purchase refund the available balance
 -- cannot cover).
+-- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock).
 CREATE OR REPLACE FUNCTION keen.refund_credits(p_transaction_id uuid, p_reason text, p_amount numeric DEFAULT NULL)
 RETURNS keen.credit_transactions
 LANGUAGE plpgsql SECURITY DEFINER
@@ -1019,6 +1026,7 @@ COMMENT ON FUNCTION keen.refund_credits(uuid, text, numeric) IS 'Admin: a refund
 -- replace the current values when given. Who: the account's owner or an admin.
 -- Raises 22023 (NULL p_enabled, a threshold that is negative or malformed, an amount that is
 -- not a positive 6-decimal number of at most 1,000,000,000), 42501, P0002.
+-- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock).
 CREATE OR REPLACE FUNCTION keen.set_auto_recharge(p_user_id uuid, p_enabled boolean,
                                                   p_threshold numeric DEFAULT NULL, p_amount numeric DEFAULT NULL)
 RETURNS void
