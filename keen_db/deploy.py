@@ -36,7 +36,7 @@ def apply_repeatables(conn) -> list[str]:
     `conn` is a psycopg connection (yoyo passes its own)."""
     applied = []
     cur = conn.cursor()
-    # Bodies are checked by plpgsql_check (doctor, tests), so files need no particular order.
+    # Bodies are checked by plpgsql_check in tests/test_deploy.py, so files need no particular order.
     cur.execute("SET LOCAL check_function_bodies = off")
     for path in repeatable_files():
         rel = str(path.relative_to(DB_DIR))
