@@ -292,6 +292,45 @@ def check_login_recorder(s: Settings, conn: psycopg.Connection) -> tuple[bool, s
     return True, "failed logins are counted and audited"
 
 
+def check_replication(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    """Streaming replication (keen-db ha): on a primary each standby's state, sync state and lag,
+    and whether synchronous replication is in force; on a standby how far replay is behind.
+    A pg_auto_failover standby that streams asynchronously fails: an acknowledged commit is then
+    on one node only (the monitor turned synchronous replication off: the standby is lost or
+    catching up)."""
+    if value(conn, "SELECT pg_catalog.pg_is_in_recovery()"):
+        receiver = conn.execute("SELECT status, sender_port FROM pg_catalog.pg_stat_wal_receiver").fetchone()
+        behind, age = one(
+            conn,
+            "SELECT COALESCE(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_last_wal_receive_lsn(), "
+            "pg_catalog.pg_last_wal_replay_lsn()), 0)::bigint, "
+            "EXTRACT(EPOCH FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp())::int",
+        )
+        if receiver is None:
+            return False, "a standby with no WAL receiver: it streams from no primary"
+        return True, (
+            f"standby, {receiver[0]} from the primary on port {receiver[1]}; replay {behind} bytes behind what it "
+            f"received, last replayed commit {age}s old"
+        )
+    names = value(conn, "SELECT pg_catalog.current_setting('synchronous_standby_names')")
+    rows = conn.execute("""
+        SELECT application_name, state, sync_state,
+               COALESCE(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), replay_lsn), 0)::bigint
+          FROM pg_catalog.pg_stat_replication ORDER BY application_name""").fetchall()
+    if not rows and not names:
+        return True, "a single server: no standby, no synchronous replication"
+    detail = "; ".join(f"{r[0]} {r[1]} ({r[2]}), {r[3]} bytes behind" for r in rows) or "no standby connected"
+    detail += f"; synchronous_standby_names = {names!r}" if names else "; synchronous_standby_names is empty"
+    in_sync = [r for r in rows if r[1] == "streaming" and r[2] in ("sync", "quorum")]
+    if names and not in_sync:
+        return False, "no synchronous standby streams, commits wait for one: " + detail
+    if not names and any(r[0].startswith("pgautofailover_standby_") for r in rows):
+        return False, "synchronous replication is off, a commit is on this node only: " + detail
+    if any(r[3] > 64 * 1024 * 1024 for r in rows):
+        return False, "a standby is more than 64 MB behind: " + detail
+    return True, ("synchronous: " if in_sync else "asynchronous: ") + detail
+
+
 CHECKS: list[tuple[str, Check]] = [
     ("migrations current", check_migrations),
     ("functions and policies deployed", check_repeatables),
@@ -309,6 +348,7 @@ CHECKS: list[tuple[str, Check]] = [
     ("event partitions", check_event_partitions),
     ("audit chain", check_audit_chain),
     ("login recorder", check_login_recorder),
+    ("replication", check_replication),
 ]
 
 
