@@ -38,7 +38,7 @@ import click
 import psycopg
 from psycopg import sql
 
-from . import cluster, config, deploy
+from . import bench_client, cluster, config, deploy
 from .sql import value
 
 BENCH_DB = "keen_bench"
@@ -282,6 +282,8 @@ GOALS: list[tuple[str, str, str, Callable[[float], bool]]] = [
         lambda v: v <= 1.5,
     ),
 ]
+
+GOALS.extend(bench_client.GOALS)
 
 
 class Bench:
@@ -625,6 +627,7 @@ def run(s: config.Settings, cfg: Config, echo: Callable[[str], None] = lambda _m
         for i in range(cfg.rounds):
             echo(f"round {i + 1}/{cfg.rounds}")
             b.throughput_round()
+        bench_client.measure(b)  # issue 14: the client through PgBouncer, and AsyncKeen
         b.latency_figures()
         top = b.top_statements()
         b.tenfold()
