@@ -280,6 +280,15 @@ def _clear_stale_pid(s: Settings, grace: float = 15.0) -> None:
     backends of the dead postmaster still hold its shared memory: wait for them to exit (they
     notice the postmaster's death by themselves), then SIGQUIT the stragglers, as the
     postmaster would have. A pid reused by a program working elsewhere: remove the file."""
+    # The socket's lock file names the postmaster too, and PostgreSQL refuses to start while
+    # that pid exists, which a zombie still does: remove the lock of a postmaster that is gone.
+    for lock in s.run_dir.glob(".s.PGSQL.*.lock"):
+        try:
+            holder = int(lock.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            holder = None
+        if holder is None or not _is_live_postmaster(holder, s.data_dir):
+            lock.unlink(missing_ok=True)
     pidfile = s.data_dir / "postmaster.pid"
     if not pidfile.exists():
         return

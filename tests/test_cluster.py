@@ -86,3 +86,75 @@ def test_a_keen_home_the_postgres_user_cannot_reach_is_a_clear_error(tmp_path):
     res = e.cli("up", check=False)
     assert res.returncode == 1
     assert "the postgres user cannot reach" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_port_taken_by_another_cluster_is_named_before_starting(embedded, tmp_path):
+    """Issue 14: a second checkout on the port of a running cluster: up says which cluster
+    holds the port and what to set, instead of PostgreSQL's own log lines."""
+    other = Embedded(Path(str(embedded.home) + "-second"), embedded.port)
+    try:
+        res = other.cli("up", check=False)
+        assert res.returncode == 1
+        assert f"port {embedded.port}" in res.stderr and str(embedded.settings.data_dir) in res.stderr
+        assert "KEEN_PORT" in res.stderr and "Traceback" not in res.stderr
+    finally:
+        other.destroy()
+
+
+def test_a_new_cluster_on_the_default_port_picks_a_free_one_when_it_is_taken(tmp_path):
+    """With no KEEN_PORT and 54329 taken, a cluster not created yet gets a free port, which
+    its creation records in $KEEN_HOME/port for every later command."""
+    import socket
+
+    from keen_db import config
+
+    home = tmp_path / "home"
+    (home / "pgdata").mkdir(parents=True)
+    env_port = os.environ.pop("KEEN_PORT", None)
+    try:
+        with socket.socket() as busy:
+            busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                busy.bind(("127.0.0.1", config.DEFAULT_PORT))
+                busy.listen()
+            except OSError:
+                pass  # already taken (the shared cluster): the same situation
+            picked = config.load_port(home)
+            assert picked != config.DEFAULT_PORT
+            (home / config.PORT_FILE).write_text(f"{picked}\n")
+            assert config.load_port(home) == picked
+    finally:
+        if env_port is not None:
+            os.environ["KEEN_PORT"] = env_port
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can make a directory the postgres user cannot enter")
+def test_a_checkout_the_postgres_user_cannot_reach_gets_its_cluster_in_a_reachable_place(tmp_path):
+    """Issue 14: root clones into a 0700 home and runs keen-db up with no KEEN_HOME: the
+    cluster goes to /var/lib/keen-db/<hash of the checkout path> and the output says where."""
+    import hashlib
+
+    from keen_db import config
+    from keen_db.backup import free_port
+
+    private = tmp_path / "root-home"
+    private.mkdir(mode=0o700)
+    checkout = private / "keen-db"
+    checkout.mkdir()
+    expected = config.RELOCATED_ROOT / hashlib.sha256(str(checkout).encode()).hexdigest()[:12]
+    env = {k: v for k, v in os.environ.items() if k not in ("KEEN_HOME", "KEEN_DATABASE_URL")}
+    env["KEEN_PORT"] = str(free_port())
+    import subprocess
+
+    from .embedded import KEEN_DB
+
+    try:
+        res = subprocess.run([KEEN_DB, "up"], cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert str(expected) in res.stderr and "cannot reach" in res.stderr
+        url = subprocess.run([KEEN_DB, "url"], cwd=checkout, env=env, capture_output=True, text=True, timeout=60)
+        with psycopg.connect(url.stdout.strip()) as conn:
+            assert conn.execute("SELECT current_user").fetchone()[0] == "keen_app"
+        assert not (checkout / ".keen" / "pgdata").exists()
+    finally:
+        Embedded(expected, int(env["KEEN_PORT"])).destroy()

@@ -137,3 +137,48 @@ def test_the_pool_replaces_connections_a_crash_broke(embedded):
         keen.close()
     with embedded.maintenance() as conn:
         assert conn.execute("SELECT count(*) FROM keen.verify_ledger() WHERE NOT ok").fetchone()[0] == 0
+
+
+def test_up_right_after_a_kill_restarts_every_time_even_while_the_postmaster_is_a_zombie(embedded):
+    """Issue 14: `keen-db up` at once after `kill -9` (no wait for the dead postmaster to be
+    reaped): a zombie or dead postmaster is not "running", so up starts the server, five times
+    in a row, and acknowledged charges survive each time."""
+    user = bench_uid(1)
+    for n in range(5):
+        with psycopg.connect(embedded.settings.role_url("keen_app"), autocommit=True) as conn:
+            conn.execute(DEDUCT, {"u": user, "key": f"crash-again-{n}"})
+        pid = embedded.postmaster_pid()
+        os.kill(pid, signal.SIGKILL)
+        embedded.cli("up")  # immediately: the killed postmaster may still be a zombie
+        with embedded.su() as conn:
+            assert (
+                conn.execute(
+                    "SELECT count(*) FROM keen.credit_transactions WHERE idempotency_key LIKE 'crash-again-%'"
+                ).fetchone()[0]
+                == n + 1
+            )
+    with embedded.maintenance() as conn:
+        assert conn.execute("SELECT count(*) FROM keen.verify_ledger() WHERE NOT ok").fetchone()[0] == 0
+
+
+def test_a_zombie_postmaster_is_not_running(tmp_path):
+    """The check up relies on: a pid file naming a zombie (killed, not yet reaped by its
+    parent: here we are the parent and do not wait) is not a running server."""
+    import subprocess
+
+    from keen_db import cluster, config
+
+    data = tmp_path / "pgdata"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("15\n")
+    child = subprocess.Popen(["sleep", "60"], cwd=data)
+    (data / "postmaster.pid").write_text(f"{child.pid}\n{data}\n")
+    s = config.Settings(tmp_path, 1, "keen", None)
+    assert not cluster.running(s)  # alive, but not a postgres postmaster
+    child.kill()
+    deadline = time.monotonic() + 10
+    while cluster._process_state(child.pid) != "Z" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cluster._process_state(child.pid) == "Z"  # a zombie: its parent (us) has not reaped it
+    assert not cluster.running(s)
+    child.wait()
