@@ -103,7 +103,8 @@ COMMENT ON FUNCTION keen_private.lock_session(uuid, boolean) IS 'Internal: locks
 -- "execution_mode": "sequential" runs one child at a time. The parent row is locked first, so
 -- concurrent creations under one parent see each other.
 -- Who: the actor for itself, an admin for anyone (42501 otherwise).
--- Raises: 22023 for a blank session id, branch, vision or working directory, agent_options that
+-- Raises: 22023 for a blank session id, branch, vision or working directory, a vision,
+-- working directory or agent_options over its size cap (keen_private.size_cap), agent_options that
 -- are not an object, a max_depth that is not an integer between 0 and the hard maximum, an
 -- execution_mode other than 'sequential' or 'parallel'; P0002 for an unknown user or a parent
 -- that is absent or another user's; KN004 when the parent is not running, when the depth would
@@ -115,7 +116,7 @@ CREATE OR REPLACE FUNCTION keen.create_session(p_user_id uuid, p_session_id text
                                                p_agent_options jsonb DEFAULT '{}')
 RETURNS keen.agent_sessions
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     c_depth_cap CONSTANT integer := 100;  -- 17 bytes a level must fit a btree entry
@@ -131,8 +132,8 @@ DECLARE
     v_parent keen.agent_sessions;
     v_session keen.agent_sessions;
 BEGIN
-    IF v_actor IS NULL OR (v_actor IS DISTINCT FROM p_user_id AND NOT keen.actor_is_admin()) THEN
-        RAISE EXCEPTION 'a session is created by its user or by an admin' USING ERRCODE = '42501';
+    IF v_actor IS NULL OR v_actor IS DISTINCT FROM p_user_id THEN
+        PERFORM keen_private.require_admin();  -- a session is created by its user or by an admin
     END IF;
     IF p_session_id IS NULL OR pg_catalog.btrim(p_session_id) = '' OR pg_catalog.length(p_session_id) > 64 THEN
         RAISE EXCEPTION 'session id must be 1 to 64 characters' USING ERRCODE = '22023';
@@ -149,6 +150,9 @@ BEGIN
     IF pg_catalog.jsonb_typeof(v_options) <> 'object' THEN
         RAISE EXCEPTION 'agent_options must be a JSON object' USING ERRCODE = '22023';
     END IF;
+    PERFORM keen_private.require_size('vision', p_vision);
+    PERFORM keen_private.require_size('working_directory', p_working_directory);
+    PERFORM keen_private.require_size('metadata', v_options);
 
     v_hard := LEAST(keen.setting_numeric('hard_max_session_depth'), c_depth_cap)::integer;
     v_default := LEAST(keen.setting_numeric('default_max_session_depth'), v_hard)::integer;
@@ -248,8 +252,10 @@ COMMENT ON FUNCTION keen.get_session(uuid) IS 'One session of the actor (any for
 -- report: a keen.phase_transitions row whose duration_ms is the time spent in the phase left.
 -- phase_started_at and last_activity_at become now (clock time, not transaction start).
 -- Who: the session's owner, or an admin.
+-- Emits phase_change {transition_id, from_phase, to_phase, duration_ms} in the same transaction.
 -- Raises: 22023 for a phase outside EXPLORE, PLAN, FOUND, SUMMON, COMPLETE, a confidence outside
--- 0..1, a metadata value that is not an object, an estimate over 255 characters; P0002 for an
+-- 0..1, a metadata value that is not an object, an estimate over 255 characters, metadata or a
+-- report (summary, findings, next actions) over the metadata cap; P0002 for an
 -- absent or foreign session; KN004 when the session is not running or already in that phase.
 CREATE OR REPLACE FUNCTION keen.record_phase_transition(p_id uuid, p_to_phase text,
                                                         p_summary text DEFAULT '',
@@ -280,6 +286,8 @@ BEGIN
     IF pg_catalog.length(p_estimated_time_remaining) > 255 THEN
         RAISE EXCEPTION 'estimated time remaining longer than 255 characters' USING ERRCODE = '22023';
     END IF;
+    PERFORM keen_private.require_size('metadata', p_phase_metadata);
+    PERFORM keen_private.require_size('metadata', pg_catalog.concat_ws(' ', p_summary, p_key_findings::text, p_next_actions::text));
 
     v_session := keen_private.lock_session(p_id, true);
     IF v_session.current_phase = p_to_phase THEN
@@ -299,6 +307,10 @@ BEGIN
     UPDATE keen.agent_sessions s
        SET current_phase = p_to_phase, phase_started_at = v_now, last_activity_at = v_now, updated_at = v_now
      WHERE s.id = v_session.id;
+    PERFORM keen_private.emit_session_event(v_session.id, v_session.user_id, 'phase_change',
+        pg_catalog.jsonb_build_object('transition_id', v_transition.id, 'from_phase', v_transition.from_phase,
+                                      'to_phase', v_transition.to_phase, 'duration_ms', v_transition.duration_ms),
+        'agent');
     RETURN v_transition;
 END
 $$;
@@ -309,7 +321,8 @@ COMMENT ON FUNCTION keen.record_phase_transition(uuid, text, text, text[], text[
 
 -- keen.update_session_progress: the agent reports progress. A phase different from the current
 -- one is a phase change (keen.record_phase_transition, with an empty report); the counters,
--- when given, replace the stored totals; last_activity_at becomes now.
+-- when given, replace the stored totals; last_activity_at becomes now. A phase change emits
+-- phase_change (keen.record_phase_transition).
 -- Who: the session's owner, or an admin.
 -- Raises: 22023 for an unknown phase or a negative counter; P0002 for an absent or foreign
 -- session; KN004 when the session is not running.
@@ -370,6 +383,10 @@ COMMENT ON FUNCTION keen.update_session_progress(uuid, text, integer, integer, b
 -- foreign session; KN004 when it is not running (completing twice);
 -- KN001, KN002 from the charge, which abort everything: the session stays running, unchanged.
 CREATE OR REPLACE FUNCTION keen.complete_session(p_id uuid, p_success boolean,
+-- Emits session_completed or session_failed {session_id, success, claude_cost_usd,
+-- keen_cost_credits, transaction_id, files_created/modified/deleted counts} (and, for a charge,
+-- credits_charged) in the same transaction. 22023 also for an error message, report or file
+-- lists over their size caps.
                                                  p_claude_cost_usd numeric DEFAULT 0,
                                                  p_files_created text[] DEFAULT '{}',
                                                  p_files_modified text[] DEFAULT '{}',
@@ -394,6 +411,10 @@ BEGIN
         RAISE EXCEPTION 'claude cost must be a finite amount of 0 or more' USING ERRCODE = '22023';
     END IF;
 
+    PERFORM keen_private.require_size('error_message', p_error_message);
+    PERFORM keen_private.require_size('completion_report', p_completion_report);
+    PERFORM keen_private.require_size('completion_report',
+                                      pg_catalog.concat_ws(' ', p_files_created::text, p_files_modified::text, p_files_deleted::text));
     v_session := keen_private.lock_session(p_id, true);
     IF p_claude_cost_usd > 0 THEN
         -- deduct_credits' input rules, then its locked path (keen_private.credit_charge) under the key
@@ -430,6 +451,16 @@ BEGIN
      WHERE s.id = p_id
     RETURNING * INTO v_session;
     RETURN v_session;
+    PERFORM keen_private.emit_session_event(v_session.id, v_session.user_id,
+        CASE WHEN p_success THEN 'session_completed' ELSE 'session_failed' END,
+        pg_catalog.jsonb_build_object('session_id', v_session.session_id, 'success', p_success,
+                                      'claude_cost_usd', v_session.claude_cost_usd,
+                                      'keen_cost_credits', v_session.keen_cost_credits,
+                                      'transaction_id', v_charge.id,
+                                      'files_created', pg_catalog.cardinality(v_session.files_created),
+                                      'files_modified', pg_catalog.cardinality(v_session.files_modified),
+                                      'files_deleted', pg_catalog.cardinality(v_session.files_deleted)),
+        'system');
 END
 $$;
 REVOKE ALL ON FUNCTION keen.complete_session(uuid, boolean, numeric, text[], text[], text[], text, jsonb) FROM PUBLIC;
@@ -444,7 +475,9 @@ COMMENT ON FUNCTION keen.complete_session(uuid, boolean, numeric, text[], text[]
 -- caught by the next pass; after a pass, no running parent is left to create under.
 -- Returns the sessions it cancelled, by depth then git_branch.
 -- Who: the session's owner, or an admin.
--- Raises: P0002 for an absent or foreign session; KN004 when it is not running.
+-- Each cancelled session emits session_cancelled {reason, cancelled_with: p_id}.
+-- Raises: P0002 for an absent or foreign session; KN004 when it is not running; 22023 for a
+-- reason over the description cap.
 CREATE OR REPLACE FUNCTION keen.cancel_session(p_id uuid, p_reason text DEFAULT NULL)
 RETURNS SETOF keen.agent_sessions
 LANGUAGE plpgsql SECURITY DEFINER
@@ -456,7 +489,9 @@ DECLARE
     v_ids uuid[];
     v_more uuid[];
 BEGIN
+    v_id uuid;
     v_session := keen_private.lock_session(p_id, true);
+    PERFORM keen_private.require_size('description', p_reason);
     v_ids := ARRAY[p_id];
     UPDATE keen.agent_sessions s
        SET execution_status = 'cancelled', success = false, error_message = v_reason,
@@ -486,6 +521,10 @@ BEGIN
         v_ids := v_ids || v_more;
     END LOOP;
     RETURN QUERY
+    FOREACH v_id IN ARRAY v_ids LOOP
+        PERFORM keen_private.emit_session_event(v_id, v_session.user_id, 'session_cancelled',
+            pg_catalog.jsonb_build_object('reason', v_reason, 'cancelled_with', p_id), 'system');
+    END LOOP;
         SELECT * FROM keen.agent_sessions s
          WHERE s.id = ANY (v_ids)
          ORDER BY s.session_depth, s.git_branch COLLATE "C", s.id;
@@ -627,8 +666,10 @@ COMMENT ON FUNCTION keen.session_tree_summary(uuid) IS
 -- Who: the session's owner, or an admin.
 -- Raises: 22023 for a blank tool name (or over 100 characters), a NULL success, a negative or
 -- NULL execution time, negative tokens, a cost that is negative, NaN or infinite, parameters or
--- context that are not JSON objects; P0002 for an absent or foreign session; KN004 when the
--- session is not running.
+-- context that are not JSON objects, parameters, result, error or context over their size caps;
+-- P0002 for an absent or foreign session; KN004 when the session is not running.
+-- Emits tool_execution {tool_execution_id, tool_name, success, execution_time_ms,
+-- tokens_consumed} (never the parameters or result) in the same transaction.
 CREATE OR REPLACE FUNCTION keen.record_tool_execution(p_session_id uuid, p_tool_name text,
                                                       p_execution_time_ms integer, p_success boolean,
                                                       p_tool_parameters jsonb DEFAULT '{}',
@@ -661,6 +702,10 @@ BEGIN
         RAISE EXCEPTION 'tool parameters and execution context must be JSON objects' USING ERRCODE = '22023';
     END IF;
 
+    PERFORM keen_private.require_size('tool_parameters', p_tool_parameters);
+    PERFORM keen_private.require_size('tool_result', p_result_data);
+    PERFORM keen_private.require_size('error_message', p_error_message);
+    PERFORM keen_private.require_size('metadata', p_execution_context);
     v_session := keen_private.lock_session(p_session_id, true);
     INSERT INTO keen.tool_executions (session_id, user_id, tool_name, tool_parameters, execution_time_ms,
                                       success, result_data, error_message, tokens_consumed, cost,
@@ -674,6 +719,12 @@ BEGIN
            last_activity_at = pg_catalog.clock_timestamp(), updated_at = pg_catalog.clock_timestamp()
      WHERE s.id = v_session.id;
     RETURN v_execution;
+    PERFORM keen_private.emit_session_event(v_session.id, v_session.user_id, 'tool_execution',
+        pg_catalog.jsonb_build_object('tool_execution_id', v_execution.id, 'tool_name', v_execution.tool_name,
+                                      'success', v_execution.success,
+                                      'execution_time_ms', v_execution.execution_time_ms,
+                                      'tokens_consumed', v_execution.tokens_consumed),
+        'tool');
 END
 $$;
 REVOKE ALL ON FUNCTION keen.record_tool_execution(uuid, text, integer, boolean, jsonb, jsonb, text, integer, numeric, jsonb) FROM PUBLIC;
@@ -686,8 +737,11 @@ COMMENT ON FUNCTION keen.record_tool_execution(uuid, text, integer, boolean, jso
 -- Who: the session's owner, or an admin.
 -- Raises: 22023 for an operation type outside commit, branch, merge, push, pull, clone,
 -- checkout, rebase, a blank branch (or over 255 characters), a commit hash that is not 7 to 64
--- hex digits, negative line counts, a NULL success; P0002 for an absent or foreign session;
--- KN004 when the session is not running.
+-- hex digits, negative line counts, a NULL success, a commit message, file list and conflicts
+-- (together) over the git_details cap or an error over its cap; P0002 for an absent or foreign
+-- session; KN004 when the session is not running.
+-- Emits git_operation {git_operation_id, operation_type, branch_name, commit_hash, success,
+-- lines_added, lines_deleted} in the same transaction.
 CREATE OR REPLACE FUNCTION keen.record_git_operation(p_session_id uuid, p_operation_type text,
                                                      p_branch_name text, p_success boolean,
                                                      p_commit_hash text DEFAULT NULL,
@@ -719,6 +773,9 @@ BEGIN
         RAISE EXCEPTION 'success is required and line counts cannot be negative' USING ERRCODE = '22023';
     END IF;
 
+    PERFORM keen_private.require_size('git_details',
+                                      pg_catalog.concat_ws(' ', p_commit_message, p_files_changed::text, p_merge_conflicts::text));
+    PERFORM keen_private.require_size('error_message', p_error_message);
     v_session := keen_private.lock_session(p_session_id, true);
     INSERT INTO keen.git_operations (session_id, user_id, operation_type, branch_name, commit_hash,
                                      commit_message, files_changed, lines_added, lines_deleted,
@@ -731,6 +788,12 @@ BEGIN
        SET last_activity_at = pg_catalog.clock_timestamp(), updated_at = pg_catalog.clock_timestamp()
      WHERE s.id = v_session.id;
     RETURN v_operation;
+    PERFORM keen_private.emit_session_event(v_session.id, v_session.user_id, 'git_operation',
+        pg_catalog.jsonb_build_object('git_operation_id', v_operation.id, 'operation_type', v_operation.operation_type,
+                                      'branch_name', v_operation.branch_name, 'commit_hash', v_operation.commit_hash,
+                                      'success', v_operation.success, 'lines_added', v_operation.lines_added,
+                                      'lines_deleted', v_operation.lines_deleted),
+        'git');
 END
 $$;
 REVOKE ALL ON FUNCTION keen.record_git_operation(uuid, text, text, boolean, text, text, text[], integer, integer, jsonb, text) FROM PUBLIC;

@@ -30,3 +30,16 @@ BEGIN
     END LOOP;
 END
 $partitions$;
+
+-- Platform-wide rows (no tenant): admins and the maintenance role only.
+DROP POLICY IF EXISTS "System metrics are visible to admins and maintenance" ON keen.system_metrics;
+CREATE POLICY "System metrics are visible to admins and maintenance" ON keen.system_metrics
+    FOR ALL
+    USING ((SELECT keen.actor_sees_all_tenants()))
+    WITH CHECK ((SELECT keen.actor_sees_all_tenants()));
+
+DROP POLICY IF EXISTS "Upkeep jobs are visible to admins and maintenance" ON keen.maintenance_jobs;
+CREATE POLICY "Upkeep jobs are visible to admins and maintenance" ON keen.maintenance_jobs
+    FOR ALL
+    USING ((SELECT keen.actor_sees_all_tenants()))
+    WITH CHECK ((SELECT keen.actor_sees_all_tenants()));
