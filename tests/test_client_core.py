@@ -3,9 +3,11 @@ transaction, the pool checks connections."""
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
-from keen_client import errors
+from keen_client import Keen, PoolSettings, Tx, client, errors
+from keen_client.credits import Balance
 
 
 @pytest.mark.parametrize(
@@ -16,6 +18,8 @@ from keen_client import errors
         ("KN003", errors.ReservationError),
         ("KN004", errors.SessionStateError),
         ("KN005", errors.IdempotencyConflict),
+        ("KN006", errors.SecondFactorRequired),
+        ("KN007", errors.RateLimited),
         ("42501", errors.PermissionDenied),
         ("P0002", errors.NotFound),
         ("22023", errors.InvalidInput),
@@ -67,3 +71,90 @@ def test_a_failing_block_rolls_back_everything_it_did(keen, db):
             raise ZeroDivisionError
     with db.su() as conn:
         assert conn.execute("SELECT count(*) FROM keen.users WHERE email = 'rollback@example.com'").fetchone()[0] == 0
+
+
+def test_every_keen_error_keeps_the_servers_detail_and_hint(keen):
+    with pytest.raises(errors.IdempotencyConflict) as info:
+        with keen.transaction() as tx:
+            tx.execute("""DO $$ BEGIN
+                RAISE EXCEPTION 'key reused' USING ERRCODE = 'KN005',
+                    DETAIL = 'first used by transaction 42', HINT = 'use a new key';
+            END $$""")
+    assert info.value.detail == "first used by transaction 42"
+    assert info.value.hint == "use a new key"
+    assert "first used by transaction 42" in str(info.value)
+
+
+def test_a_query_that_must_return_a_row_and_returns_none_is_a_keen_error(keen):
+    with pytest.raises(errors.NotFound) as info:
+        with keen.transaction() as tx:
+            tx.one("SELECT 1 AS user_id WHERE false", None, Balance)
+    assert isinstance(info.value, errors.KeenError) and info.value.sqlstate == "P0002"
+
+
+def test_area_apis_are_typed_properties_not_string_imports():
+    assert not hasattr(client, "AREAS") and "__getattr__" not in vars(Tx)
+    for area in ("users", "credits", "sessions", "streaming", "analytics"):
+        prop = vars(Tx)[area]
+        assert prop.func.__annotations__["return"].endswith("[Sync]")
+
+
+def test_pool_settings_are_read_from_the_environment_when_a_pool_is_made(monkeypatch, db):
+    monkeypatch.setenv("KEEN_POOL_MAX_SIZE", "3")
+    monkeypatch.setenv("KEEN_STATEMENT_TIMEOUT_MS", "4321")
+    monkeypatch.setenv("KEEN_POOLER", "pgbouncer")
+    k = Keen(db.app_url, open=False)
+    assert k.settings.max_size == 3 and k.pool.max_size == 3
+    assert k.settings.statement_timeout_ms == 4321 and k.settings.pooler == "pgbouncer"
+    assert PoolSettings(max_size=5).statement_timeout_ms == 4321  # the fields not given, from the env
+    monkeypatch.setenv("KEEN_POOLER", "pgpool")
+    with pytest.raises(ValueError, match="KEEN_POOLER"):
+        PoolSettings()
+
+
+def test_the_direct_client_sets_its_timeouts_at_startup(keen):
+    with keen.transaction() as tx:
+        assert tx.scalar("SHOW statement_timeout") == "30s"
+        assert tx.scalar("SHOW idle_in_transaction_session_timeout") == "1min"
+
+
+def test_reads_that_tolerate_lag_go_to_the_read_pool_read_only(db, make_user):
+    user = make_user()
+    k = Keen(db.app_url, PoolSettings(min_size=1, max_size=2), read_conninfo=db.app_url)
+    try:
+        assert k.read_pool is not None
+        with k.read_as_user(user) as tx:
+            assert tx.conn.info.dsn and tx.scalar("SHOW transaction_read_only") == "on"
+            assert tx.credits.credit_history(user) == []
+            assert tx.actor_id == user
+        assert k.read_pool.get_stats()["requests_num"] >= 1
+        with pytest.raises(errors.KeenError) as info:
+            with k.read_as_user(user) as tx:
+                tx.sessions.create_session(user, "s", "main", "v", "/tmp")
+        assert info.value.sqlstate == "25006"  # read-only transaction: nothing is written there
+        with k.as_user(user) as tx:
+            assert tx.scalar("SHOW transaction_read_only") == "off"
+    finally:
+        k.close()
+
+
+def _has_function(db, signature: str) -> bool:
+    with psycopg.connect(db.superuser_url) as conn:
+        return conn.execute("SELECT to_regprocedure(%s) IS NOT NULL", (signature,)).fetchone()[0]
+
+
+def test_with_access_token_acts_as_the_token_user_and_refuses_a_bad_token(db, keen, make_user):
+    if not _has_function(db, "keen.authenticate_access_token(text)") or not _has_function(
+        db, "keen.start_login_session(text,text,text,inet,text)"
+    ):
+        pytest.skip("keen.authenticate_access_token is not deployed yet")
+    user = make_user("token", password="correct horse battery")
+    with db.su() as conn:
+        email = conn.execute("SELECT email FROM keen.users WHERE id = %s", (user,)).fetchone()[0]
+    with keen.transaction() as tx:
+        token = tx.scalar("SELECT access_token FROM keen.start_login_session(%s, %s)", (email, "correct horse battery"))
+    with keen.with_access_token(token) as tx:
+        assert tx.actor_id == user
+    with pytest.raises(errors.AuthenticationFailed):
+        with keen.with_access_token(token[:-2] + "xx"):
+            pass
