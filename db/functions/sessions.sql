@@ -382,11 +382,11 @@ COMMENT ON FUNCTION keen.update_session_progress(uuid, text, integer, integer, b
 -- 1,000,000 USD, of more than 6 decimals or whose charge rounds to 0; P0002 for an absent or
 -- foreign session; KN004 when it is not running (completing twice);
 -- KN001, KN002 from the charge, which abort everything: the session stays running, unchanged.
-CREATE OR REPLACE FUNCTION keen.complete_session(p_id uuid, p_success boolean,
 -- Emits session_completed or session_failed {session_id, success, claude_cost_usd,
 -- keen_cost_credits, transaction_id, files_created/modified/deleted counts} (and, for a charge,
 -- credits_charged) in the same transaction. 22023 also for an error message, report or file
 -- lists over their size caps.
+CREATE OR REPLACE FUNCTION keen.complete_session(p_id uuid, p_success boolean,
                                                  p_claude_cost_usd numeric DEFAULT 0,
                                                  p_files_created text[] DEFAULT '{}',
                                                  p_files_modified text[] DEFAULT '{}',
@@ -410,11 +410,11 @@ BEGIN
        OR p_claude_cost_usd IN ('Infinity'::numeric, '-Infinity'::numeric) OR p_claude_cost_usd < 0 THEN
         RAISE EXCEPTION 'claude cost must be a finite amount of 0 or more' USING ERRCODE = '22023';
     END IF;
-
     PERFORM keen_private.require_size('error_message', p_error_message);
     PERFORM keen_private.require_size('completion_report', p_completion_report);
     PERFORM keen_private.require_size('completion_report',
                                       pg_catalog.concat_ws(' ', p_files_created::text, p_files_modified::text, p_files_deleted::text));
+
     v_session := keen_private.lock_session(p_id, true);
     IF p_claude_cost_usd > 0 THEN
         -- deduct_credits' input rules, then its locked path (keen_private.credit_charge) under the key
@@ -450,7 +450,6 @@ BEGIN
            keen_cost_credits = v_credits
      WHERE s.id = p_id
     RETURNING * INTO v_session;
-    RETURN v_session;
     PERFORM keen_private.emit_session_event(v_session.id, v_session.user_id,
         CASE WHEN p_success THEN 'session_completed' ELSE 'session_failed' END,
         pg_catalog.jsonb_build_object('session_id', v_session.session_id, 'success', p_success,
@@ -461,6 +460,7 @@ BEGIN
                                       'files_modified', pg_catalog.cardinality(v_session.files_modified),
                                       'files_deleted', pg_catalog.cardinality(v_session.files_deleted)),
         'system');
+    RETURN v_session;
 END
 $$;
 REVOKE ALL ON FUNCTION keen.complete_session(uuid, boolean, numeric, text[], text[], text[], text, jsonb) FROM PUBLIC;
@@ -474,8 +474,8 @@ COMMENT ON FUNCTION keen.complete_session(uuid, boolean, numeric, text[], text[]
 -- child created concurrently under one of them (its creator held the parent's lock first) is
 -- caught by the next pass; after a pass, no running parent is left to create under.
 -- Returns the sessions it cancelled, by depth then git_branch.
--- Who: the session's owner, or an admin.
 -- Each cancelled session emits session_cancelled {reason, cancelled_with: p_id}.
+-- Who: the session's owner, or an admin.
 -- Raises: P0002 for an absent or foreign session; KN004 when it is not running; 22023 for a
 -- reason over the description cap.
 CREATE OR REPLACE FUNCTION keen.cancel_session(p_id uuid, p_reason text DEFAULT NULL)
@@ -488,10 +488,10 @@ DECLARE
     v_reason text := COALESCE(NULLIF(pg_catalog.btrim(p_reason), ''), 'cancelled');
     v_ids uuid[];
     v_more uuid[];
-BEGIN
     v_id uuid;
-    v_session := keen_private.lock_session(p_id, true);
+BEGIN
     PERFORM keen_private.require_size('description', p_reason);
+    v_session := keen_private.lock_session(p_id, true);
     v_ids := ARRAY[p_id];
     UPDATE keen.agent_sessions s
        SET execution_status = 'cancelled', success = false, error_message = v_reason,
@@ -520,11 +520,11 @@ BEGIN
         EXIT WHEN v_more IS NULL;
         v_ids := v_ids || v_more;
     END LOOP;
-    RETURN QUERY
     FOREACH v_id IN ARRAY v_ids LOOP
         PERFORM keen_private.emit_session_event(v_id, v_session.user_id, 'session_cancelled',
             pg_catalog.jsonb_build_object('reason', v_reason, 'cancelled_with', p_id), 'system');
     END LOOP;
+    RETURN QUERY
         SELECT * FROM keen.agent_sessions s
          WHERE s.id = ANY (v_ids)
          ORDER BY s.session_depth, s.git_branch COLLATE "C", s.id;
@@ -701,11 +701,11 @@ BEGIN
        OR pg_catalog.jsonb_typeof(COALESCE(p_execution_context, '{}')) <> 'object' THEN
         RAISE EXCEPTION 'tool parameters and execution context must be JSON objects' USING ERRCODE = '22023';
     END IF;
-
     PERFORM keen_private.require_size('tool_parameters', p_tool_parameters);
     PERFORM keen_private.require_size('tool_result', p_result_data);
     PERFORM keen_private.require_size('error_message', p_error_message);
     PERFORM keen_private.require_size('metadata', p_execution_context);
+
     v_session := keen_private.lock_session(p_session_id, true);
     INSERT INTO keen.tool_executions (session_id, user_id, tool_name, tool_parameters, execution_time_ms,
                                       success, result_data, error_message, tokens_consumed, cost,
@@ -718,13 +718,13 @@ BEGIN
        SET tool_calls_count = s.tool_calls_count + 1,
            last_activity_at = pg_catalog.clock_timestamp(), updated_at = pg_catalog.clock_timestamp()
      WHERE s.id = v_session.id;
-    RETURN v_execution;
     PERFORM keen_private.emit_session_event(v_session.id, v_session.user_id, 'tool_execution',
         pg_catalog.jsonb_build_object('tool_execution_id', v_execution.id, 'tool_name', v_execution.tool_name,
                                       'success', v_execution.success,
                                       'execution_time_ms', v_execution.execution_time_ms,
                                       'tokens_consumed', v_execution.tokens_consumed),
         'tool');
+    RETURN v_execution;
 END
 $$;
 REVOKE ALL ON FUNCTION keen.record_tool_execution(uuid, text, integer, boolean, jsonb, jsonb, text, integer, numeric, jsonb) FROM PUBLIC;
@@ -772,10 +772,10 @@ BEGIN
     IF p_success IS NULL OR COALESCE(p_lines_added, 0) < 0 OR COALESCE(p_lines_deleted, 0) < 0 THEN
         RAISE EXCEPTION 'success is required and line counts cannot be negative' USING ERRCODE = '22023';
     END IF;
-
     PERFORM keen_private.require_size('git_details',
                                       pg_catalog.concat_ws(' ', p_commit_message, p_files_changed::text, p_merge_conflicts::text));
     PERFORM keen_private.require_size('error_message', p_error_message);
+
     v_session := keen_private.lock_session(p_session_id, true);
     INSERT INTO keen.git_operations (session_id, user_id, operation_type, branch_name, commit_hash,
                                      commit_message, files_changed, lines_added, lines_deleted,
@@ -787,13 +787,13 @@ BEGIN
     UPDATE keen.agent_sessions s
        SET last_activity_at = pg_catalog.clock_timestamp(), updated_at = pg_catalog.clock_timestamp()
      WHERE s.id = v_session.id;
-    RETURN v_operation;
     PERFORM keen_private.emit_session_event(v_session.id, v_session.user_id, 'git_operation',
         pg_catalog.jsonb_build_object('git_operation_id', v_operation.id, 'operation_type', v_operation.operation_type,
                                       'branch_name', v_operation.branch_name, 'commit_hash', v_operation.commit_hash,
                                       'success', v_operation.success, 'lines_added', v_operation.lines_added,
                                       'lines_deleted', v_operation.lines_deleted),
         'git');
+    RETURN v_operation;
 END
 $$;
 REVOKE ALL ON FUNCTION keen.record_git_operation(uuid, text, text, boolean, text, text, text[], integer, integer, jsonb, text) FROM PUBLIC;
