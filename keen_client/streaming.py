@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -42,6 +43,8 @@ class WebsocketConnection:
     admin_connection: bool
     can_view_all_sessions: bool
     connection_status: str
+    session_filters: list[UUID] | None = None  # the session an admin follows in another tenant
+    last_delivered_event_id: int = 0  # the connection's cursor (keen.next_events)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,47 @@ class EventPartition:
 
 
 @dataclass(frozen=True)
+class SystemMetrics:
+    id: UUID
+    metric_timestamp: datetime
+    active_users: int
+    active_sessions: int
+    active_websocket_connections: int
+    sessions_in_explore: int
+    sessions_in_plan: int
+    sessions_in_found: int
+    sessions_in_summon: int
+    sessions_in_complete: int
+    avg_response_time_ms: Decimal | None
+    error_rate: Decimal | None
+    database_connections: int | None
+    credits_purchased_today: Decimal
+    credits_consumed_today: Decimal
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Pruned:
+    metrics_deleted: int
+    connections_deleted: int
+
+
+@dataclass(frozen=True)
+class MaintenanceJob:
+    job_name: str
+    cron_schedule: str
+    period: timedelta
+    registered: bool
+    scheduled_at: datetime | None
+    last_succeeded_at: datetime | None
+    last_result: str | None
+    runs: int
+    slot_start: datetime
+    due: bool
+    overdue: bool
+
+
+@dataclass(frozen=True)
 class EventNotice:
     """The payload of a keen_events notification: ids only, never the data."""
 
@@ -80,7 +124,7 @@ class EventNotice:
 # Columns named explicitly: a column added to a table later must not break class_row.
 CONNECTION = """id, user_id, session_id, connection_id, client_ip, user_agent, client_type, connected_at,
         last_ping_at, disconnected_at, subscribed_events, admin_connection, can_view_all_sessions,
-        connection_status"""
+        connection_status, session_filters, last_delivered_event_id"""
 EVENT = "event_id, session_id, event_type, event_data, event_source, created_at"
 
 REGISTER_SQL = (
@@ -102,6 +146,18 @@ PREPARE_PARTITIONS_SQL = """SELECT partition_name, range_start, range_end, rows_
       FROM keen.prepare_event_partitions(p_months_ahead => %s, p_from => COALESCE(%s, pg_catalog.now()))"""
 DROP_PARTITIONS_SQL = """SELECT partition_name, range_start, range_end
       FROM keen.drop_old_event_partitions(p_keep => %s)"""
+EVENTS_FOR_USER_SQL = "SELECT " + EVENT + " FROM keen.events_for_user(p_after_event_id => %s, p_limit => %s)"
+NEXT_EVENTS_SQL = "SELECT " + EVENT + " FROM keen.next_events(p_connection_id => %s, p_limit => %s)"
+METRICS = """id, metric_timestamp, active_users, active_sessions, active_websocket_connections,
+        sessions_in_explore, sessions_in_plan, sessions_in_found, sessions_in_summon, sessions_in_complete,
+        avg_response_time_ms, error_rate, database_connections, credits_purchased_today,
+        credits_consumed_today, created_at"""
+SNAPSHOT_SQL = "SELECT " + METRICS + " FROM keen.snapshot_system_metrics()"
+PRUNE_SQL = """SELECT metrics_deleted, connections_deleted
+      FROM keen.prune_streaming_history(p_metrics_keep => %s, p_connections_keep => %s)"""
+RUN_JOB_SQL = "SELECT keen.run_maintenance_job(p_job_name => %s)"
+JOB_STATUS_SQL = """SELECT job_name, cron_schedule, period, registered, scheduled_at, last_succeeded_at,
+        last_result, runs, slot_start, due, overdue FROM keen.maintenance_job_status(p_grace => %s)"""
 
 
 class StreamingApi(Area[M]):
@@ -155,6 +211,34 @@ class StreamingApi(Area[M]):
     @query
     def drop_old_event_partitions(self, keep: timedelta) -> Query[list[EventPartition]]:
         return rows(DROP_PARTITIONS_SQL, (keep,), EventPartition)
+
+    @query
+    def events_for_user(self, after_event_id: int = 0, limit: int = 1000) -> Query[list[StreamEvent]]:
+        """Every session's events of the actor (every tenant's for an admin) after an id."""
+        return rows(EVENTS_FOR_USER_SQL, (after_event_id, limit), StreamEvent)
+
+    @query
+    def next_events(self, connection_id: str, limit: int = 100) -> Query[list[StreamEvent]]:
+        """The connection's next events; moves its cursor in this transaction (at-least-once)."""
+        return rows(NEXT_EVENTS_SQL, (connection_id, limit), StreamEvent)
+
+    @query
+    def snapshot_system_metrics(self) -> Query[SystemMetrics]:
+        return one(SNAPSHOT_SQL, (), SystemMetrics)
+
+    @query
+    def prune_streaming_history(
+        self, metrics_keep: timedelta = timedelta(days=90), connections_keep: timedelta = timedelta(days=7)
+    ) -> Query[Pruned]:
+        return one(PRUNE_SQL, (metrics_keep, connections_keep), Pruned)
+
+    @query
+    def run_maintenance_job(self, job_name: str) -> Query[str]:
+        return scalar(RUN_JOB_SQL, (job_name,), str)
+
+    @query
+    def maintenance_job_status(self, grace: timedelta = timedelta(minutes=2)) -> Query[list[MaintenanceJob]]:
+        return rows(JOB_STATUS_SQL, (grace,), MaintenanceJob)
 
 
 def _fetch(

@@ -11,6 +11,7 @@ import time
 import uuid
 from decimal import Decimal
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
@@ -700,3 +701,206 @@ def test_any_tree_shape_comes_back_whole_parents_first_by_depth_then_branch(keen
         if r.parent_session_id in expected_sub:
             expected_sub.add(r.id)
     assert {r.id for r in sub} == expected_sub
+
+
+# --- the session functions emit their own events (issue 13) -----------------------------------
+
+
+def events(keen, actor, sid) -> list:
+    with keen.as_user(actor) as tx:
+        return tx.streaming.events_since(sid)
+
+
+def test_a_phase_change_emits_phase_change(keen, make_user):
+    u = make_user()
+    s = create(keen, u)
+    with keen.as_user(u) as tx:
+        tx.sessions.update_session_progress(s.id, "EXPLORE", 1)  # the same phase: no event
+        tx.sessions.update_session_progress(s.id, "PLAN", 2)
+    [e] = events(keen, u, s.id)
+    assert (e.event_type, e.event_source) == ("phase_change", "agent")
+    assert e.event_data["from_phase"] == "EXPLORE" and e.event_data["to_phase"] == "PLAN"
+    assert set(e.event_data) == {"transition_id", "from_phase", "to_phase", "duration_ms"}
+
+
+def test_a_tool_execution_emits_its_name_and_outcome_never_its_parameters_or_result(keen, make_user):
+    u = make_user()
+    s = create(keen, u)
+    with keen.as_user(u) as tx:
+        t = tx.sessions.record_tool_execution(
+            s.id, "bash", 12, False, {"token": "sk-secret"}, {"out": "private"}, "boom", 7
+        )
+    [e] = events(keen, u, s.id)
+    assert (e.event_type, e.event_source) == ("tool_execution", "tool")
+    assert e.event_data == {
+        "tool_execution_id": str(t.id),
+        "tool_name": "bash",
+        "success": False,
+        "execution_time_ms": 12,
+        "tokens_consumed": 7,
+    }
+
+
+def test_a_git_operation_emits_git_operation(keen, make_user):
+    u = make_user()
+    s = create(keen, u)
+    with keen.as_user(u) as tx:
+        tx.sessions.record_git_operation(s.id, "commit", "main", True, "ABCDEF1", "msg", ["a.py"], 3, 1)
+    [e] = events(keen, u, s.id)
+    assert (e.event_type, e.event_source) == ("git_operation", "git")
+    assert e.event_data["commit_hash"] == "abcdef1" and e.event_data["lines_added"] == 3
+    assert "commit_message" not in e.event_data
+
+
+def test_completing_emits_credits_charged_then_session_completed(db, keen, admin_id, make_user):
+    u = make_user()
+    grant(keen, admin_id, u, 25)
+    s = create(keen, u)
+    complete(keen, u, s.id, "3.75")
+    kinds = [e.event_type for e in events(keen, u, s.id)]
+    assert kinds == ["credits_charged", "phase_change", "session_completed"]
+    charged, _, done = events(keen, u, s.id)
+    assert D(str(charged.event_data["credits"])) == D("18.75")
+    assert D(str(charged.event_data["balance_after"])) == D("6.25")
+    assert done.event_data["success"] is True and D(str(done.event_data["keen_cost_credits"])) == D("18.75")
+    assert done.event_data["transaction_id"] == charged.event_data["transaction_id"]
+    assert_ledger_clean(db)
+
+
+def test_a_failed_session_emits_session_failed(db, keen, make_user):
+    u = make_user()
+    s = create(keen, u)
+    complete(keen, u, s.id, 0, success=False, error_message="it broke")
+    [e] = events(keen, u, s.id)
+    assert e.event_type == "session_failed" and e.event_data["success"] is False
+    assert "it broke" not in str(e.event_data)
+
+
+def test_an_admins_bypassed_charge_emits_credits_charged_with_zero_credits(db, keen, admin_id):
+    s = create(keen, admin_id)
+    complete(keen, admin_id, s.id, "1")
+    charged = next(e for e in events(keen, admin_id, s.id) if e.event_type == "credits_charged")
+    assert charged.event_data["is_admin_bypass"] is True and D(str(charged.event_data["credits"])) == 0
+    assert_ledger_clean(db)
+
+
+def test_a_deduction_on_a_session_emits_credits_charged_and_one_without_emits_nothing(db, keen, admin_id, make_user):
+    u = make_user()
+    grant(keen, admin_id, u, 10)
+    s = create(keen, u)
+    with keen.as_user(u) as tx:
+        tx.credits.deduct_credits(u, D("0.1"), s.id, "call", "k-1")
+        tx.credits.deduct_credits(u, D("0.1"), s.id, "call", "k-1")  # a retry: no second event
+        tx.credits.deduct_credits(u, D("0.1"))
+    with keen.as_user(u) as tx:
+        feed = tx.streaming.events_for_user()
+    assert [e.event_type for e in feed] == ["credits_charged"]
+    assert D(str(feed[0].event_data["credits"])) == D("0.5")
+    assert_ledger_clean(db)
+
+
+def test_cancelling_emits_session_cancelled_for_each_cancelled_session(keen, make_user):
+    u = make_user()
+    root, child = chain(keen, u, 1)
+    with keen.as_user(u) as tx:
+        tx.sessions.cancel_session(root.id, "user stop")
+    for sid in (root.id, child.id):
+        [e] = events(keen, u, sid)
+        assert e.event_type == "session_cancelled"
+        assert e.event_data == {"reason": "user stop", "cancelled_with": str(root.id)}
+
+
+def test_an_action_that_rolls_back_emits_nothing(db, keen, make_user):
+    u = make_user()
+    s = create(keen, u)
+
+    class Abort(Exception):
+        pass
+
+    with psycopg.connect(db.app_url, autocommit=True) as raw:
+        raw.execute("LISTEN keen_events")
+        with pytest.raises(Abort):
+            with keen.as_user(u) as tx:
+                tx.sessions.update_session_progress(s.id, "PLAN")
+                tx.sessions.record_tool_execution(s.id, "bash", 1, True)
+                raise Abort
+        with keen.as_user(u) as tx:
+            tx.streaming.emit_event(s.id, "marker")
+        notes = list(raw.notifies(timeout=30, stop_after=1))
+    assert [n.payload.count("marker") for n in notes] == [1]  # the marker is the first notification
+    assert [e.event_type for e in events(keen, u, s.id)] == ["marker"]
+    assert session(keen, u, s.id).current_phase == "EXPLORE"
+
+
+def test_a_refused_completion_emits_nothing(db, keen, make_user):
+    u = make_user()
+    s = create(keen, u)
+    with pytest.raises(errors.InsufficientCredits):
+        complete(keen, u, s.id, "1")
+    assert events(keen, u, s.id) == []
+    assert_ledger_clean(db)
+
+
+# --- size caps (issue 16) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["vision", "working_directory", "agent_options"],
+)
+def test_session_inputs_have_size_caps(keen, make_user, field):
+    u = make_user()
+    big = {"vision": "v" * 20000, "working_directory": "/w" * 3000, "agent_options": {"x": "o" * 20000}}
+    args = {"vision": "ok", "working_directory": "/w", "agent_options": None}
+    args[field] = big[field]
+    with keen.as_user(u) as tx:
+        with pytest.raises(errors.InvalidInput):
+            tx.sessions.create_session(
+                u, "big", "main", args["vision"], args["working_directory"], None, args["agent_options"]
+            )
+
+
+def test_tool_parameters_results_and_errors_have_size_caps(keen, make_user):
+    u = make_user()
+    s = create(keen, u)
+    for kwargs in (
+        {"tool_parameters": {"p": "x" * 70000}},
+        {"result_data": {"r": "x" * 270000}},
+        {"error_message": "e" * 17000},
+        {"execution_context": {"c": "x" * 17000}},
+    ):
+        with keen.as_user(u) as tx:
+            with pytest.raises(errors.InvalidInput):
+                tx.sessions.record_tool_execution(s.id, "bash", 1, True, **kwargs)
+    with keen.as_user(u) as tx:
+        tx.sessions.record_tool_execution(s.id, "bash", 1, True, {"p": "x" * 60000}, {"r": "x" * 200000})
+
+
+def test_git_details_have_a_size_cap(keen, make_user):
+    u = make_user()
+    s = create(keen, u)
+    for kwargs in (
+        {"commit_message": "m" * 17000},
+        {"files_changed": ["f" * 100] * 200},
+        {"error_message": "e" * 17000},
+    ):
+        with keen.as_user(u) as tx:
+            with pytest.raises(errors.InvalidInput):
+                tx.sessions.record_git_operation(s.id, "commit", "main", True, **kwargs)
+
+
+def test_completion_reports_errors_and_cancel_reasons_have_size_caps(keen, make_user):
+    u = make_user()
+    s = create(keen, u)
+    for kwargs in (
+        {"error_message": "e" * 17000},
+        {"completion_report": {"r": "x" * 270000}},
+        {"files_created": ["f" * 1000] * 300},
+    ):
+        with keen.as_user(u) as tx:
+            with pytest.raises(errors.InvalidInput):
+                tx.sessions.complete_session(s.id, False, D(0), **kwargs)
+    with keen.as_user(u) as tx:
+        with pytest.raises(errors.InvalidInput):
+            tx.sessions.cancel_session(s.id, "r" * 2000)
+    assert session(keen, u, s.id).execution_status == "running"

@@ -9,15 +9,18 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
 from keen_client import Keen, PoolSettings
-from keen_client.errors import InvalidInput, NotFound, PermissionDenied
+from keen_client.errors import InvalidInput, KeenError, NotFound, PermissionDenied
 from keen_client.streaming import EventNotice, StreamEvent
 from keen_db import doctor
+
+from .conftest import assert_ledger_clean
 
 WAIT = 60  # seconds a helper thread may take before the test gives up (never asserted on)
 
@@ -370,6 +373,13 @@ def month_name(d: datetime) -> str:
     return f"streaming_events_y{d.year:04d}m{d.month:02d}"
 
 
+def month_ahead(n: int, day: int = 1, *rest: int) -> datetime:
+    """Day `day` of the UTC month n months after this one (partitions go at most 24 ahead)."""
+    now = datetime.now(UTC)
+    y, m = divmod(now.month - 1 + n, 12)
+    return datetime(now.year + y, m + 1, day, *rest, tzinfo=UTC)
+
+
 def insert_at(db, user_id, session_id, created_at: datetime, event_type: str = "dated") -> tuple[int, str]:
     with db.su() as conn:
         return conn.execute(
@@ -388,30 +398,31 @@ def test_the_migration_prepared_this_month_and_next(db):
 
 def test_an_insert_for_a_month_with_no_partition_lands_in_the_default_partition(db, keen, alice):
     session = new_session(db, keen, alice)
-    _, where = insert_at(db, alice, session, datetime(2045, 3, 3, tzinfo=UTC))
+    _, where = insert_at(db, alice, session, month_ahead(20, 3))
     assert where == "keen.streaming_events_default"
 
 
 def test_preparing_partitions_moves_rows_out_of_the_default_and_secures_every_partition(db, keen, alice, bob):
     session = new_session(db, keen, alice)
-    early, _ = insert_at(db, alice, session, datetime(2045, 3, 1, tzinfo=UTC))
-    late, _ = insert_at(db, alice, session, datetime(2045, 4, 30, 23, 59, 59, tzinfo=UTC))
-    stays, _ = insert_at(db, alice, session, datetime(2045, 6, 1, tzinfo=UTC))
+    first = month_ahead(18)
+    early, _ = insert_at(db, alice, session, first)
+    late, _ = insert_at(db, alice, session, month_ahead(20) - timedelta(seconds=1))
+    stays, _ = insert_at(db, alice, session, month_ahead(21))
     maintenance = Keen(db.maintenance_url, PoolSettings(min_size=1, max_size=2))
     try:
         with maintenance.transaction() as tx:
-            made = tx.streaming.prepare_event_partitions(2, datetime(2045, 3, 15, tzinfo=UTC))
+            made = tx.streaming.prepare_event_partitions(2, month_ahead(18, 15))
         with maintenance.transaction() as tx:
-            assert tx.streaming.prepare_event_partitions(2, datetime(2045, 3, 15, tzinfo=UTC)) == []
+            assert tx.streaming.prepare_event_partitions(2, month_ahead(18, 15)) == []
     finally:
         maintenance.close()
     assert [(p.partition_name, p.rows_moved) for p in made] == [
-        ("streaming_events_y2045m03", 1),
-        ("streaming_events_y2045m04", 1),
-        ("streaming_events_y2045m05", 0),
+        (month_name(month_ahead(18)), 1),
+        (month_name(month_ahead(19)), 1),
+        (month_name(month_ahead(20)), 0),
     ]
-    assert made[0].range_start == datetime(2045, 3, 1, tzinfo=UTC)
-    assert made[0].range_end == datetime(2045, 4, 1, tzinfo=UTC)
+    assert made[0].range_start == first
+    assert made[0].range_end == month_ahead(19)
     with db.su() as conn:
         where = dict(
             conn.execute(
@@ -420,8 +431,8 @@ def test_preparing_partitions_moves_rows_out_of_the_default_and_secures_every_pa
             ).fetchall()
         )
     assert where == {
-        early: "keen.streaming_events_y2045m03",
-        late: "keen.streaming_events_y2045m04",
+        early: f"keen.{month_name(month_ahead(18))}",
+        late: f"keen.{month_name(month_ahead(19))}",
         stays: "keen.streaming_events_default",
     }
     # Every partition, the run-time ones included: RLS enabled and forced, exactly the
@@ -434,7 +445,7 @@ def test_preparing_partitions_moves_rows_out_of_the_default_and_secures_every_pa
         )
     with psycopg.connect(db.app_url) as app:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            app.execute("SELECT count(*) FROM keen.streaming_events_y2045m03")
+            app.execute(f"SELECT count(*) FROM keen.{month_name(first)}")
     with keen.as_user(bob) as tx:
         assert tx.scalar("SELECT count(*) FROM keen.streaming_events") == 0
     with keen.as_user(alice) as tx:
@@ -452,9 +463,9 @@ def test_only_maintenance_or_an_admin_manages_partitions(db, keen, alice, admin_
         with pytest.raises(InvalidInput):
             tx.streaming.prepare_event_partitions(-1)
     with keen.as_user(admin_id) as tx:
-        assert [
-            p.partition_name for p in tx.streaming.prepare_event_partitions(0, datetime(2046, 1, 2, tzinfo=UTC))
-        ] == ["streaming_events_y2046m01"]
+        assert [p.partition_name for p in tx.streaming.prepare_event_partitions(0, month_ahead(22, 2))] == [
+            month_name(month_ahead(22))
+        ]
 
 
 def test_dropping_old_partitions_removes_whole_months_and_keeps_the_rest(db, keen, alice, admin_id):
@@ -474,3 +485,357 @@ def test_dropping_old_partitions_removes_whole_months_and_keeps_the_rest(db, kee
         assert [e.event_id for e in tx.streaming.events_since(session)] == recent
     with keen.as_user(admin_id) as tx:
         assert tx.streaming.drop_old_event_partitions(timedelta(days=365)) == []
+
+
+# Bounded, audited upkeep (issue 16) ----------------------------------------------------------
+
+
+def audit_entries(db, subtype: str) -> list[dict]:
+    with db.su() as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT event_data FROM keen.audit_logs WHERE event_type = 'streaming' AND event_subtype = %s "
+                "ORDER BY created_at",
+                (subtype,),
+            ).fetchall()
+        ]
+
+
+def test_partitions_are_prepared_at_most_24_months_ahead(db, keen, admin_id):
+    with keen.as_user(admin_id) as tx:
+        with pytest.raises(InvalidInput):
+            tx.streaming.prepare_event_partitions(25)
+    with keen.as_user(admin_id) as tx:
+        with pytest.raises(InvalidInput):
+            tx.streaming.prepare_event_partitions(2, month_ahead(23))  # the last would be 25 ahead
+    with keen.as_user(admin_id) as tx:
+        with pytest.raises(InvalidInput):
+            tx.streaming.prepare_event_partitions(0, datetime(2300, 1, 1, tzinfo=UTC))
+    with keen.as_user(admin_id) as tx:
+        assert [p.partition_name for p in tx.streaming.prepare_event_partitions(0, month_ahead(24))] == [
+            month_name(month_ahead(24))
+        ]
+
+
+def test_dropping_partitions_keeps_30_days_at_least_and_never_the_current_month(db, keen, admin_id):
+    for keep in (timedelta(0), timedelta(days=29), None):
+        with keen.as_user(admin_id) as tx:
+            with pytest.raises(InvalidInput):
+                tx.streaming.drop_old_event_partitions(keep)
+    with keen.as_user(admin_id) as tx:
+        tx.streaming.drop_old_event_partitions(timedelta(days=30))
+    names = partitions(db)
+    assert month_name(datetime.now(UTC)) in names
+
+
+def test_partition_upkeep_is_audited_when_it_changes_something(db, keen, admin_id):
+    with keen.as_user(admin_id) as tx:
+        tx.streaming.prepare_event_partitions(1, datetime(2019, 11, 5, tzinfo=UTC))
+    with keen.as_user(admin_id) as tx:
+        assert tx.streaming.prepare_event_partitions(1, datetime(2019, 11, 5, tzinfo=UTC)) == []
+    assert audit_entries(db, "partitions_created") == [
+        {"partitions": ["streaming_events_y2019m11", "streaming_events_y2019m12"]}
+    ]
+    with keen.as_user(admin_id) as tx:
+        tx.streaming.drop_old_event_partitions(timedelta(days=365))
+    with keen.as_user(admin_id) as tx:
+        assert tx.streaming.drop_old_event_partitions(timedelta(days=365)) == []
+    [dropped] = audit_entries(db, "partitions_dropped")
+    assert dropped["partitions"] == ["streaming_events_y2019m11", "streaming_events_y2019m12"]
+
+
+def test_an_idle_reader_does_not_make_readers_queue_behind_the_partition_upkeep(db, keen, alice, admin_id):
+    """An idle transaction that read streaming_events holds ACCESS SHARE; the upkeep's DROP waits
+    for it at most 1 s a try (5 tries) and gives up with 55P03 instead of queueing every reader
+    behind its ACCESS EXCLUSIVE request. Meanwhile another tenant's events_since still answers."""
+    session = new_session(db, keen, alice)
+    emit(keen, alice, session, 1)
+    with keen.as_user(admin_id) as tx:
+        tx.streaming.prepare_event_partitions(0, datetime(2019, 11, 5, tzinfo=UTC))
+    idle = psycopg.connect(db.app_url)
+    try:
+        idle.execute("SELECT count(*) FROM keen.streaming_events")  # ACCESS SHARE, kept while idle
+        errors: list[BaseException] = []
+
+        def upkeep() -> None:
+            try:
+                with psycopg.connect(db.maintenance_url) as conn:
+                    conn.execute("SELECT * FROM keen.drop_old_event_partitions('365 days')")
+            except BaseException as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=upkeep)
+        t.start()
+        # Readers keep being served while the upkeep waits and retries (each try waits 1 s).
+        served = 0
+        while t.is_alive():
+            with keen.as_user(alice) as tx:
+                tx.execute("SET LOCAL lock_timeout = '3s'")
+                assert len(tx.streaming.events_since(session)) == 1
+            served += 1
+        t.join(WAIT)
+        assert served > 0
+        assert len(errors) == 1 and isinstance(errors[0], psycopg.errors.LockNotAvailable)
+    finally:
+        idle.close()
+    assert "streaming_events_y2019m11" in partitions(db)
+
+
+# The feed of a user, the cursor of a connection (issue 13) ------------------------------------
+
+
+def fund(keen: Keen, admin_id, user_id, amount: str = "100") -> None:
+    with keen.as_user(admin_id) as tx:
+        tx.credits.add_credits(user_id, Decimal(amount), "test purchase")
+
+
+def test_events_for_user_is_the_actors_feed_and_an_admins_is_every_tenants(db, keen, alice, bob, admin_id):
+    a1, a2, b1 = new_session(db, keen, alice), new_session(db, keen, alice), new_session(db, keen, bob)
+    ids_a = emit(keen, alice, a1, 2) + emit(keen, alice, a2, 2)
+    ids_b = emit(keen, bob, b1, 2)
+    with keen.as_user(alice) as tx:
+        feed = tx.streaming.events_for_user()
+        assert [e.event_id for e in feed] == ids_a
+        assert {e.session_id for e in feed} == {a1, a2}
+        assert [e.event_id for e in tx.streaming.events_for_user(ids_a[1], 2)] == ids_a[2:4]
+    with keen.as_user(bob) as tx:
+        assert [e.event_id for e in tx.streaming.events_for_user()] == ids_b
+    with keen.as_user(admin_id) as tx:
+        assert [e.event_id for e in tx.streaming.events_for_user()] == sorted(ids_a + ids_b)
+    with keen.transaction() as tx:
+        with pytest.raises(KeenError) as err:
+            tx.streaming.events_for_user()
+        assert err.value.sqlstate == "28000"
+    for bad in ((-1, 10), (0, 0), (0, 10001)):
+        with keen.as_user(alice) as tx:
+            with pytest.raises(InvalidInput):
+                tx.streaming.events_for_user(*bad)
+
+
+def test_next_events_moves_the_connection_cursor_and_delivers_each_event_once(db, keen, alice):
+    session = new_session(db, keen, alice)
+    ids = emit(keen, alice, session, 5)
+    with keen.as_user(alice) as tx:
+        tx.streaming.register_connection("ws-1", "10.0.0.1", "dashboard", session)
+    with keen.as_user(alice) as tx:
+        assert [e.event_id for e in tx.streaming.next_events("ws-1", 3)] == ids[:3]
+    with keen.as_user(alice) as tx:
+        assert [e.event_id for e in tx.streaming.next_events("ws-1", 3)] == ids[3:]
+    with keen.as_user(alice) as tx:
+        assert tx.streaming.next_events("ws-1") == []
+    more = emit(keen, alice, session, 1)
+    with keen.as_user(alice) as tx:
+        assert [e.event_id for e in tx.streaming.next_events("ws-1")] == more
+
+
+def test_a_next_events_read_that_rolls_back_is_delivered_again(db, keen, alice):
+    session = new_session(db, keen, alice)
+    ids = emit(keen, alice, session, 3)
+    with keen.as_user(alice) as tx:
+        tx.streaming.register_connection("ws-1", "10.0.0.1", "dashboard", session)
+
+    class Crash(Exception):
+        pass
+
+    with pytest.raises(Crash):
+        with keen.as_user(alice) as tx:
+            assert [e.event_id for e in tx.streaming.next_events("ws-1")] == ids
+            raise Crash  # the gateway died before it could push them: the read rolls back
+    with keen.as_user(alice) as tx:
+        assert [e.event_id for e in tx.streaming.next_events("ws-1")] == ids
+    with keen.as_user(alice) as tx:
+        assert tx.streaming.next_events("ws-1") == []
+
+
+def test_next_events_honours_subscribed_events_and_moves_past_the_others(db, keen, alice):
+    session = new_session(db, keen, alice)
+    with keen.as_user(alice) as tx:
+        tx.streaming.register_connection("ws-1", "10.0.0.1", "cli", session, None, ["wanted"])
+    wanted = emit(keen, alice, session, 2, "wanted")
+    emit(keen, alice, session, 3, "noise")
+    with keen.as_user(alice) as tx:
+        got = tx.streaming.next_events("ws-1")
+    assert [e.event_id for e in got] == wanted and {e.event_type for e in got} == {"wanted"}
+    with db.su() as conn:
+        cursor = conn.execute("SELECT last_delivered_event_id FROM keen.websocket_connections").fetchone()[0]
+    with keen.as_user(alice) as tx:
+        assert cursor == max(e.event_id for e in tx.streaming.events_since(session))  # past the noise
+
+
+def test_a_connection_without_a_session_follows_all_its_owners_sessions_only(db, keen, alice, bob):
+    a1, a2, b1 = new_session(db, keen, alice), new_session(db, keen, alice), new_session(db, keen, bob)
+    with keen.as_user(alice) as tx:
+        tx.streaming.register_connection("feed", "10.0.0.1", "dashboard")
+    ids = emit(keen, alice, a1, 1) + emit(keen, bob, b1, 1) + emit(keen, alice, a2, 1)
+    with keen.as_user(alice) as tx:
+        assert [e.event_id for e in tx.streaming.next_events("feed")] == [ids[0], ids[2]]
+
+
+def test_next_events_on_another_tenants_connection_is_not_found(db, keen, alice, bob):
+    session = new_session(db, keen, alice)
+    with keen.as_user(alice) as tx:
+        tx.streaming.register_connection("ws-a", "10.0.0.1", "dashboard", session)
+    emit(keen, alice, session, 1)
+    with keen.as_user(bob) as tx:
+        with pytest.raises(NotFound):
+            tx.streaming.next_events("ws-a")
+    with keen.as_user(alice) as tx:
+        tx.streaming.close_connection("ws-a")
+    with keen.as_user(alice) as tx:
+        with pytest.raises(NotFound):
+            tx.streaming.next_events("ws-a")  # closed: register it again
+
+
+def test_a_reconnected_connection_resumes_from_its_cursor(db, keen, alice):
+    session = new_session(db, keen, alice)
+    first = emit(keen, alice, session, 2)
+    with keen.as_user(alice) as tx:
+        tx.streaming.register_connection("ws-1", "10.0.0.1", "dashboard", session)
+    with keen.as_user(alice) as tx:
+        assert [e.event_id for e in tx.streaming.next_events("ws-1")] == first
+    with keen.as_user(alice) as tx:
+        tx.streaming.close_connection("ws-1")
+    later = emit(keen, alice, session, 2)
+    with keen.as_user(alice) as tx:
+        again = tx.streaming.register_connection("ws-1", "10.0.0.2", "dashboard", session)
+        assert again.last_delivered_event_id == first[-1]
+    with keen.as_user(alice) as tx:
+        assert [e.event_id for e in tx.streaming.next_events("ws-1")] == later
+
+
+def test_an_admin_may_follow_and_replay_any_session(db, keen, alice, admin_id):
+    session = new_session(db, keen, alice)
+    ids = emit(keen, alice, session, 2)
+    with keen.as_user(admin_id) as tx:
+        conn = tx.streaming.register_connection("watch", "10.0.0.9", "dashboard", session)
+        assert conn.user_id == admin_id and conn.admin_connection and conn.session_filters == [session]
+    with keen.as_user(admin_id) as tx:
+        assert [e.event_id for e in tx.streaming.next_events("watch")] == ids
+        assert [e.event_id for e in tx.streaming.events_since(session)] == ids
+    with keen.as_user(alice) as tx:
+        assert "watch" not in tx.sessions.get_session(session).websocket_connections
+    with keen.as_user(admin_id) as tx:
+        tx.streaming.close_connection("watch")
+
+
+def test_a_user_may_not_follow_another_tenants_session(db, keen, alice, bob):
+    session = new_session(db, keen, alice)
+    with keen.as_user(bob) as tx:
+        with pytest.raises(NotFound):
+            tx.streaming.register_connection("peek", "10.0.0.1", "dashboard", session)
+
+
+def emit_slowly(keen: Keen, user_id, session_id, committed: list[int], lock: threading.Lock) -> None:
+    """25 events, each committed a random moment after its id was drawn."""
+    for i in range(25):
+        with keen.as_user(user_id) as tx:
+            event_id = tx.streaming.emit_event(session_id, "tick", {"i": i})
+            time.sleep(random.random() / 500)
+        with lock:
+            committed.append(event_id)
+
+
+def test_the_user_feed_never_skips_an_event_while_its_sessions_emit_concurrently(db, keen, alice):
+    """Per-user ordering: a follower that asks for ids after the last it saw, while four
+    threads emit into four sessions of the user, ends with every committed event. Repeated."""
+    for _round in range(3):
+        sessions = [new_session(db, keen, alice) for _ in range(4)]
+        with keen.as_user(alice) as tx:
+            start = max([e.event_id for e in tx.streaming.events_for_user(0, 10000)], default=0)
+        committed: list[int] = []
+        lock = threading.Lock()
+
+        threads = [threading.Thread(target=emit_slowly, args=(keen, alice, s, committed, lock)) for s in sessions]
+        for t in threads:
+            t.start()
+        seen: list[int] = []
+        last = start
+        while any(t.is_alive() for t in threads) or last < max(committed, default=start):
+            with keen.as_user(alice) as tx:
+                batch = tx.streaming.events_for_user(last, 7)
+            seen += [e.event_id for e in batch]
+            last = batch[-1].event_id if batch else last
+        for t in threads:
+            t.join(WAIT)
+        assert seen == sorted(committed) and len(seen) == 100
+
+
+def test_event_data_and_user_agents_have_size_caps(db, keen, alice):
+    session = new_session(db, keen, alice)
+    with keen.as_user(alice) as tx:
+        tx.streaming.emit_event(session, "fits", {"blob": "x" * 60000})
+    with keen.as_user(alice) as tx:
+        with pytest.raises(InvalidInput):
+            tx.streaming.emit_event(session, "too_big", {"blob": "x" * 70000})
+    with keen.as_user(alice) as tx:
+        with pytest.raises(InvalidInput):
+            tx.streaming.register_connection("ws", "10.0.0.1", "cli", None, "u" * 600)
+
+
+# System metrics and retention -------------------------------------------------------------------
+
+
+def test_snapshot_system_metrics_is_for_admins_and_maintenance(db, keen, alice, admin_id):
+    fund(keen, admin_id, alice, "40")
+    session = new_session(db, keen, alice)
+    with keen.as_user(alice) as tx:
+        tx.sessions.update_session_progress(session, "PLAN")
+        tx.streaming.register_connection("ws", "10.0.0.1", "cli", session)
+        tx.credits.deduct_credits(alice, Decimal("0.5"))
+    new_session(db, keen, alice)
+    with keen.as_user(admin_id) as tx:
+        m = tx.streaming.snapshot_system_metrics()
+    assert (m.active_users, m.active_sessions, m.active_websocket_connections) == (1, 2, 1)
+    assert (m.sessions_in_explore, m.sessions_in_plan, m.sessions_in_found) == (1, 1, 0)
+    assert m.credits_purchased_today == 40 and m.credits_consumed_today == Decimal("2.5")
+    maintenance = Keen(db.maintenance_url, PoolSettings(min_size=1, max_size=2))
+    try:
+        with maintenance.transaction() as tx:
+            assert tx.streaming.snapshot_system_metrics().active_sessions == 2
+    finally:
+        maintenance.close()
+    with keen.as_user(alice) as tx:
+        with pytest.raises(PermissionDenied):
+            tx.streaming.snapshot_system_metrics()
+    with keen.as_user(alice) as tx:
+        assert tx.scalar("SELECT count(*) FROM keen.system_metrics") == 0  # not a tenant's rows
+    with keen.as_user(admin_id) as tx:
+        assert tx.scalar("SELECT count(*) FROM keen.system_metrics") == 2
+    assert_ledger_clean(db)
+
+
+def test_metrics_are_kept_90_days_and_closed_connections_7(db, keen, alice, admin_id):
+    session = new_session(db, keen, alice)
+    with keen.as_user(alice) as tx:
+        tx.streaming.register_connection("old", "10.0.0.1", "cli", session)
+        tx.streaming.register_connection("recent", "10.0.0.1", "cli", session)
+        tx.streaming.register_connection("live", "10.0.0.1", "cli", session)
+    with keen.as_user(alice) as tx:
+        tx.streaming.close_connection("old")
+        tx.streaming.close_connection("recent")
+    with keen.as_user(admin_id) as tx:
+        tx.streaming.snapshot_system_metrics()
+        tx.streaming.snapshot_system_metrics()
+    with db.su() as conn:
+        conn.execute(
+            "UPDATE keen.websocket_connections SET disconnected_at = now() - interval '8 days' "
+            "WHERE connection_id = 'old'"
+        )
+        conn.execute(
+            "UPDATE keen.system_metrics SET metric_timestamp = now() - interval '91 days' "
+            "WHERE id = (SELECT min(id::text)::uuid FROM keen.system_metrics)"
+        )
+    with keen.as_user(alice) as tx:
+        with pytest.raises(PermissionDenied):
+            tx.streaming.prune_streaming_history()
+    with keen.as_user(admin_id) as tx:
+        with pytest.raises(InvalidInput):
+            tx.streaming.prune_streaming_history(timedelta(hours=1))
+    with keen.as_user(admin_id) as tx:
+        pruned = tx.streaming.prune_streaming_history()
+    assert (pruned.metrics_deleted, pruned.connections_deleted) == (1, 1)
+    with db.su() as conn:
+        left = {r[0] for r in conn.execute("SELECT connection_id FROM keen.websocket_connections").fetchall()}
+        assert left == {"recent", "live"}
+        assert conn.execute("SELECT count(*) FROM keen.system_metrics").fetchone()[0] == 1
