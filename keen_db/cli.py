@@ -136,7 +136,7 @@ def seed(ctx: click.Context) -> None:
     s = _settings(ctx)
     ensure_ready(s)
     try:
-        deploy.seed(s.superuser_url())
+        deploy.seed(s.superuser_url(), deploy.default_password_allowed(s))
     except ValueError as exc:
         _fail(str(exc))
     click.echo("seeded the admin user")

@@ -133,8 +133,19 @@ def set_role_passwords(s: Settings, superuser_conninfo: str) -> None:
         conn.execute("SELECT keen_private.configure_login_recorder(%s)", (recorder,))
 
 
-def seed(superuser_conninfo: str) -> None:
-    """The admin user and its unlimited account, idempotently (db/seeds/*.sql)."""
+DEFAULT_ADMIN_PASSWORD = "2con-creator"  # published in CONTRACT.md: for the embedded cluster only
+ALLOW_DEFAULT_ENV = "KEEN_ALLOW_DEFAULT_ADMIN_PASSWORD"
+
+
+def default_password_allowed(s: Settings) -> bool:
+    """The published admin password is for the embedded cluster (make demo); on a server given by
+    KEEN_DATABASE_URL only when KEEN_ALLOW_DEFAULT_ADMIN_PASSWORD=1 asks for it explicitly."""
+    return s.embedded or os.environ.get(ALLOW_DEFAULT_ENV, "") == "1"
+
+
+def seed(superuser_conninfo: str, allow_default_password: bool = True) -> None:
+    """The admin user and its unlimited account, idempotently (db/seeds/*.sql). Refuses
+    (ValueError) to set the published default password unless allow_default_password."""
     markup_env = os.environ.get("CREDIT_MARKUP_MULTIPLIER")
     markup = None
     if markup_env:
@@ -147,9 +158,14 @@ def seed(superuser_conninfo: str) -> None:
     params = {
         "email": os.environ.get("ADMIN_EMAIL", "ahiya.butman@gmail.com"),
         "username": os.environ.get("ADMIN_USERNAME", "ahiya_admin"),
-        "password": os.environ.get("ADMIN_PASSWORD", "2con-creator"),
+        "password": os.environ.get("ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD),
         "markup": markup,
     }
+    if params["password"] == DEFAULT_ADMIN_PASSWORD and not allow_default_password:
+        raise ValueError(
+            "refusing to give the admin the published default password on a server given by KEEN_DATABASE_URL: "
+            f"set ADMIN_PASSWORD (or {ALLOW_DEFAULT_ENV}=1 to allow the default explicitly)"
+        )
     with psycopg.connect(superuser_conninfo) as conn:
         # Never promote an account somebody registered with the admin's e-mail: it would turn
         # their sessions and API keys into admin ones.
@@ -173,5 +189,5 @@ def deploy(s: Settings, database: str | None = None) -> list[str]:
     url = s.superuser_url(database)
     applied = migrate(url)
     set_role_passwords(s, url)
-    seed(url)
+    seed(url, default_password_allowed(s))
     return applied

@@ -292,6 +292,56 @@ def check_login_recorder(s: Settings, conn: psycopg.Connection) -> tuple[bool, s
     return True, "failed logins are counted and audited"
 
 
+ROLE_LIMITS = ("statement_timeout", "idle_in_transaction_session_timeout", "lock_timeout")
+
+
+def check_role_limits(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    """Every login role has a statement, idle-in-transaction and lock timeout and a connection
+    limit, and the limits leave room below max_connections (docs/security.md)."""
+    rows = conn.execute(
+        "SELECT r.rolname, r.rolconnlimit, COALESCE(s.setconfig, '{}') FROM pg_catalog.pg_roles r"
+        " LEFT JOIN pg_catalog.pg_db_role_setting s ON s.setrole = r.oid AND s.setdatabase = 0"
+        " WHERE r.rolname IN ('keen_app', 'keen_maintenance', 'keen_recorder') ORDER BY 1"
+    ).fetchall()
+    problems, total = [], 0
+    for name, limit, config in rows:
+        missing = [k for k in ROLE_LIMITS if not any(c.startswith(k + "=") and c != k + "=0" for c in config)]
+        if missing:
+            problems.append(f"{name} has no {', '.join(missing)}")
+        if limit < 0:
+            problems.append(f"{name} has no CONNECTION LIMIT")
+        total += max(limit, 0)
+    room = int(
+        value(
+            conn,
+            "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int",
+        )
+    )
+    if total >= room:
+        problems.append(f"the login roles may open {total} connections, max_connections leaves {room}")
+    if problems:
+        return False, "; ".join(problems)
+    return True, ", ".join(f"{n} {lim}" for n, lim, _ in rows) + f" connections of {room}; timeouts set"
+
+
+def check_default_admin_password(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    """The published default admin password is for the embedded cluster only: FAIL while it
+    works on a server given by KEEN_DATABASE_URL."""
+    from .deploy import DEFAULT_ADMIN_PASSWORD
+
+    in_use = value(
+        conn,
+        "SELECT COALESCE(bool_or(keen_ext.crypt(%s, u.password_hash) = u.password_hash), false)"
+        " FROM keen.users u WHERE u.is_admin",
+        (DEFAULT_ADMIN_PASSWORD,),
+    )
+    if not in_use:
+        return True, "not the published default"
+    if s.embedded:
+        return True, "the published default (allowed on the embedded cluster only)"
+    return False, "an admin's password is the published default: set ADMIN_PASSWORD and run keen-db seed"
+
+
 def check_replication(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
     """Streaming replication (keen-db ha): on a primary each standby's state, sync state and lag,
     and whether synchronous replication is in force; on a standby how far replay is behind.
@@ -348,6 +398,8 @@ CHECKS: list[tuple[str, Check]] = [
     ("event partitions", check_event_partitions),
     ("audit chain", check_audit_chain),
     ("login recorder", check_login_recorder),
+    ("login role limits", check_role_limits),
+    ("default admin password", check_default_admin_password),
     ("replication", check_replication),
 ]
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import itertools
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -14,6 +16,7 @@ import pytest
 from psycopg import sql
 
 from keen_client import Keen, PoolSettings
+from keen_client.client import Tx
 from keen_db import cluster, config, deploy
 
 _counter = itertools.count()
@@ -64,10 +67,36 @@ def settings() -> config.Settings:
     return s
 
 
+ADMIN_EMAIL = os.environ.get("ADMIN_EMAIL", "ahiya.butman@gmail.com")
+ADMIN_PASSWORD = os.environ.get("ADMIN_PASSWORD", "2con-creator")
+_admin_credential: dict[str, str] = {}
+
+
+def sign_in_admin(app_url: str) -> str:
+    """The admin acts only through a credential (keen.act_as refuses it, 42501): sign the seeded
+    admin in for real (start_login_session with its password), and with that access token make
+    an API key (bypass_limits: the admin's keys are never rate limited). Returns the key."""
+    with psycopg.connect(app_url) as conn:
+        access = conn.execute(
+            "SELECT access_token FROM keen.start_login_session(%s, %s, NULL, '127.0.0.1')",
+            (ADMIN_EMAIL, ADMIN_PASSWORD),
+        ).fetchone()[0]
+    with psycopg.connect(app_url) as conn:
+        conn.execute("SELECT keen.authenticate_access_token(%s)", (access,))
+        return conn.execute("SELECT token FROM keen.create_api_key('tests: the admin', '{}')").fetchone()[0]
+
+
+def act_as_admin(conn: psycopg.Connection) -> None:
+    """Makes the admin the actor of `conn`'s transaction through its API key (tests' helper for
+    raw connections; keen.as_user(admin_id) does the same for the client)."""
+    conn.execute("SELECT keen.authenticate_api_key(%s)", (_admin_credential["key"],))
+
+
 @pytest.fixture(scope="session")
 def template_db(settings: config.Settings):
     """A migrated, seeded database that each test copies. bcrypt is cheapened here (cost 4)
-    because tests register many users; test_users proves the shipped default is 12."""
+    because tests register many users; test_users proves the shipped default is 12. The admin
+    signs in once here; its API key (copied with the template) is every test's admin credential."""
     name = f"keen_tpl_{os.getpid()}"
     create_database(settings, name)
     deploy.migrate(settings.superuser_url(name))
@@ -75,8 +104,46 @@ def template_db(settings: config.Settings):
     deploy.seed(settings.superuser_url(name))
     with psycopg.connect(settings.superuser_url(name), autocommit=True) as conn:
         conn.execute("UPDATE keen.settings SET value = '4' WHERE key = 'bcrypt_cost'")
+        _admin_credential["id"] = str(
+            conn.execute("SELECT id FROM keen.users WHERE email = pg_catalog.lower(%s)", (ADMIN_EMAIL,)).fetchone()[0]
+        )
+    _admin_credential["key"] = sign_in_admin(settings.role_url("keen_app", name))
     yield name
     drop_database(settings, name)
+
+
+@pytest.fixture
+def admin_key(template_db: str) -> str:
+    """The admin's API key (bypass_limits, no scopes), made by a real sign-in in template_db."""
+    return _admin_credential["key"]
+
+
+class TestKeen(Keen):
+    """keen_client.Keen for tests: as_user(<the admin>) goes through the admin's real API key
+    (keen.act_as refuses an admin), every other user through act_as as usual."""
+
+    __test__ = False
+
+    def _is_admin(self, user_id: uuid.UUID | str) -> bool:
+        return str(user_id) == _admin_credential.get("id")
+
+    @contextmanager
+    def as_user(self, user_id: uuid.UUID | str) -> Iterator[Tx]:
+        if self._is_admin(user_id):
+            with self.with_api_key(_admin_credential["key"]) as tx:
+                yield tx
+        else:
+            with super().as_user(user_id) as tx:
+                yield tx
+
+    @contextmanager
+    def read_as_user(self, user_id: uuid.UUID | str) -> Iterator[Tx]:
+        if self._is_admin(user_id):
+            with self.with_api_key(_admin_credential["key"]) as tx:
+                yield tx
+        else:
+            with super().read_as_user(user_id) as tx:
+                yield tx
 
 
 def fresh_database(settings: config.Settings, template: str) -> Database:
@@ -96,7 +163,7 @@ def db(settings: config.Settings, template_db: str):
 @pytest.fixture
 def keen(db: Database):
     """A pooled client on the test database, as keen_app."""
-    client = Keen(db.app_url, PoolSettings(min_size=1, max_size=20, timeout=30))
+    client = TestKeen(db.app_url, PoolSettings(min_size=1, max_size=20, timeout=30))
     yield client
     client.close()
 

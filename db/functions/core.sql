@@ -2,12 +2,15 @@
 -- Applied first; every other file in db/functions may rely on it.
 
 -- keen_private.actor_proof: the proof that keen.act_as (or keen_private.set_actor) chose p_user_id as actor:
--- an HMAC-SHA256 over (user id, backend pid, transaction start), keyed by a secret that only
--- keen_auth can read (keen.auth_secrets). A proof is worthless in another transaction or session.
+-- an HMAC-SHA256 over (user id, backend pid, transaction start, the actor's scope list: the
+-- setting keen_private.actor_scopes, '' for none), keyed by a secret that only keen_auth can read
+-- (keen.auth_secrets). A proof is worthless in another transaction or session, and dropping or
+-- changing the scope list of an API key's actor by hand makes it no actor at all.
 -- Who: keen_auth's functions only (no grant: whoever could call it could forge an actor).
 -- keen.actor_id inlines the same expression (it is called on every policy and hot path).
 -- PL/pgSQL, not SQL: a SQL function with a SET clause is never inlined, and is parsed and
 -- planned again in every statement that calls it (act_as runs once per transaction).
+-- Raises: nothing.
 CREATE OR REPLACE FUNCTION keen_private.actor_proof(p_user_id uuid)
 RETURNS text
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
@@ -15,7 +18,8 @@ SET search_path = pg_catalog, keen, pg_temp
 AS $$
 BEGIN
     RETURN (SELECT pg_catalog.encode(keen_ext.hmac(
-                       p_user_id::text || ':' || pg_catalog.pg_backend_pid() || ':' || EXTRACT(EPOCH FROM pg_catalog.now()),
+                       p_user_id::text || ':' || pg_catalog.pg_backend_pid() || ':' || EXTRACT(EPOCH FROM pg_catalog.now())
+                       || ':' || COALESCE(pg_catalog.current_setting('keen_private.actor_scopes', true), ''),
                        k.value, 'sha256'), 'hex')
               FROM keen.auth_secrets k
              WHERE k.name = 'actor_hmac_key');
@@ -23,7 +27,7 @@ END
 $$;
 ALTER FUNCTION keen_private.actor_proof(uuid) OWNER TO keen_auth;
 REVOKE ALL ON FUNCTION keen_private.actor_proof(uuid) FROM PUBLIC;
-COMMENT ON FUNCTION keen_private.actor_proof(uuid) IS 'HMAC binding an actor to this backend and transaction; keen_auth only.';
+COMMENT ON FUNCTION keen_private.actor_proof(uuid) IS 'HMAC binding an actor (and its scopes) to this backend and transaction; keen_auth only.';
 
 -- keen.actor_id: the user the current transaction acts as, or NULL.
 -- The id in the setting keen.actor_id counts only with a matching keen_private.actor_proof, which only
@@ -47,7 +51,8 @@ BEGIN
     SELECT k.value INTO v_key FROM keen.auth_secrets k WHERE k.name = 'actor_hmac_key';
     -- The same expression as keen_private.actor_proof, inlined: about 3 us less per call.
     IF pg_catalog.current_setting('keen_private.actor_proof', true) IS DISTINCT FROM pg_catalog.encode(keen_ext.hmac(
-           v_id || ':' || pg_catalog.pg_backend_pid() || ':' || EXTRACT(EPOCH FROM pg_catalog.now()),
+           v_id || ':' || pg_catalog.pg_backend_pid() || ':' || EXTRACT(EPOCH FROM pg_catalog.now())
+           || ':' || COALESCE(pg_catalog.current_setting('keen_private.actor_scopes', true), ''),
            v_key, 'sha256'), 'hex') THEN
         RETURN NULL;
     END IF;
@@ -118,33 +123,42 @@ REVOKE ALL ON FUNCTION keen.actor_sees_all_tenants() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.actor_sees_all_tenants() TO keen_app, keen_maintenance, keen_auth;
 COMMENT ON FUNCTION keen.actor_sees_all_tenants() IS 'Admin actor or maintenance session: may see every tenant.';
 
--- keen.act_as: makes p_user_id the actor for the rest of the current transaction only.
--- Who: keen_app, keen_maintenance. Raises 28000 when the user does not exist or is not active.
+-- keen.act_as: makes p_user_id the actor for the rest of the current transaction only, with no
+-- scope restriction. Never an admin: a leaked keen_app connection must not become the admin,
+-- so an admin acts only through a credential the database verifies (authenticate_access_token,
+-- authenticate_api_key, start_login_session / refresh_login_session).
+-- Who: keen_app, keen_maintenance. Raises 28000 when the user does not exist or is not active,
+-- 42501 when the user is an admin.
 CREATE OR REPLACE FUNCTION keen.act_as(p_user_id uuid)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
+DECLARE
+    v_is_admin boolean;
 BEGIN
-    IF p_user_id IS NULL OR NOT EXISTS (
-        SELECT 1 FROM keen.users u WHERE u.id = p_user_id AND u.account_status = 'active'
-    ) THEN
+    SELECT u.is_admin INTO v_is_admin FROM keen.users u WHERE u.id = p_user_id AND u.account_status = 'active';
+    IF v_is_admin IS NULL THEN
         RAISE EXCEPTION 'no active user to act as'
             USING ERRCODE = '28000';
     END IF;
-    PERFORM pg_catalog.set_config('keen.actor_id', p_user_id::text, true);
-    PERFORM pg_catalog.set_config('keen_private.actor_proof', keen_private.actor_proof(p_user_id), true);
+    IF v_is_admin THEN
+        RAISE EXCEPTION 'an admin acts only through a credential'
+            USING ERRCODE = '42501',
+                  HINT = 'sign in with keen.start_login_session and use keen.authenticate_access_token, or keen.authenticate_api_key';
+    END IF;
+    PERFORM keen_private.set_actor(p_user_id);
 END
 $$;
 ALTER FUNCTION keen.act_as(uuid) OWNER TO keen_auth;
 REVOKE ALL ON FUNCTION keen.act_as(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.act_as(uuid) TO keen_owner, keen_app, keen_maintenance;
-COMMENT ON FUNCTION keen.act_as(uuid) IS 'Sets the actor for the current transaction; 28000 if the user is missing or inactive.';
+COMMENT ON FUNCTION keen.act_as(uuid) IS 'Sets a non-admin actor for the current transaction; 28000 missing or inactive, 42501 an admin.';
 
 -- keen_private.set_actor: makes p_user_id (or nobody, for NULL) the actor for the rest of the
--- transaction with no "active" check: for keen's own functions that have already decided who
--- the actor is (register_user writes the new user's rows as that user; authenticate_api_key
--- acts as the key's owner) or that restore the previous actor.
+-- transaction with no "active" check and no scope restriction: for keen's own functions that
+-- have already decided who the actor is (register_user writes the new user's rows as that user;
+-- a verified credential acts as its owner) or that restore the previous actor.
 -- Who: keen_owner's functions only (never granted to keen_app). Raises: nothing.
 CREATE OR REPLACE FUNCTION keen_private.set_actor(p_user_id uuid)
 RETURNS void
@@ -152,15 +166,74 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
-    PERFORM pg_catalog.set_config('keen.actor_id', COALESCE(p_user_id::text, ''), true);
-    PERFORM pg_catalog.set_config('keen_private.actor_proof',
-                                  CASE WHEN p_user_id IS NULL THEN '' ELSE keen_private.actor_proof(p_user_id) END, true);
+    PERFORM keen_private.set_actor_scoped(p_user_id, '{}');
 END
 $$;
 ALTER FUNCTION keen_private.set_actor(uuid) OWNER TO keen_auth;
 REVOKE ALL ON FUNCTION keen_private.set_actor(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen_private.set_actor(uuid) TO keen_owner;
 COMMENT ON FUNCTION keen_private.set_actor(uuid) IS 'Internal: sets (or clears) the actor with its proof; keen_owner''s functions only.';
+
+-- keen_private.set_actor_scoped: as set_actor, limited to p_scopes (an API key's; '{}' means
+-- everything the user may do). The list is part of the actor proof: it cannot be dropped or
+-- widened by hand (keen.actor_id is then NULL).
+-- Who: keen_owner's functions only (authenticate_api_key). Raises: nothing.
+CREATE OR REPLACE FUNCTION keen_private.set_actor_scoped(p_user_id uuid, p_scopes text[])
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, keen_private, pg_temp
+AS $$
+BEGIN
+    PERFORM pg_catalog.set_config('keen.actor_id', COALESCE(p_user_id::text, ''), true);
+    PERFORM pg_catalog.set_config('keen_private.actor_scopes',
+                                  CASE WHEN p_user_id IS NULL THEN '' ELSE COALESCE(pg_catalog.array_to_string(p_scopes, ','), '') END,
+                                  true);
+    PERFORM pg_catalog.set_config('keen_private.actor_proof',
+                                  CASE WHEN p_user_id IS NULL THEN '' ELSE keen_private.actor_proof(p_user_id) END, true);
+END
+$$;
+ALTER FUNCTION keen_private.set_actor_scoped(uuid, text[]) OWNER TO keen_auth;
+REVOKE ALL ON FUNCTION keen_private.set_actor_scoped(uuid, text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen_private.set_actor_scoped(uuid, text[]) TO keen_owner, keen_auth;
+COMMENT ON FUNCTION keen_private.set_actor_scoped(uuid, text[]) IS 'Internal: sets the actor limited to an API key''s scopes.';
+
+-- keen_private.api_scopes: the scopes an API key may carry (CONTRACT.md, "Scopes").
+-- Who: keen's functions. Raises: nothing.
+CREATE OR REPLACE FUNCTION keen_private.api_scopes()
+RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT ARRAY['credits:read', 'credits:write', 'keys:manage', 'sessions:read', 'sessions:write']::text[]
+$$;
+REVOKE ALL ON FUNCTION keen_private.api_scopes() FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.api_scopes() IS 'Internal: the scopes an API key may carry.';
+
+-- keen_private.require_scope: the one scope check. A transaction whose actor came from an API
+-- key with a non-empty scope list may call only what those scopes cover; each API function
+-- names its scope at its top (PERFORM keen_private.require_scope('credits:write')), and a
+-- function no scope covers passes NULL (account and admin work: refused to every scoped key).
+-- The list is read from keen_private.actor_scopes, which the actor proof covers: an empty or
+-- changed list with a scoped proof is no actor at all, so the function's actor check refuses.
+-- Who: keen's functions (every area). Raises 42501 when the scope is not in the actor's list.
+CREATE OR REPLACE FUNCTION keen_private.require_scope(p_scope text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, keen, pg_temp
+AS $$
+DECLARE
+    v_scopes text := pg_catalog.current_setting('keen_private.actor_scopes', true);
+BEGIN
+    IF v_scopes IS NULL OR v_scopes = '' THEN
+        RETURN;
+    END IF;
+    IF p_scope IS NULL OR NOT (p_scope = ANY (pg_catalog.string_to_array(v_scopes, ','))) THEN
+        RAISE EXCEPTION 'this API key''s scopes (%) do not cover %', v_scopes, COALESCE(p_scope, 'this call')
+            USING ERRCODE = '42501';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION keen_private.require_scope(text) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.require_scope(text) IS 'Internal: 42501 unless the actor''s API key scopes cover p_scope.';
 
 -- keen_private.require_actor: the actor of the transaction.
 -- Who: keen's functions (every area). Raises 28000 when there is no (valid) actor.
@@ -183,16 +256,19 @@ REVOKE ALL ON FUNCTION keen_private.require_actor() FROM PUBLIC;
 COMMENT ON FUNCTION keen_private.require_actor() IS 'Internal: the actor, or 28000.';
 
 -- keen_private.require_admin: the actor, who must be an admin according to keen.users.
--- Who: keen's functions (every area). Raises 42501 when there is no actor or it is not an active admin.
+-- No scope covers admin work: an admin's API key with a scope list cannot do it.
+-- Who: keen's functions (every area). Raises 42501 when there is no actor or it is not an active
+-- admin, or its API key has a scope list.
 CREATE OR REPLACE FUNCTION keen_private.require_admin()
 RETURNS uuid
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
     IF NOT keen.actor_is_admin() THEN
         RAISE EXCEPTION 'only an admin may do this' USING ERRCODE = '42501';
     END IF;
+    PERFORM keen_private.require_scope(NULL);
     RETURN keen.actor_id();
 END
 $$;
@@ -242,20 +318,47 @@ REVOKE ALL ON FUNCTION keen.setting_numeric(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.setting_numeric(text) TO keen_app, keen_maintenance;
 COMMENT ON FUNCTION keen.setting_numeric(text) IS 'A numeric value from keen.settings; 22023 if missing.';
 
--- keen.set_setting: an admin changes a platform setting (the markup multiplier, depth limits).
--- Who: admin actor (42501 otherwise). Raises 22023 for an unknown key or a value of another
--- JSON type than the current one, or a non-positive markup multiplier.
+-- keen_private.setting_bounds: the smallest and largest value each numeric setting accepts; the
+-- one place they are written (docs/security.md lists them). No row for a key without bounds:
+-- keen.set_setting then refuses to change it (a new setting must be given bounds here).
+-- Who: keen's functions. Raises: nothing.
+CREATE OR REPLACE FUNCTION keen_private.setting_bounds(p_key text)
+RETURNS TABLE (min_value numeric, max_value numeric)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT b.min_value, b.max_value
+      FROM (VALUES ('markup_multiplier', 0.1, 100),
+                   ('bcrypt_cost', 10, 14),
+                   ('default_max_session_depth', 1, 100),
+                   ('hard_max_session_depth', 1, 100),
+                   ('login_max_failures', 3, 100),
+                   ('login_max_failures_per_source', 10, 10000),
+                   ('login_failure_window_minutes', 1, 1440),
+                   ('access_token_minutes', 1, 60),
+                   ('refresh_token_days', 1, 90)) AS b(key, min_value, max_value)
+     WHERE b.key = p_key
+$$;
+REVOKE ALL ON FUNCTION keen_private.setting_bounds(text) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.setting_bounds(text) IS 'Internal: the bounds of each numeric setting.';
+
+-- keen.set_setting: an admin changes a platform setting (the markup multiplier, depth limits,
+-- bcrypt cost, lock-out thresholds), within the key's bounds (keen_private.setting_bounds);
+-- every change is audited with the old and the new value.
+-- Who: admin actor (42501 otherwise, also for an admin API key with a scope list). Raises 22023
+-- for an unknown key, a value of another JSON type than the current one, a number outside the
+-- key's bounds, or a numeric key that has no bounds.
 CREATE OR REPLACE FUNCTION keen.set_setting(p_key text, p_value jsonb)
 RETURNS keen.settings
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_row keen.settings;
+    v_old jsonb;
+    v_min numeric;
+    v_max numeric;
 BEGIN
-    IF NOT keen.actor_is_admin() THEN
-        RAISE EXCEPTION 'only an admin may change settings' USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.require_admin();
     SELECT * INTO v_row FROM keen.settings s WHERE s.key = p_key FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown setting %', p_key USING ERRCODE = '22023';
@@ -264,18 +367,28 @@ BEGIN
         RAISE EXCEPTION 'setting % needs a % value', p_key, pg_catalog.jsonb_typeof(v_row.value)
             USING ERRCODE = '22023';
     END IF;
-    IF pg_catalog.jsonb_typeof(p_value) = 'number' AND p_value::text::numeric <= 0 THEN
-        RAISE EXCEPTION 'setting % must be positive', p_key USING ERRCODE = '22023';
+    IF pg_catalog.jsonb_typeof(p_value) = 'number' THEN
+        SELECT b.min_value, b.max_value INTO v_min, v_max FROM keen_private.setting_bounds(p_key) b;
+        IF v_min IS NULL THEN
+            RAISE EXCEPTION 'setting % has no bounds and cannot be changed here', p_key USING ERRCODE = '22023';
+        END IF;
+        IF p_value::text::numeric < v_min OR p_value::text::numeric > v_max THEN
+            RAISE EXCEPTION 'setting % must be between % and %', p_key, v_min, v_max USING ERRCODE = '22023';
+        END IF;
     END IF;
+    v_old := v_row.value;
     UPDATE keen.settings s SET value = p_value, updated_at = pg_catalog.now()
      WHERE s.key = p_key
     RETURNING * INTO v_row;
+    PERFORM keen_private.write_audit('admin', 'setting_changed', NULL,
+                                     pg_catalog.jsonb_build_object('key', p_key, 'old_value', v_old, 'new_value', p_value),
+                                     'high');
     RETURN v_row;
 END
 $$;
 REVOKE ALL ON FUNCTION keen.set_setting(text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.set_setting(text, jsonb) TO keen_app;
-COMMENT ON FUNCTION keen.set_setting(text, jsonb) IS 'Admin-only change of a platform setting.';
+COMMENT ON FUNCTION keen.set_setting(text, jsonb) IS 'Admin-only change of a platform setting, bounded per key and audited (old and new value).';
 
 -- keen_private.size_cap: the largest accepted size, in bytes, of each free-form input; the one
 -- place the caps are written (docs/security.md lists them). NULL for an unknown kind.
@@ -297,6 +410,8 @@ AS $$
         WHEN 'completion_report' THEN 262144
         WHEN 'user_agent' THEN 512
         WHEN 'name' THEN 256
+        WHEN 'second_factor' THEN 64
+        WHEN 'token' THEN 512
     END
 $$;
 REVOKE ALL ON FUNCTION keen_private.size_cap(text) FROM PUBLIC;

@@ -475,6 +475,7 @@ DECLARE
     v_today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
     v_month date := pg_catalog.date_trunc('month', (pg_catalog.now() AT TIME ZONE 'UTC'))::date;
 BEGIN
+    PERFORM keen_private.require_scope('credits:write');
     -- complete_session's key: nobody may claim it first and so make a session uncompletable.
     IF pg_catalog.left(p_idempotency_key, 17) = 'session-complete:' THEN
         RAISE EXCEPTION 'idempotency keys beginning with "session-complete:" are reserved for keen.complete_session'
@@ -610,6 +611,7 @@ DECLARE
     v_held numeric;
     v_holds numeric := 0;
 BEGIN
+    PERFORM keen_private.require_scope('credits:write');
     PERFORM keen_private.credit_check_amount('p_estimated_claude_cost_usd', p_estimated_claude_cost_usd, 1000000);
     PERFORM keen_private.credit_check_text('a hold', p_idempotency_key);  -- the key only: holds carry no description
     IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > interval '7 days' THEN
@@ -694,6 +696,7 @@ DECLARE
     v_row keen.credit_transactions;
     v_charge numeric;
 BEGIN
+    PERFORM keen_private.require_scope('credits:write');
     PERFORM keen_private.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
     PERFORM keen_private.credit_check_text(p_description, NULL);
     SELECT r.* INTO v_res FROM keen.credit_reservations r WHERE r.id = p_reservation_id;
@@ -744,6 +747,7 @@ AS $$
 DECLARE
     v_res keen.credit_reservations;
 BEGIN
+    PERFORM keen_private.require_scope('credits:write');
     SELECT r.* INTO v_res FROM keen.credit_reservations r WHERE r.id = p_reservation_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'reservation % not found', p_reservation_id USING ERRCODE = 'P0002';
@@ -784,6 +788,7 @@ DECLARE
     v_today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
     v_month date := pg_catalog.date_trunc('month', (pg_catalog.now() AT TIME ZONE 'UTC'))::date;
 BEGIN
+    PERFORM keen_private.require_scope('credits:read');
     PERFORM keen_private.credit_authorize(p_user_id);
     RETURN QUERY
     SELECT a.user_id, a.current_balance::numeric,
@@ -852,6 +857,7 @@ DECLARE
     v_required numeric;
     v_available numeric;
 BEGIN
+    PERFORM keen_private.require_scope('credits:read');
     PERFORM keen_private.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
     PERFORM keen_private.credit_authorize(p_user_id);
     SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.user_id = p_user_id;
@@ -881,6 +887,7 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
+    PERFORM keen_private.require_scope('credits:read');
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'p_limit must be between 1 and 1000' USING ERRCODE = '22023';
     END IF;

@@ -132,6 +132,7 @@ DECLARE
     v_parent keen.agent_sessions;
     v_session keen.agent_sessions;
 BEGIN
+    PERFORM keen_private.require_scope('sessions:write');
     IF v_actor IS NULL OR v_actor IS DISTINCT FROM p_user_id THEN
         PERFORM keen_private.require_admin();  -- a session is created by its user or by an admin
     END IF;
@@ -232,11 +233,12 @@ COMMENT ON FUNCTION keen.create_session(uuid, text, text, text, text, uuid, json
 CREATE OR REPLACE FUNCTION keen.get_session(p_id uuid)
 RETURNS keen.agent_sessions
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_session keen.agent_sessions;
 BEGIN
+    PERFORM keen_private.require_scope('sessions:read');
     SELECT * INTO v_session FROM keen.agent_sessions s WHERE s.id = p_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'session % not found', p_id USING ERRCODE = 'P0002';
@@ -338,6 +340,7 @@ AS $$
 DECLARE
     v_session keen.agent_sessions;
 BEGIN
+    PERFORM keen_private.require_scope('sessions:write');
     IF p_current_phase IS NOT NULL AND p_current_phase NOT IN ('EXPLORE', 'PLAN', 'FOUND', 'SUMMON', 'COMPLETE') THEN
         RAISE EXCEPTION 'unknown phase %: one of EXPLORE, PLAN, FOUND, SUMMON, COMPLETE', p_current_phase
             USING ERRCODE = '22023';
@@ -403,6 +406,7 @@ DECLARE
     v_multiplier numeric(10,4);
     v_credits numeric := 0.0;
 BEGIN
+    PERFORM keen_private.require_scope('sessions:write');
     IF p_success IS NULL THEN
         RAISE EXCEPTION 'p_success must be true or false' USING ERRCODE = '22023';
     END IF;
@@ -490,6 +494,7 @@ DECLARE
     v_more uuid[];
     v_id uuid;
 BEGIN
+    PERFORM keen_private.require_scope('sessions:write');
     PERFORM keen_private.require_size('description', p_reason);
     v_session := keen_private.lock_session(p_id, true);
     v_ids := ARRAY[p_id];
@@ -543,9 +548,10 @@ CREATE OR REPLACE FUNCTION keen.list_sessions(p_limit integer DEFAULT 100, p_off
                                               p_status text DEFAULT NULL)
 RETURNS SETOF keen.agent_sessions
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
+    PERFORM keen_private.require_scope('sessions:read');
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'limit must be between 1 and 1000' USING ERRCODE = '22023';
     END IF;
@@ -585,7 +591,7 @@ RETURNS TABLE (id uuid, session_id text, parent_session_id uuid, session_depth i
                current_phase text, execution_status text, claude_cost_usd numeric,
                keen_cost_credits numeric, tokens_used bigint)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 SET enable_sort = off
 SET jit = off
 AS $$
@@ -593,6 +599,7 @@ DECLARE
     v_path bytea;
     v_depth integer;
 BEGIN
+    PERFORM keen_private.require_scope('sessions:read');
     SELECT s.tree_path, s.session_depth INTO v_path, v_depth FROM keen.agent_sessions s WHERE s.id = p_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'session % not found', p_id USING ERRCODE = 'P0002';
@@ -686,6 +693,7 @@ DECLARE
     v_session keen.agent_sessions;
     v_execution keen.tool_executions;
 BEGIN
+    PERFORM keen_private.require_scope('sessions:write');
     IF p_tool_name IS NULL OR pg_catalog.btrim(p_tool_name) = '' OR pg_catalog.length(p_tool_name) > 100 THEN
         RAISE EXCEPTION 'tool name must be 1 to 100 characters' USING ERRCODE = '22023';
     END IF;
@@ -759,6 +767,7 @@ DECLARE
     v_session keen.agent_sessions;
     v_operation keen.git_operations;
 BEGIN
+    PERFORM keen_private.require_scope('sessions:write');
     IF p_operation_type IS NULL
        OR p_operation_type NOT IN ('commit', 'branch', 'merge', 'push', 'pull', 'clone', 'checkout', 'rebase') THEN
         RAISE EXCEPTION 'unknown git operation %', p_operation_type USING ERRCODE = '22023';

@@ -218,6 +218,7 @@ DECLARE
     v_own_session uuid;
     v_filters uuid[];
 BEGIN
+    PERFORM keen_private.require_scope('sessions:write');
     IF p_connection_id IS NULL OR pg_catalog.length(p_connection_id) NOT BETWEEN 1 AND 255 THEN
         RAISE EXCEPTION 'connection id must be 1 to 255 characters' USING ERRCODE = '22023';
     END IF;
@@ -299,6 +300,7 @@ AS $$
 DECLARE
     v_actor uuid := keen_private.require_actor();
 BEGIN
+    PERFORM keen_private.require_scope('sessions:write');
     UPDATE keen.websocket_connections c
        SET last_ping_at = pg_catalog.now(), connection_status = 'active', updated_at = pg_catalog.now()
      WHERE c.user_id = v_actor AND c.connection_id = p_connection_id
@@ -326,6 +328,7 @@ DECLARE
     v_actor uuid := keen_private.require_actor();
     v_row keen.websocket_connections;
 BEGIN
+    PERFORM keen_private.require_scope('sessions:write');
     SELECT * INTO v_row FROM keen.websocket_connections c
      WHERE c.user_id = v_actor AND c.connection_id = p_connection_id
        FOR UPDATE;
@@ -439,6 +442,7 @@ AS $$
 DECLARE
     v_owner uuid;
 BEGIN
+    PERFORM keen_private.require_scope('sessions:write');
     IF p_session_id IS NULL THEN
         RAISE EXCEPTION 'session id is required' USING ERRCODE = '22023';
     END IF;
@@ -514,9 +518,10 @@ CREATE OR REPLACE FUNCTION keen.events_since(p_session_id uuid, p_after_event_id
 RETURNS TABLE (event_id bigint, session_id uuid, event_type text, event_data jsonb,
                event_source text, created_at timestamptz)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
+    PERFORM keen_private.require_scope('sessions:read');
     IF p_session_id IS NULL THEN
         RAISE EXCEPTION 'session id is required' USING ERRCODE = '22023';
     END IF;
@@ -617,6 +622,7 @@ AS $$
 DECLARE
     v_actor uuid := keen_private.require_actor();
 BEGIN
+    PERFORM keen_private.require_scope('sessions:read');
     IF p_after_event_id IS NULL OR p_after_event_id < 0 THEN
         RAISE EXCEPTION 'p_after_event_id must be 0 or more' USING ERRCODE = '22023';
     END IF;
@@ -671,6 +677,7 @@ DECLARE
     v_ids bigint[];
     v_cursor bigint;
 BEGIN
+    PERFORM keen_private.require_scope('sessions:read');
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'p_limit must be between 1 and 1000' USING ERRCODE = '22023';
     END IF;

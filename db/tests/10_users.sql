@@ -95,7 +95,7 @@ SELECT throws_ok($$SELECT keen.login('nobody-at-all@example.com', 'x')$$, '28000
 SELECT throws_ok(format('SELECT keen.suspend_user(%L)', current_setting('tests.bob')), '42501', NULL, 'suspend_user without an actor is 42501');
 SELECT keen.act_as(current_setting('tests.alice')::uuid);
 SELECT throws_ok(format('SELECT keen.suspend_user(%L)', current_setting('tests.bob')), '42501', NULL, 'suspend_user by a non-admin is 42501');
-SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT lives_ok(format('SELECT keen.suspend_user(%L, %L)', current_setting('tests.bob'), 'spam'), 'an admin suspends a user');
 SELECT is((SELECT account_status FROM keen.users WHERE id = current_setting('tests.bob')::uuid)::text, 'suspended', 'the user is suspended');
 SELECT lives_ok(format('SELECT keen.suspend_user(%L)', current_setting('tests.bob')), 'suspending a suspended user does nothing more');
@@ -108,7 +108,7 @@ SELECT throws_ok($$SELECT keen.login('bob@example.com', 'bob password')$$, '2800
                  'a suspended user with the right password is 28000');
 SELECT throws_ok($$SELECT keen.login('bob@example.com', 'wrong password')$$, '28P01', NULL,
                  'a suspended user with a wrong password is 28P01 (the status is not told)');
-SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT lives_ok(format('SELECT keen.reactivate_user(%L)', current_setting('tests.bob')), 'an admin reactivates the user');
 SELECT is((SELECT user_id FROM keen.login('bob@example.com', 'bob password')), current_setting('tests.bob')::uuid, 'the reactivated user logs in');
 SELECT lives_ok(format('SELECT keen.reactivate_user(%L)', current_setting('tests.bob')), 'reactivating an active user does nothing');
@@ -122,12 +122,12 @@ UPDATE keen.users SET is_admin = true, role = 'admin' WHERE id = current_setting
 SELECT keen.act_as(current_setting('tests.alice')::uuid);
 SELECT throws_ok(format('SELECT keen.suspend_user(%L)', current_setting('tests.admin')), '42501', NULL, 'nobody suspends the super-admin');
 SELECT throws_ok(format('SELECT keen.suspend_user(%L)', current_setting('tests.erin')), '42501', NULL, 'an admin cannot suspend another admin');
-SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT lives_ok(format('SELECT keen.suspend_user(%L)', current_setting('tests.erin')), 'the super-admin can suspend an admin');
 UPDATE keen.users SET is_admin = false, role = 'user' WHERE id = current_setting('tests.alice')::uuid;
 
 -- list_users ------------------------------------------------------------------------------------
-SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT is((SELECT count(*) FROM keen.list_users()), (SELECT count(*) FROM keen.users), 'an admin lists every user');
 SELECT is((SELECT count(*) FROM keen.list_users(2, 1)), 2::bigint, 'list_users pages with limit and offset');
 SELECT throws_ok($$SELECT keen.list_users(0)$$, '22023', NULL, 'a limit of 0 is 22023');
@@ -200,7 +200,7 @@ SELECT throws_ok(format('SELECT keen.authenticate_api_key(%L)', (SELECT token FR
                  '28000', 'invalid API key', 'an expired key fails like an unknown one');
 SELECT keen.act_as(current_setting('tests.bob')::uuid);
 INSERT INTO keys SELECT 'bob', k.* FROM keen.create_api_key('bob key') k;
-SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT lives_ok(format('SELECT keen.revoke_api_key(%L)', (SELECT token_id FROM keys WHERE owner = 'bob')), 'an admin revokes anyone''s key');
 SELECT ok((SELECT revoked_at IS NOT NULL AND NOT is_active FROM keen.auth_tokens t JOIN keys k ON k.token_id = t.id WHERE k.owner = 'bob'),
           'the key is marked revoked');

@@ -93,7 +93,7 @@ SELECT is(pg_temp.visible(name, owner_column, current_setting('tests.alice')::uu
           + pg_temp.visible(name, owner_column, current_setting('tests.bob')::uuid), 0::bigint,
           name || ': without an actor nothing is visible')
   FROM tenant_tables ORDER BY name;
-SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT is(pg_temp.visible(name, owner_column, current_setting('tests.alice')::uuid)
           + pg_temp.visible(name, owner_column, current_setting('tests.bob')::uuid),
           CASE WHEN name = 'audit_logs' THEN 4::bigint ELSE 2::bigint END,
@@ -184,7 +184,7 @@ SELECT set_config('keen.actor_id', 'not-a-uuid', true);
 SELECT is(keen.actor_id(), NULL, 'a malformed id reads as no actor (no error)');
 RESET ROLE;
 -- A suspended user can never be the actor: not by act_as, not by hand.
-SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT keen.suspend_user(current_setting('tests.bob')::uuid, 'isolation test');
 SET LOCAL ROLE keen_app;
 SELECT throws_ok(format('SELECT keen.act_as(%L)', current_setting('tests.bob')), '28000', NULL, 'act_as a suspended user is 28000');
@@ -192,7 +192,7 @@ SELECT set_config('keen.actor_id', current_setting('tests.bob'), true);
 SELECT is(keen.actor_id(), NULL, 'SET LOCAL keen.actor_id to a suspended user is no actor');
 SELECT is((SELECT count(*) FROM keen.auth_tokens), 0::bigint, 'and sees none of its rows');
 RESET ROLE;
-SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT keen.reactivate_user(current_setting('tests.bob')::uuid);
 SELECT set_config('keen.actor_id', '', true);
 
@@ -252,7 +252,7 @@ BEGIN
     PERFORM keen.change_password('mallory password', 'mallory new password');
     PERFORM keen.authenticate_api_key(v_token);
     PERFORM keen.revoke_api_key(v_token_id);
-    PERFORM keen.act_as(p_admin);
+    PERFORM keen_private.set_actor(p_admin);
     PERFORM keen.list_users();
     PERFORM keen.suspend_user(v_user);
     PERFORM keen.reactivate_user(v_user);

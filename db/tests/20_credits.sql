@@ -32,7 +32,7 @@ SELECT ok(pg_catalog.has_function_privilege('keen_maintenance', 'keen.verify_led
           'the maintenance role may verify the ledger');
 
 -- add_credits -------------------------------------------------------------------------------
-SELECT keen.act_as(pg_temp.id('admin'));
+SELECT keen_private.set_actor(pg_temp.id('admin'));
 SELECT results_eq($$SELECT transaction_type::text, amount::numeric, balance_after::numeric
                       FROM keen.add_credits(pg_temp.id('alice'), 100, 'purchase', 'pi-1')$$,
                   $$VALUES ('purchase', 100::numeric, 100::numeric)$$, 'add_credits: an admin buys 100 credits for alice');
@@ -78,7 +78,7 @@ SELECT keen.set_spending_limits(pg_temp.id('alice'), 15, NULL);
 SELECT throws_ok($$SELECT keen.deduct_credits(pg_temp.id('alice'), 1.000001)$$, 'KN002', NULL,
                  'deduct_credits: passing the daily limit is KN002');
 SELECT keen.set_spending_limits(pg_temp.id('alice'), NULL, NULL);
-SELECT keen.act_as(pg_temp.id('admin'));
+SELECT keen_private.set_actor(pg_temp.id('admin'));
 SELECT results_eq($$SELECT transaction_type::text, amount::numeric, claude_cost_usd::numeric, is_admin_bypass
                       FROM keen.deduct_credits(pg_temp.id('admin'), 10.50)$$,
                   $$VALUES ('admin_bypass', 0::numeric, 10.5::numeric, true)$$,
@@ -106,7 +106,7 @@ SELECT keen.set_spending_limits(pg_temp.id('alice'), NULL, 25);
 SELECT throws_ok($$SELECT keen.reserve_credits(pg_temp.id('alice'), 1.000001)$$, 'KN002', NULL,
                  'reserve_credits: usage plus holds past the monthly limit is KN002');
 SELECT keen.set_spending_limits(pg_temp.id('alice'), NULL, NULL);
-SELECT keen.act_as(pg_temp.id('admin'));
+SELECT keen_private.set_actor(pg_temp.id('admin'));
 SELECT is((SELECT held_credits FROM keen.reserve_credits(pg_temp.id('admin'), 1000)), 0::numeric,
           'reserve_credits: an unlimited account holds 0');
 SELECT throws_ok($$SELECT keen.reserve_credits(pg_temp.id('nobody'), 1)$$, 'P0002', NULL,
@@ -177,7 +177,7 @@ SELECT throws_ok($$SELECT * FROM keen.credit_history(pg_temp.id('alice'), 1001)$
                  'credit_history: a limit over 1000 is 22023');
 SELECT throws_ok($$SELECT * FROM keen.credit_history(pg_temp.id('bob'))$$, '42501', NULL,
                  'credit_history: another user''s account is 42501');
-SELECT keen.act_as(pg_temp.id('admin'));
+SELECT keen_private.set_actor(pg_temp.id('admin'));
 SELECT throws_ok($$SELECT * FROM keen.get_balance(pg_temp.id('nobody'))$$, 'P0002', NULL,
                  'get_balance: an unknown account is P0002');
 SELECT throws_ok($$SELECT keen.set_spending_limits(pg_temp.id('nobody'), 1, 1)$$, 'P0002', NULL,
@@ -209,7 +209,7 @@ SELECT throws_ok($$SELECT keen.refund_credits((SELECT id FROM keen.credit_transa
 
 -- verify_ledger -----------------------------------------------------------------------------
 SELECT throws_ok($$SELECT * FROM keen.verify_ledger()$$, '42501', NULL, 'verify_ledger: a non-admin actor is 42501');
-SELECT keen.act_as(pg_temp.id('admin'));
+SELECT keen_private.set_actor(pg_temp.id('admin'));
 SELECT is((SELECT bool_and(ok) AND count(*) >= 3 FROM keen.verify_ledger()), true,
           'verify_ledger: every account balances for an admin');
 
@@ -236,7 +236,7 @@ SELECT throws_ok($$SELECT * FROM keen.recharge_requests('paid')$$, '22023', NULL
                  'recharge_requests: an unknown status is 22023');
 SELECT throws_ok($$SELECT * FROM keen.resolve_recharge_request((SELECT id FROM keen.credit_recharge_requests), 'cancelled')$$,
                  '42501', NULL, 'resolve_recharge_request: a user is 42501');
-SELECT keen.act_as(pg_temp.id('admin'));
+SELECT keen_private.set_actor(pg_temp.id('admin'));
 SELECT is((SELECT status::text FROM keen.resolve_recharge_request((SELECT id FROM keen.credit_recharge_requests), 'cancelled', NULL, 'card expired')),
           'cancelled', 'resolve_recharge_request: an admin closes a pending request');
 SELECT throws_ok($$SELECT * FROM keen.resolve_recharge_request((SELECT id FROM keen.credit_recharge_requests), 'failed')$$,

@@ -15,7 +15,7 @@ DECLARE
     v_id uuid := gen_random_uuid();
 BEGIN
     IF to_regprocedure('keen.create_session(uuid, text, text, text, text, uuid, jsonb)') IS NOT NULL THEN
-        PERFORM keen.act_as(p_user_id);
+        PERFORM keen_private.set_actor(p_user_id);  -- any user, the admin too (superuser test)
         EXECUTE $q$SELECT id FROM keen.create_session($1, $2, 'main', 'stream things', '/tmp/w')$q$
            INTO v_id USING p_user_id, p_name;
         PERFORM set_config('keen.actor_id', '', true);
@@ -72,7 +72,7 @@ SELECT is((SELECT count(*) FROM keen.websocket_connections WHERE connection_id =
 SELECT set_config('keen.actor_id', '', true);
 SELECT throws_ok($$SELECT keen.register_connection('c9', '10.0.0.1', 'cli')$$, '28000', NULL,
                  'register_connection without an actor is 28000');
-SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT is((SELECT c.admin_connection AND c.can_view_all_sessions FROM keen.register_connection('adm1', '10.0.0.9', 'dashboard') c),
           true, 'an admin''s connection is flagged as an admin connection');
 SELECT throws_ok($$SELECT keen.register_connection('adm2', '10.0.0.9', 'dashboard', current_setting('tests.session_a')::uuid)$$,
@@ -114,7 +114,7 @@ UPDATE keen.websocket_connections SET last_ping_at = now() - interval '1 hour' W
 SELECT keen.act_as(current_setting('tests.alice')::uuid);
 SELECT throws_ok($$SELECT keen.reap_stale_connections('10 minutes')$$, '42501', NULL,
                  'a user may not reap connections');
-SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT throws_ok($$SELECT keen.reap_stale_connections('-1 minute')$$, '22023', NULL, 'a negative age is 22023');
 SELECT throws_ok($$SELECT keen.reap_stale_connections(NULL)$$, '22023', NULL, 'a NULL age is 22023');
 SELECT is(keen.reap_stale_connections('10 minutes'), 2, 'reap_stale_connections closes the two stale connections');
@@ -149,7 +149,7 @@ SELECT throws_ok($$SELECT keen.emit_event(current_setting('tests.session_a')::uu
                  'NULL event data is 22023');
 SELECT throws_ok($$SELECT keen.emit_event(current_setting('tests.session_a')::uuid, 'x', '{}', 'mars')$$, '22023', NULL,
                  'an unknown event source is 22023');
-SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT set_config('tests.e3', keen.emit_event(current_setting('tests.session_a')::uuid, 'admin_note', '{}', 'system')::text, false);
 SELECT is((SELECT user_id FROM keen.streaming_events WHERE event_id = current_setting('tests.e3')::bigint),
           current_setting('tests.alice')::uuid, 'an admin may emit into any session; the event is the owner''s');
@@ -188,7 +188,7 @@ SELECT is((SELECT array_agg(DISTINCT tableoid::regclass::text) FROM keen.streami
 SELECT keen.act_as(current_setting('tests.alice')::uuid);
 SELECT throws_ok($$SELECT * FROM keen.prepare_event_partitions()$$, '42501', NULL, 'a user may not prepare partitions');
 SELECT throws_ok($$SELECT * FROM keen.drop_old_event_partitions('1 year')$$, '42501', NULL, 'a user may not drop partitions');
-SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT throws_ok($$SELECT * FROM keen.prepare_event_partitions(-1)$$, '22023', NULL, 'a negative month count is 22023');
 SELECT throws_ok($$SELECT * FROM keen.prepare_event_partitions(1, NULL)$$, '22023', NULL, 'a NULL start is 22023');
 SELECT throws_ok($$SELECT * FROM keen.prepare_event_partitions(1, 'infinity')$$, '22023', NULL, 'an infinite start is 22023');
@@ -217,7 +217,7 @@ SELECT is((SELECT count(*) FROM keen.streaming_events WHERE event_type = 'future
 RESET ROLE;
 
 -- Retention: whole partitions, never rows.
-SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT is((SELECT array_agg(partition_name) FROM keen.prepare_event_partitions(0, '2020-01-15 00:00:00+00')),
           ARRAY['streaming_events_y2020m01'], 'a past month can be prepared too');
 INSERT INTO keen.streaming_events (session_id, user_id, event_type, created_at)

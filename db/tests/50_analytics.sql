@@ -39,7 +39,7 @@ SELECT v.id, t.ana, 's50-' || v.n, 'main', 'v', '/w', v.start_time
                (2, pg_catalog.gen_random_uuid(), pg_catalog.now())) AS v (n, id, start_time);
 
 -- rollup_daily_analytics
-SELECT keen.act_as((SELECT admin FROM t_ids));
+SELECT keen_private.set_actor((SELECT admin FROM t_ids));
 SELECT lives_ok($$SELECT keen.rollup_daily_analytics((SELECT yesterday FROM t_ids))$$, 'an admin rolls up a day');
 SELECT is((SELECT total_sessions FROM keen.daily_analytics WHERE date_bucket = (SELECT yesterday FROM t_ids)), 1,
           'the platform row counts the session started that day');
@@ -58,7 +58,7 @@ SELECT throws_ok($$SELECT keen.rollup_daily_analytics((SELECT yesterday FROM t_i
 -- platform_metrics
 SELECT throws_ok($$SELECT keen.platform_metrics((SELECT yesterday FROM t_ids), (SELECT yesterday FROM t_ids))$$,
                  '42501', NULL, 'platform_metrics is 42501 for a non-admin');
-SELECT keen.act_as((SELECT admin FROM t_ids));
+SELECT keen_private.set_actor((SELECT admin FROM t_ids));
 SELECT ok(keen.platform_metrics((SELECT yesterday FROM t_ids), (SELECT yesterday FROM t_ids))
           ?& ARRAY['total_users', 'active_users', 'new_users', 'total_sessions', 'successful_sessions',
                    'failed_sessions', 'total_claude_cost_usd', 'total_credit_revenue', 'credits_purchased',
@@ -94,7 +94,7 @@ SELECT throws_ok($$SELECT * FROM keen.user_usage((SELECT ana FROM t_ids), (SELEC
 -- refresh_dashboard_metrics and dashboard_metrics
 SELECT throws_ok($$SELECT keen.refresh_dashboard_metrics()$$, '42501', NULL, 'a plain user may not refresh the dashboard');
 SELECT throws_ok($$SELECT * FROM keen.dashboard_metrics()$$, '42501', NULL, 'a plain user may not read the dashboard');
-SELECT keen.act_as((SELECT admin FROM t_ids));
+SELECT keen_private.set_actor((SELECT admin FROM t_ids));
 SELECT lives_ok($$SELECT keen.refresh_dashboard_metrics()$$, 'an admin refreshes the dashboard concurrently');
 SELECT is((SELECT count(*)::int FROM keen.dashboard_metrics()), 24, 'the dashboard has one row per hour of the last 24');
 SELECT is((SELECT sum(sessions_started)::int FROM keen.dashboard_metrics()),

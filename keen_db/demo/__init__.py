@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 import click
 import psycopg
@@ -20,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from keen_client import Keen, PoolSettings
+from keen_client.client import Tx
 
 from .. import cluster, config, deploy
 
@@ -32,6 +37,34 @@ STEPS = (
     "keen_db.demo.ops",
 )
 DEMO_DATABASE = "keen_demo"
+
+
+class DemoKeen(Keen):
+    """The demo's client: keen.act_as refuses the admin (42501), so as_user(<the admin>) goes
+    through a real credential: the admin signs in once (start_login_session with ADMIN_PASSWORD,
+    the seed's default on the embedded cluster) and works with an API key it makes then."""
+
+    admin_id: UUID | None = None
+    admin_key: str | None = None
+
+    def _admin_key(self, user_id: UUID | str) -> str | None:
+        if self.admin_id is None:
+            with self.transaction() as tx:
+                self.admin_id = tx.scalar(
+                    "SELECT user_id FROM keen.start_login_session(%s, %s, NULL, '127.0.0.1', 'keen-db demo')",
+                    (
+                        os.environ.get("ADMIN_EMAIL", "ahiya.butman@gmail.com"),
+                        os.environ.get("ADMIN_PASSWORD", "2con-creator"),
+                    ),
+                )
+                self.admin_key = tx.scalar("SELECT token FROM keen.create_api_key('keen-db demo: the admin')")
+        return self.admin_key if str(user_id) == str(self.admin_id) else None
+
+    @contextmanager
+    def as_user(self, user_id: UUID | str) -> Iterator[Tx]:
+        key = self._admin_key(user_id)
+        with self.with_api_key(key) if key else super().as_user(user_id) as tx:
+            yield tx
 
 
 @dataclass
@@ -86,7 +119,7 @@ def demo(ctx: click.Context) -> None:
     console.rule("[bold]keen-db demo")
     console.print(f"A fresh database [bold]{DEMO_DATABASE}[/] on the server, migrated and seeded.")
     _fresh_demo_database(s)
-    keen = Keen(s.role_url("keen_app", DEMO_DATABASE), PoolSettings(min_size=1, max_size=8))
+    keen = DemoKeen(s.role_url("keen_app", DEMO_DATABASE), PoolSettings(min_size=1, max_size=8))
     demo_ctx = DemoContext(s, DEMO_DATABASE, keen, console)
     try:
         for name in STEPS:
