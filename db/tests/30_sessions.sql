@@ -3,12 +3,12 @@
 -- admin bypass, KN001 leaving the session unchanged).
 -- Runs as the superuser postgres; after keen.act_as RLS applies as for that actor.
 BEGIN;
-SELECT plan(101);
+SELECT plan(117);
 
 SELECT set_config('tests.admin', (SELECT id FROM keen.users WHERE role = 'super_admin')::text, false);
 SELECT set_config('tests.alice', (SELECT id FROM keen.register_user('alice@sessions.test', 'alice_s', 'alice password'))::text, false);
 SELECT set_config('tests.bob', (SELECT id FROM keen.register_user('bob@sessions.test', 'bob_s', 'bob password'))::text, false);
-SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
+SELECT keen.act_as(current_setting('tests.admin')::uuid);
 SELECT lives_ok($$SELECT keen.add_credits(current_setting('tests.alice')::uuid, 25, 'pgtap purchase')$$,
                 'the admin grants alice 25 credits');
 
@@ -224,7 +224,7 @@ SELECT throws_ok($$SELECT keen.list_sessions(10, -1)$$, '22023', NULL, 'a negati
 SELECT throws_ok($$SELECT keen.list_sessions(10, 0, 'paused')$$, '22023', NULL, 'an unknown status is 22023');
 
 -- the admin -------------------------------------------------------------------------------------
-SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
+SELECT keen.act_as(current_setting('tests.admin')::uuid);
 SELECT is((SELECT count(*) FROM keen.list_sessions() WHERE user_id IN (current_setting('tests.alice')::uuid, current_setting('tests.bob')::uuid)),
           7::bigint, 'the admin lists every user''s sessions');
 SELECT is((SELECT count(*) FROM keen.session_tree(current_setting('tests.bob_root')::uuid)), 1::bigint, 'the admin reads any tree');
@@ -243,13 +243,57 @@ SELECT results_eq($$SELECT transaction_type, amount, claude_cost_usd, is_admin_b
                   'the admin''s completion is an admin_bypass row of amount 0');
 SELECT is((SELECT count(*) FROM keen.verify_ledger() WHERE NOT ok), 0::bigint, 'the ledger balances after every completion');
 
+-- the functions emit their own events (issue 13) ----------------------------------------------
+SELECT keen.act_as(current_setting('tests.bob')::uuid);
+SELECT set_config('tests.bob_s2', (SELECT id FROM keen.create_session(current_setting('tests.bob')::uuid, 'emits', 'main', 'v', '/w'))::text, false);
+SELECT lives_ok($$SELECT keen.update_session_progress(current_setting('tests.bob_s2')::uuid, 'EXPLORE', 1)$$, 'progress, same phase');
+SELECT lives_ok($$SELECT keen.update_session_progress(current_setting('tests.bob_s2')::uuid, 'PLAN', 2)$$, 'progress, a phase change');
+SELECT lives_ok($$SELECT keen.record_tool_execution(current_setting('tests.bob_s2')::uuid, 'grep', 3, true, '{"secret": "sk-1"}')$$,
+                'a tool call');
+SELECT lives_ok($$SELECT keen.record_git_operation(current_setting('tests.bob_s2')::uuid, 'commit', 'main', true, 'abcdef1')$$,
+                'a git operation');
+SELECT lives_ok($$SELECT keen.cancel_session(current_setting('tests.bob_s2')::uuid, 'stop')$$, 'a cancel');
+SELECT is((SELECT array_agg(event_type || '/' || event_source ORDER BY event_id)
+             FROM keen.events_since(current_setting('tests.bob_s2')::uuid)),
+          ARRAY['phase_change/agent', 'tool_execution/tool', 'git_operation/git', 'session_cancelled/system'],
+          'phase_change (only for a change of phase), tool_execution, git_operation and session_cancelled are emitted by the functions themselves');
+SELECT ok(NOT EXISTS (SELECT 1 FROM keen.streaming_events WHERE event_data::text LIKE '%sk-1%'),
+          'a tool''s parameters never reach the stream');
+SELECT is((SELECT array_agg(event_type::text ORDER BY event_id) FROM keen.streaming_events
+            WHERE session_id = current_setting('tests.admin_s')::uuid),
+          ARRAY['credits_charged', 'phase_change', 'session_completed'],
+          'complete_session emitted credits_charged, phase_change and session_completed');
+
+-- size caps (issue 16) --------------------------------------------------------------------------
+SELECT set_config('tests.bob_s3', (SELECT id FROM keen.create_session(current_setting('tests.bob')::uuid, 'caps', 'main', 'v', '/w'))::text, false);
+SELECT throws_ok($$SELECT keen.create_session(current_setting('tests.bob')::uuid, 'big', 'main', repeat('v', 16385), '/w')$$,
+                 '22023', NULL, 'a vision over 16 KiB is 22023');
+SELECT throws_ok($$SELECT keen.create_session(current_setting('tests.bob')::uuid, 'big', 'main', 'v', repeat('w', 4097))$$,
+                 '22023', NULL, 'a working directory over 4 KiB is 22023');
+SELECT throws_ok($$SELECT keen.record_tool_execution(current_setting('tests.bob_s3')::uuid, 'grep', 3, true,
+                                                    jsonb_build_object('p', repeat('x', 65537)))$$,
+                 '22023', NULL, 'tool parameters over 64 KiB are 22023');
+SELECT throws_ok($$SELECT keen.record_tool_execution(current_setting('tests.bob_s3')::uuid, 'grep', 3, true, '{}',
+                                                    jsonb_build_object('r', repeat('x', 262145)))$$,
+                 '22023', NULL, 'a tool result over 256 KiB is 22023');
+SELECT throws_ok($$SELECT keen.record_git_operation(current_setting('tests.bob_s3')::uuid, 'commit', 'main', true, NULL,
+                                                   repeat('m', 16385))$$,
+                 '22023', NULL, 'git details over 16 KiB are 22023');
+SELECT throws_ok($$SELECT keen.complete_session(current_setting('tests.bob_s3')::uuid, false, 0, '{}', '{}', '{}', repeat('e', 16385))$$,
+                 '22023', NULL, 'an error message over 16 KiB is 22023');
+SELECT throws_ok($$SELECT keen.complete_session(current_setting('tests.bob_s3')::uuid, true, 0, '{}', '{}', '{}', NULL,
+                                               jsonb_build_object('r', repeat('x', 262145)))$$,
+                 '22023', NULL, 'a completion report over 256 KiB is 22023');
+SELECT is((SELECT count(*) FROM keen.events_since(current_setting('tests.bob_s3')::uuid)), 0::bigint,
+          'refused calls emitted nothing');
+
 -- keen_app ------------------------------------------------------------------------------------
 SET LOCAL ROLE keen_app;
 SELECT keen.act_as(current_setting('tests.bob')::uuid);
 SELECT lives_ok($$SELECT keen.update_session_progress(current_setting('tests.bob_root')::uuid, 'SUMMON')$$,
                 'keen_app reports progress through the function');
 SELECT throws_ok($$UPDATE keen.agent_sessions SET current_phase = 'PLAN'$$, '42501', NULL, 'keen_app cannot write agent_sessions itself');
-SELECT is((SELECT count(*) FROM keen.agent_sessions), 1::bigint, 'keen_app as bob reads bob''s session only');
+SELECT is((SELECT count(*) FROM keen.agent_sessions), 3::bigint, 'keen_app as bob reads bob''s three sessions only');
 RESET ROLE;
 
 SELECT * FROM finish();

@@ -2,7 +2,7 @@
 -- Users come from keen.register_user, sessions from keen.create_session (or, before it
 -- exists, a direct insert by the superuser running this file).
 BEGIN;
-SELECT plan(85);
+SELECT plan(116);
 
 -- Alice and Bob, one session each; the seeded admin.
 SELECT set_config('tests.alice', (SELECT id FROM keen.register_user('alice@example.com', 'alice', 'alice password'))::text, false);
@@ -75,8 +75,10 @@ SELECT throws_ok($$SELECT keen.register_connection('c9', '10.0.0.1', 'cli')$$, '
 SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT is((SELECT c.admin_connection AND c.can_view_all_sessions FROM keen.register_connection('adm1', '10.0.0.9', 'dashboard') c),
           true, 'an admin''s connection is flagged as an admin connection');
-SELECT throws_ok($$SELECT keen.register_connection('adm2', '10.0.0.9', 'dashboard', current_setting('tests.session_a')::uuid)$$,
-                 'P0002', 'session not found', 'a connection follows only the actor''s own sessions, an admin''s too');
+SELECT is((SELECT ROW(c.user_id, c.session_id, c.session_filters)::text
+             FROM keen.register_connection('adm2', '10.0.0.9', 'dashboard', current_setting('tests.session_a')::uuid) c),
+          ROW(current_setting('tests.admin')::uuid, NULL::uuid, ARRAY[current_setting('tests.session_a')::uuid])::text,
+          'an admin may follow any tenant''s session (kept in session_filters, the row stays the admin''s)');
 
 -- ping_connection -------------------------------------------------------------------------
 UPDATE keen.websocket_connections SET last_ping_at = now() - interval '1 hour' WHERE connection_id = 'c1';
@@ -179,10 +181,18 @@ SELECT throws_ok($$SELECT count(*) FROM keen.streaming_events_default$$, '42501'
 RESET ROLE;
 
 -- Partitions ------------------------------------------------------------------------------
+-- Months 18 and 19 after this one (partitions go at most 24 months ahead).
+SELECT set_config('tests.m1', (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '18 months')::date::text, false);
+SELECT set_config('tests.m2', (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '19 months')::date::text, false);
+SELECT set_config('tests.m3', (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '20 months')::date::text, false);
+CREATE FUNCTION pg_temp.pname(p_month text) RETURNS text LANGUAGE sql AS
+    $fn$ SELECT 'streaming_events_' || to_char(current_setting(p_month)::date, '"y"YYYY"m"MM') $fn$;
+CREATE FUNCTION pg_temp.mstart(p_month text) RETURNS timestamptz LANGUAGE sql AS
+    $fn$ SELECT current_setting(p_month)::date::timestamp AT TIME ZONE 'UTC' $fn$;
 -- A month nobody prepared: the default partition catches the insert.
 INSERT INTO keen.streaming_events (session_id, user_id, event_type, created_at)
-VALUES (current_setting('tests.session_a')::uuid, current_setting('tests.alice')::uuid, 'future', '2041-05-10 12:00:00+00'),
-       (current_setting('tests.session_a')::uuid, current_setting('tests.alice')::uuid, 'future', '2041-06-30 23:59:59+00');
+VALUES (current_setting('tests.session_a')::uuid, current_setting('tests.alice')::uuid, 'future', pg_temp.mstart('tests.m1') + interval '9 days 12 hours'),
+       (current_setting('tests.session_a')::uuid, current_setting('tests.alice')::uuid, 'future', pg_temp.mstart('tests.m3') - interval '1 second');
 SELECT is((SELECT array_agg(DISTINCT tableoid::regclass::text) FROM keen.streaming_events WHERE event_type = 'future'),
           ARRAY['keen.streaming_events_default'], 'an insert for a month with no partition lands in the default partition');
 SELECT keen.act_as(current_setting('tests.alice')::uuid);
@@ -192,23 +202,26 @@ SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT throws_ok($$SELECT * FROM keen.prepare_event_partitions(-1)$$, '22023', NULL, 'a negative month count is 22023');
 SELECT throws_ok($$SELECT * FROM keen.prepare_event_partitions(1, NULL)$$, '22023', NULL, 'a NULL start is 22023');
 SELECT throws_ok($$SELECT * FROM keen.prepare_event_partitions(1, 'infinity')$$, '22023', NULL, 'an infinite start is 22023');
+SELECT throws_ok($$SELECT * FROM keen.prepare_event_partitions(25)$$, '22023', NULL, 'more than 24 months ahead is 22023');
+SELECT throws_ok($$SELECT * FROM keen.prepare_event_partitions(0, now() + interval '25 months')$$, '22023', NULL,
+                 'a month past the 24th ahead is 22023');
 SELECT is((SELECT array_agg(ROW(partition_name, range_start, range_end, rows_moved)::text ORDER BY range_start)
-             FROM keen.prepare_event_partitions(1, '2041-05-15 00:00:00+00')),
-          ARRAY[ROW('streaming_events_y2041m05', '2041-05-01 00:00:00+00'::timestamptz, '2041-06-01 00:00:00+00'::timestamptz, 1)::text,
-                ROW('streaming_events_y2041m06', '2041-06-01 00:00:00+00'::timestamptz, '2041-07-01 00:00:00+00'::timestamptz, 1)::text],
+             FROM keen.prepare_event_partitions(1, pg_temp.mstart('tests.m1') + interval '14 days')),
+          ARRAY[ROW(pg_temp.pname('tests.m1'), pg_temp.mstart('tests.m1'), pg_temp.mstart('tests.m2'), 1)::text,
+                ROW(pg_temp.pname('tests.m2'), pg_temp.mstart('tests.m2'), pg_temp.mstart('tests.m3'), 1)::text],
           'prepare_event_partitions creates the months ahead, moving their rows out of the default partition');
 SELECT is((SELECT array_agg(tableoid::regclass::text ORDER BY created_at) FROM keen.streaming_events WHERE event_type = 'future'),
-          ARRAY['keen.streaming_events_y2041m05', 'keen.streaming_events_y2041m06'], 'the moved rows live in their month''s partition');
-SELECT is((SELECT count(*) FROM keen.prepare_event_partitions(1, '2041-05-15 00:00:00+00')), 0::bigint,
+          ARRAY['keen.' || pg_temp.pname('tests.m1'), 'keen.' || pg_temp.pname('tests.m2')], 'the moved rows live in their month''s partition');
+SELECT is((SELECT count(*) FROM keen.prepare_event_partitions(1, pg_temp.mstart('tests.m1') + interval '14 days')), 0::bigint,
           'preparing the same months again creates nothing');
 SELECT is((SELECT array_agg(c.relname::text ORDER BY c.relname) FROM pg_class c
-            WHERE c.relname LIKE 'streaming_events_y2041%'
+            WHERE c.relname IN (pg_temp.pname('tests.m1'), pg_temp.pname('tests.m2'))
               AND c.relrowsecurity AND c.relforcerowsecurity
               AND (SELECT count(*) FROM pg_policies p WHERE p.tablename = c.relname
                       AND p.qual = (SELECT q.qual FROM pg_policies q WHERE q.tablename = 'streaming_events')
                       AND p.with_check = (SELECT q.with_check FROM pg_policies q WHERE q.tablename = 'streaming_events')) = 1
               AND NOT has_table_privilege('keen_app', c.oid, 'SELECT')),
-          ARRAY['streaming_events_y2041m05', 'streaming_events_y2041m06'],
+          ARRAY[pg_temp.pname('tests.m1'), pg_temp.pname('tests.m2')],
           'partitions created at run time have forced RLS, the parent''s policy and no keen_app privilege');
 SELECT keen.act_as(current_setting('tests.bob')::uuid);
 SET LOCAL ROLE keen_app;
@@ -224,6 +237,8 @@ INSERT INTO keen.streaming_events (session_id, user_id, event_type, created_at)
 VALUES (current_setting('tests.session_a')::uuid, current_setting('tests.alice')::uuid, 'old', '2020-01-20 00:00:00+00');
 SELECT throws_ok($$SELECT * FROM keen.drop_old_event_partitions(NULL)$$, '22023', NULL, 'a NULL retention is 22023');
 SELECT throws_ok($$SELECT * FROM keen.drop_old_event_partitions('-1 day')$$, '22023', NULL, 'a negative retention is 22023');
+SELECT throws_ok($$SELECT * FROM keen.drop_old_event_partitions('0')$$, '22023', NULL,
+                 'a retention under 30 days is 22023 (it would drop every past month)');
 SELECT is((SELECT array_agg(ROW(partition_name, range_start, range_end)::text)
              FROM keen.drop_old_event_partitions('1 year')),
           ARRAY[ROW('streaming_events_y2020m01', '2020-01-01 00:00:00+00'::timestamptz, '2020-02-01 00:00:00+00'::timestamptz)::text],
@@ -232,6 +247,50 @@ SELECT hasnt_table('keen', 'streaming_events_y2020m01', 'the old partition is go
 SELECT is((SELECT count(*) FROM keen.streaming_events WHERE event_id IN (current_setting('tests.e1')::bigint, current_setting('tests.e2')::bigint)),
           2::bigint, 'recent events are kept');
 SELECT has_table('keen', 'streaming_events_default', 'the default partition is never dropped');
+SELECT is((SELECT array_agg(event_subtype::text ORDER BY created_at) FROM keen.audit_logs WHERE event_type = 'streaming'),
+          ARRAY['partitions_created', 'partitions_created', 'partitions_dropped'],
+          'partition upkeep that changed something is audited, a no-op is not');
+
+-- The feed and the connection cursor (issue 13) ------------------------------------------
+SELECT has_function('keen', f, 'keen.' || f || ' exists')
+  FROM unnest(ARRAY['events_for_user', 'next_events', 'snapshot_system_metrics', 'prune_streaming_history',
+                    'maintenance_job_catalog', 'run_maintenance_job', 'register_maintenance_jobs',
+                    'maintenance_job_status']) AS f;
+SELECT has_table('keen', 'system_metrics', 'reference 004''s system_metrics');
+SELECT has_column('keen', 'websocket_connections', 'last_delivered_event_id', 'a connection has its cursor');
+SELECT ok(NOT has_function_privilege('keen_app', 'keen_private.emit_session_event(uuid, uuid, text, jsonb, text)', 'EXECUTE'),
+          'keen_app cannot call the internal emitter');
+SELECT keen.act_as(current_setting('tests.alice')::uuid);
+SELECT set_config('tests.alice_events', (SELECT array_agg(event_id ORDER BY event_id) FROM keen.streaming_events
+                                           WHERE user_id = current_setting('tests.alice')::uuid)::text, false);
+SELECT is((SELECT array_agg(event_id) FROM keen.events_for_user()), current_setting('tests.alice_events')::bigint[],
+          'events_for_user: every event of the actor''s sessions, oldest first');
+SELECT is((SELECT array_agg(event_id) FROM keen.next_events('c1')), current_setting('tests.alice_events')::bigint[],
+          'next_events delivers the connection''s session''s events');
+SELECT is((SELECT last_delivered_event_id FROM keen.websocket_connections WHERE connection_id = 'c1'),
+          (SELECT max(e) FROM unnest(current_setting('tests.alice_events')::bigint[]) e), 'and moves its cursor');
+SELECT is((SELECT count(*) FROM keen.next_events('c1')), 0::bigint, 'a delivered event is not delivered again');
+SELECT throws_ok($$SELECT * FROM keen.next_events('c1', 0)$$, '22023', NULL, 'a limit of 0 is 22023');
+SELECT keen.act_as(current_setting('tests.bob')::uuid);
+SELECT throws_ok($$SELECT * FROM keen.next_events('c1')$$, 'P0002', NULL, 'another tenant''s connection is P0002');
+SELECT is((SELECT count(*) FROM keen.events_for_user()), 0::bigint, 'another tenant''s feed holds none of them');
+SELECT set_config('keen.actor_id', '', true);
+SELECT throws_ok($$SELECT * FROM keen.events_for_user()$$, '28000', NULL, 'events_for_user without an actor is 28000');
+SELECT keen.act_as(current_setting('tests.alice')::uuid);
+SELECT throws_ok($$SELECT keen.emit_event(current_setting('tests.session_a')::uuid, 'x', jsonb_build_object('b', repeat('x', 70000)))$$,
+                 '22023', NULL, 'event data over 64 KiB is 22023');
+
+-- System metrics --------------------------------------------------------------------------
+SELECT throws_ok($$SELECT keen.snapshot_system_metrics()$$, '42501', NULL, 'a user may not take system metrics');
+SELECT throws_ok($$SELECT keen.run_maintenance_job('metrics_snapshot')$$, '42501', NULL, 'a user may not run upkeep jobs');
+SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
+SELECT is((SELECT active_websocket_connections FROM keen.snapshot_system_metrics()),
+          (SELECT count(*) FROM keen.websocket_connections WHERE connection_status <> 'closed'),
+          'a snapshot counts the live connections');
+SELECT is(keen.run_maintenance_job('metrics_snapshot'), 'snapshot taken', 'run_maintenance_job runs a job');
+SELECT is((SELECT runs FROM keen.maintenance_jobs WHERE job_name = 'metrics_snapshot'), 1::bigint, 'and records its success');
+SELECT throws_ok($$SELECT keen.run_maintenance_job('nope')$$, '22023', NULL, 'an unknown job is 22023');
+SELECT throws_ok($$SELECT * FROM keen.prune_streaming_history('1 hour')$$, '22023', NULL, 'a retention under a day is 22023');
 
 SELECT * FROM finish();
 ROLLBACK;
