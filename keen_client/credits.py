@@ -5,7 +5,7 @@ this module calls, maps rows to frozen dataclasses and passes money as Decimal, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -270,3 +270,97 @@ class CreditsApi(Area[M]):
         """Close a pending request: completed (naming the purchase), failed or cancelled."""
         params = (request_id, status, purchase_transaction_id, note)
         return one(RECHARGE_RESOLVE_SQL, params, RechargeRequest)
+
+    # --- usage metering (CONTRACT.md "Usage metering") -----------------------------------------
+
+    @query
+    def set_model_price(
+        self,
+        model: str,
+        input_usd_per_mtok: Decimal | int,
+        output_usd_per_mtok: Decimal | int,
+        cache_write_usd_per_mtok: Decimal | int | None = None,
+        cache_read_usd_per_mtok: Decimal | int | None = None,
+        effective_from: datetime | None = None,
+    ) -> Query[None]:
+        """Admin: a new dated price per million tokens (None cache prices: the input price;
+        effective_from None: now)."""
+        prices: tuple[Decimal | None, ...] = (
+            money(input_usd_per_mtok),
+            money(output_usd_per_mtok),
+            money(cache_write_usd_per_mtok),
+            money(cache_read_usd_per_mtok),
+        )
+        if effective_from is None:
+            return void(SET_PRICE_NOW_SQL, (model, *prices))
+        return void(SET_PRICE_SQL, (model, *prices, effective_from))
+
+    @query
+    def record_llm_usage(
+        self,
+        session_id: UUID | str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
+        request_id: str | None = None,
+        latency_ms: int | None = None,
+    ) -> Query[LlmUsage]:
+        """Price one LLM call and charge it at once; the same request_id returns the first result."""
+        params = (
+            session_id,
+            model,
+            input_tokens,
+            output_tokens,
+            cache_write_tokens,
+            cache_read_tokens,
+            request_id,
+            latency_ms,
+        )
+        return one(RECORD_USAGE_SQL, params, LlmUsage)
+
+    @query
+    def usage_by_model(self, user_id: UUID | str, from_: date, to: date) -> Query[list[ModelUsage]]:
+        """A user's LLM calls per model over UTC days from_..to (own, or any for an admin)."""
+        return rows(USAGE_BY_MODEL_SQL, (user_id, from_, to), ModelUsage)
+
+
+@dataclass(frozen=True)
+class LlmUsage:
+    """What keen.record_llm_usage answers: the usage row, its exact USD cost, the credits charged,
+    the ledger row and its balance_after (None when nothing was charged)."""
+
+    usage_id: UUID
+    claude_cost_usd: Decimal
+    charged_credits: Decimal
+    transaction_id: UUID | None
+    balance_after: Decimal | None
+
+
+@dataclass(frozen=True)
+class ModelUsage:
+    """One model's line of keen.usage_by_model."""
+
+    model: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cache_write_tokens: int
+    cache_read_tokens: int
+    claude_cost_usd: Decimal
+    credits: Decimal
+
+
+SET_PRICE_NOW_SQL = """SELECT keen.set_model_price(p_model => %s, p_input_usd_per_mtok => %s,
+        p_output_usd_per_mtok => %s, p_cache_write_usd_per_mtok => %s, p_cache_read_usd_per_mtok => %s)"""
+SET_PRICE_SQL = """SELECT keen.set_model_price(p_model => %s, p_input_usd_per_mtok => %s,
+        p_output_usd_per_mtok => %s, p_cache_write_usd_per_mtok => %s, p_cache_read_usd_per_mtok => %s,
+        p_effective_from => %s)"""
+RECORD_USAGE_SQL = """SELECT usage_id, claude_cost_usd, charged_credits, transaction_id, balance_after
+      FROM keen.record_llm_usage(p_session_id => %s, p_model => %s, p_input_tokens => %s, p_output_tokens => %s,
+                                 p_cache_write_tokens => %s, p_cache_read_tokens => %s, p_request_id => %s,
+                                 p_latency_ms => %s)"""
+USAGE_BY_MODEL_SQL = """SELECT model, calls, input_tokens, output_tokens, cache_write_tokens, cache_read_tokens,
+           claude_cost_usd, credits
+      FROM keen.usage_by_model(p_user_id => %s, p_from => %s, p_to => %s)"""

@@ -103,7 +103,7 @@ def test_completion_refuses_a_cost_the_ledger_would_refuse(keen, db, admin_id, m
     user = make_user()
     grant(keen, admin_id, user, 100)
     sid = create(keen, user).id
-    for cost in ("0.0000001", "1000001"):
+    for cost in ("0.0000000000001", "1000001"):  # 13 decimals: a USD cost keeps 12
         with pytest.raises(errors.InvalidInput):
             complete(keen, user, sid, cost=cost)
     assert balance(keen, user).current_balance == D(100)

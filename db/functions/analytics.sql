@@ -12,6 +12,8 @@
 --   claude cost     claude_cost_usd of `usage` and `admin_bypass` rows
 --   sessions        started ones count on their start day; outcomes, durations, tokens and
 --                   files count on the day the session ended
+--   per model       keen.llm_usage rows of the day (keen.daily_model_usage): calls, users,
+--                   tokens, the exact USD cost and the credits charged
 
 -- keen_private.analytics_check_range: validates a reporting range of dates.
 -- Who: the analytics functions (owner only).
@@ -44,12 +46,13 @@ COMMENT ON FUNCTION keen_private.analytics_check_range(date, date) IS 'Validates
 -- leaves them byte for byte, updated_at included); per-user rows of the day for users no
 -- longer active are deleted. Concurrent rollups of one day serialize on an advisory lock.
 -- The default day is today in UTC (not current_date, which follows the session time zone).
+-- The per-model rollup of the day (keen.daily_model_usage) is upserted the same way.
 -- Who: an admin actor or the maintenance role (42501 otherwise).
 -- Raises 22023 for a NULL day or a day after today (UTC).
 CREATE OR REPLACE FUNCTION keen.rollup_daily_analytics(p_day date DEFAULT ((pg_catalog.now() AT TIME ZONE 'UTC')::date))
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_start timestamptz;
@@ -62,7 +65,7 @@ BEGIN
     IF p_day IS NULL THEN
         RAISE EXCEPTION 'p_day must not be NULL' USING ERRCODE = '22023';
     END IF;
-    IF p_day > (pg_catalog.now() AT TIME ZONE 'UTC')::date THEN
+    IF p_day > keen_private.accounting_day(pg_catalog.now()) THEN
         RAISE EXCEPTION 'cannot roll up %: it is after today (UTC)', p_day USING ERRCODE = '22023';
     END IF;
     v_start := p_day::timestamp AT TIME ZONE 'UTC';
@@ -132,7 +135,7 @@ BEGIN
                COALESCE(-pg_catalog.sum(c.amount) FILTER (WHERE c.transaction_type = 'usage'), 0) AS used,
                COALESCE(pg_catalog.sum(c.amount) FILTER (WHERE c.transaction_type = 'refund' AND c.amount > 0), 0) AS refunded,
                -- What the bypass waived, at list price: added to the charges it is the day's work in credits.
-               COALESCE(pg_catalog.sum(pg_catalog.round(c.claude_cost_usd * c.markup_multiplier, 6))
+               COALESCE(pg_catalog.sum(keen_private.usage_charge(c.claude_cost_usd, c.markup_multiplier))
                           FILTER (WHERE c.transaction_type = 'admin_bypass'), 0) AS waived,
                COALESCE(pg_catalog.sum(c.claude_cost_usd) FILTER (WHERE c.transaction_type IN ('usage', 'admin_bypass')), 0) AS claude_cost,
                pg_catalog.count(*) FILTER (WHERE c.transaction_type = 'admin_bypass' OR c.is_admin_bypass) AS bypasses
@@ -271,6 +274,38 @@ BEGIN
     DELETE FROM keen.daily_usage_stats d
      WHERE d.date_bucket = p_day
        AND NOT EXISTS (SELECT 1 FROM active a WHERE a.user_id = d.user_id);
+
+    -- Per model: the day's LLM calls (BRIN range of keen.llm_usage), rewritten only when changed.
+    WITH models AS (
+        SELECT u.model, pg_catalog.count(*) AS calls, pg_catalog.count(DISTINCT u.user_id) AS users,
+               pg_catalog.sum(u.input_tokens) AS input_tokens, pg_catalog.sum(u.output_tokens) AS output_tokens,
+               pg_catalog.sum(u.cache_write_tokens) AS cache_write_tokens,
+               pg_catalog.sum(u.cache_read_tokens) AS cache_read_tokens,
+               pg_catalog.sum(u.claude_cost_usd) AS cost, pg_catalog.sum(u.charged_credits) AS credits
+          FROM keen.llm_usage u
+         WHERE u.created_at >= v_start AND u.created_at < v_end
+         GROUP BY u.model
+    ), upserted AS (
+        INSERT INTO keen.daily_model_usage AS d (date_bucket, model, calls, users, input_tokens, output_tokens,
+                                                 cache_write_tokens, cache_read_tokens, claude_cost_usd, credits)
+        SELECT p_day, m.model, m.calls, m.users, m.input_tokens, m.output_tokens, m.cache_write_tokens,
+               m.cache_read_tokens, m.cost, m.credits
+          FROM models m
+        ON CONFLICT (date_bucket, model) DO UPDATE
+           SET calls = EXCLUDED.calls, users = EXCLUDED.users, input_tokens = EXCLUDED.input_tokens,
+               output_tokens = EXCLUDED.output_tokens, cache_write_tokens = EXCLUDED.cache_write_tokens,
+               cache_read_tokens = EXCLUDED.cache_read_tokens, claude_cost_usd = EXCLUDED.claude_cost_usd,
+               credits = EXCLUDED.credits, updated_at = pg_catalog.now()
+         WHERE (d.calls, d.users, d.input_tokens, d.output_tokens, d.cache_write_tokens, d.cache_read_tokens,
+                d.claude_cost_usd, d.credits)
+               IS DISTINCT FROM (EXCLUDED.calls, EXCLUDED.users, EXCLUDED.input_tokens, EXCLUDED.output_tokens,
+                                 EXCLUDED.cache_write_tokens, EXCLUDED.cache_read_tokens,
+                                 EXCLUDED.claude_cost_usd, EXCLUDED.credits)
+        RETURNING d.model
+    )
+    DELETE FROM keen.daily_model_usage d
+     WHERE d.date_bucket = p_day
+       AND NOT EXISTS (SELECT 1 FROM models m WHERE m.model = d.model);
 END
 $$;
 REVOKE ALL ON FUNCTION keen.rollup_daily_analytics(date) FROM PUBLIC;
@@ -285,6 +320,7 @@ COMMENT ON FUNCTION keen.rollup_daily_analytics(date) IS
 -- is the highest daily count in the range (distinct users over many days would need the
 -- per-user rows; see docs/analytics.md); markup_effectiveness is revenue over Claude cost
 -- (NULL without cost). days_rolled_up tells how many days of the range had a rollup.
+-- by_model: per model, calls, tokens, the exact USD cost and the credits charged.
 -- Who: an admin actor only (42501 otherwise).
 -- Raises 22023 for a NULL or reversed range or one longer than ten years.
 CREATE OR REPLACE FUNCTION keen.platform_metrics(p_from date, p_to date)
@@ -295,9 +331,7 @@ AS $$
 DECLARE
     v_result jsonb;
 BEGIN
-    IF NOT keen.actor_is_admin() THEN
-        RAISE EXCEPTION 'platform metrics are for admins only' USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.require_admin();
     PERFORM keen_private.analytics_check_range(p_from, p_to);
 
     SELECT pg_catalog.jsonb_build_object(
@@ -331,7 +365,8 @@ BEGIN
                'max_recursion_depth', a.max_depth,
                'phase_time_seconds', pg_catalog.jsonb_build_object(
                    'EXPLORE', a.explore_s, 'PLAN', a.plan_s, 'FOUND', a.found_s,
-                   'SUMMON', a.summon_s, 'COMPLETE', a.complete_s))
+                   'SUMMON', a.summon_s, 'COMPLETE', a.complete_s),
+               'by_model', COALESCE(m.by_model, '{}'::jsonb))
       INTO v_result
       FROM (SELECT pg_catalog.count(*) AS days,
                    pg_catalog.max(d.active_users) AS peak_active,
@@ -343,7 +378,7 @@ BEGIN
                    COALESCE(pg_catalog.sum(d.cancelled_sessions), 0) AS cancelled,
                    COALESCE(pg_catalog.sum(d.ended_sessions), 0) AS ended,
                    COALESCE(pg_catalog.sum(d.total_session_time_seconds), 0) AS session_seconds,
-                   COALESCE(pg_catalog.sum(d.total_claude_costs_usd), 0)::numeric(20,6) AS claude_cost,
+                   COALESCE(pg_catalog.sum(d.total_claude_costs_usd), 0)::numeric AS claude_cost,
                    COALESCE(pg_catalog.sum(d.total_credit_revenue), 0)::numeric(20,6) AS revenue,
                    COALESCE(pg_catalog.sum(d.total_credits_purchased), 0)::numeric(20,6) AS purchased,
                    COALESCE(pg_catalog.sum(d.total_credits_used), 0)::numeric(20,6) AS used,
@@ -367,7 +402,21 @@ BEGIN
               FROM keen.daily_analytics d
              WHERE d.date_bucket BETWEEN p_from AND p_to
              ORDER BY d.date_bucket DESC
-             LIMIT 1) l ON true;
+             LIMIT 1) l ON true
+      LEFT JOIN LATERAL (
+            -- Per model over the range: one row per day and model (keen.daily_model_usage).
+            SELECT pg_catalog.jsonb_object_agg(x.model, pg_catalog.jsonb_build_object(
+                       'calls', x.calls, 'input_tokens', x.input_tokens, 'output_tokens', x.output_tokens,
+                       'cache_write_tokens', x.cache_write_tokens, 'cache_read_tokens', x.cache_read_tokens,
+                       'claude_cost_usd', x.cost, 'credits', x.credits)) AS by_model
+              FROM (SELECT d.model, pg_catalog.sum(d.calls) AS calls, pg_catalog.sum(d.input_tokens) AS input_tokens,
+                           pg_catalog.sum(d.output_tokens) AS output_tokens,
+                           pg_catalog.sum(d.cache_write_tokens) AS cache_write_tokens,
+                           pg_catalog.sum(d.cache_read_tokens) AS cache_read_tokens,
+                           pg_catalog.sum(d.claude_cost_usd) AS cost, pg_catalog.sum(d.credits) AS credits
+                      FROM keen.daily_model_usage d
+                     WHERE d.date_bucket BETWEEN p_from AND p_to
+                     GROUP BY d.model) x) m ON true;
     RETURN v_result;
 END
 $$;
@@ -431,25 +480,25 @@ COMMENT ON FUNCTION keen.refresh_dashboard_metrics() IS
 
 -- keen.dashboard_metrics: the rows of keen.admin_dashboard_metrics (24 UTC hours, oldest
 -- first) as of its last refresh. The view has no row-level security, so this function is
--- the only way in. Who: an admin actor only (42501 otherwise). Raises: nothing else.
+-- the only way in. cost_by_model: per model, the hour's calls, USD cost and credits.
+-- Who: an admin actor only (42501 otherwise). Raises: nothing else.
+DROP FUNCTION IF EXISTS keen.dashboard_metrics();  -- 0011 added cost_by_model to its columns
 CREATE OR REPLACE FUNCTION keen.dashboard_metrics()
 RETURNS TABLE (hour_bucket timestamptz, sessions_started bigint, sessions_completed bigint,
                sessions_failed bigint, admin_sessions bigint, total_tokens bigint,
                total_context_tokens bigint, total_claude_costs numeric, total_credit_cost numeric,
                avg_credit_cost_per_session numeric, avg_recursion_depth numeric,
-               max_recursion_depth integer, refreshed_at timestamptz)
+               max_recursion_depth integer, cost_by_model jsonb, refreshed_at timestamptz)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
-    IF NOT keen.actor_is_admin() THEN
-        RAISE EXCEPTION 'the dashboard is for admins only' USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.require_admin();
     RETURN QUERY
         SELECT m.hour_bucket, m.sessions_started, m.sessions_completed, m.sessions_failed,
                m.admin_sessions, m.total_tokens, m.total_context_tokens, m.total_claude_costs,
                m.total_credit_cost, m.avg_credit_cost_per_session, m.avg_recursion_depth,
-               m.max_recursion_depth, m.refreshed_at
+               m.max_recursion_depth, m.cost_by_model, m.refreshed_at
           FROM keen.admin_dashboard_metrics m
          ORDER BY m.hour_bucket;
 END

@@ -12,14 +12,111 @@
 --     row; live holds are summed through the partial index only while one may be live
 --     (live_holds_until in the future).
 --   * Money inputs are refused, never rounded: NULL, NaN, infinities, zero or negative values,
---     more than 6 decimal places and absurd sizes are 22023 and nothing is written. Only the
---     charge itself is rounded: round(claude_cost_usd * markup_multiplier, 6).
+--     more than 6 decimal places (credits) or 12 (a USD cost, an input kept exactly) and absurd
+--     sizes are 22023 and nothing is written. Only the charge itself is rounded:
+--     keen_private.usage_charge, round(claude_cost_usd * markup_multiplier, 6).
+--   * One helper per rule: the markup rate of a user (keen_private.markup_rate), the charge
+--     (keen_private.usage_charge), the accounting day and month (keen_private.accounting_day,
+--     keen_private.accounting_month, keen_private.period_total: UTC), a hold's expiry judged by
+--     the clock (clock_timestamp(), not the transaction's start).
 --   * Idempotency keys are looked up first without any lock, so a retry never queues behind
 --     the account lock; a retry that races the first call is caught under the lock.
 
 -- ---------------------------------------------------------------------------------------------
 -- Internal helpers (owned by keen_owner, executable by nobody else).
 -- ---------------------------------------------------------------------------------------------
+
+-- keen_private.markup_rate: the markup multiplier that applies to p_user_id's usage now, as the
+-- ledger stores it (numeric(10,4)). Today one platform setting for everyone; a per-user rate is
+-- a change here only. Who: the ledger and session functions. Raises 22023 when the setting is
+-- missing or not a number (keen.setting_numeric). PL/pgSQL without SET, not SQL: a SQL body that
+-- reads a table is never inlined, and a non-inlined SQL function is parsed and planned again in
+-- every transaction; PL/pgSQL keeps its plan for the session (docs/credits.md, "Helpers").
+CREATE OR REPLACE FUNCTION keen_private.markup_rate(p_user_id uuid)
+RETURNS numeric
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v_rate numeric(10,4);
+BEGIN
+    SELECT (s.value OPERATOR(pg_catalog.#>>) '{}')::numeric(10,4) INTO v_rate
+      FROM keen.settings s
+     WHERE s.key = 'markup_multiplier' AND pg_catalog.jsonb_typeof(s.value) = 'number';
+    RETURN COALESCE(v_rate, keen.setting_numeric('markup_multiplier')::numeric(10,4));
+END
+$$;
+REVOKE ALL ON FUNCTION keen_private.markup_rate(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.markup_rate(uuid) IS 'Internal: the markup multiplier of a user''s usage (today the platform setting).';
+
+-- keen_private.usage_charge: the credits a usage of p_claude_cost_usd costs at p_multiplier:
+-- round(cost * multiplier, 6), CONTRACT.md section 3. Who: every function that charges or holds.
+-- Raises nothing. SQL without SET: inlined into its callers.
+CREATE OR REPLACE FUNCTION keen_private.usage_charge(p_claude_cost_usd numeric, p_multiplier numeric)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT pg_catalog.round(p_claude_cost_usd * p_multiplier, 6)
+$$;
+REVOKE ALL ON FUNCTION keen_private.usage_charge(numeric, numeric) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.usage_charge(numeric, numeric) IS 'Internal: round(cost * multiplier, 6), the credits of a usage.';
+
+-- keen_private.accounting_day: the accounting day of a moment: its UTC date (limits, counters,
+-- rollups). Who: the ledger and analytics functions. Raises nothing. SQL without SET: inlined.
+CREATE OR REPLACE FUNCTION keen_private.accounting_day(p_at timestamptz)
+RETURNS date
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT (p_at AT TIME ZONE 'UTC')::date
+$$;
+REVOKE ALL ON FUNCTION keen_private.accounting_day(timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.accounting_day(timestamptz) IS 'Internal: the UTC day of a moment (the accounting day).';
+
+-- keen_private.accounting_month: the accounting month of a moment: the first day of its UTC
+-- month. Who: the ledger functions. Raises nothing. SQL without SET: inlined.
+CREATE OR REPLACE FUNCTION keen_private.accounting_month(p_at timestamptz)
+RETURNS date
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT pg_catalog.date_trunc('month', p_at AT TIME ZONE 'UTC')::date
+$$;
+REVOKE ALL ON FUNCTION keen_private.accounting_month(timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.accounting_month(timestamptz) IS 'Internal: the first day of the UTC month of a moment.';
+
+-- keen_private.period_total: what a day or month counter of an account counts in the period
+-- p_current: its total when the counter is of that period (or later), else 0 (a counter of
+-- an older period means nothing spent in this one). Who: the ledger functions. Raises nothing.
+-- SQL without SET: inlined.
+CREATE OR REPLACE FUNCTION keen_private.period_total(p_period date, p_total numeric, p_current date)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN p_period >= p_current THEN p_total ELSE 0 END
+$$;
+REVOKE ALL ON FUNCTION keen_private.period_total(date, numeric, date) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.period_total(date, numeric, date) IS 'Internal: a day/month usage counter''s total in the current period (0 if older).';
+
+-- keen_private.credit_check_cost: refuses a USD cost that is not a plain positive number: NULL,
+-- NaN, +-Infinity, zero or negative, above 1,000,000, or more than 12 decimal places (a cost
+-- is an input kept exactly; only the credits charged are rounded). Who: the ledger and session
+-- functions. Raises 22023.
+CREATE OR REPLACE FUNCTION keen_private.credit_check_cost(p_what text, p_value numeric)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    -- NaN sorts above every number and -Infinity below, so the first test catches them.
+    IF p_value IS NULL OR p_value > 1000000 OR p_value <= 0 THEN
+        RAISE EXCEPTION '% must be a number above 0 and at most 1000000, got %', p_what, COALESCE(p_value::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF p_value <> pg_catalog.round(p_value, 12) THEN
+        RAISE EXCEPTION '% has more than 12 decimal places: %', p_what, p_value
+            USING ERRCODE = '22023', HINT = 'costs are refused, not rounded';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION keen_private.credit_check_cost(text, numeric) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_check_cost(text, numeric) IS 'Internal: 22023 unless a USD cost is positive, <= 1000000, with at most 12 decimals.';
 
 -- keen_private.credit_check_amount: refuses a money input that is not a plain positive number.
 -- Who: the ledger functions. Raises 22023 for NULL, NaN, +-Infinity, zero or negative, above
@@ -45,17 +142,19 @@ REVOKE ALL ON FUNCTION keen_private.credit_check_amount(text, numeric, numeric) 
 COMMENT ON FUNCTION keen_private.credit_check_amount(text, numeric, numeric) IS 'Internal: 22023 unless the value is a positive number <= max with at most 6 decimals.';
 
 -- keen_private.credit_check_text: refuses a missing or oversized description or idempotency key.
--- Who: the ledger functions. Raises 22023 for a NULL/blank description or one over 1000
--- characters, and for an idempotency key that is empty or over 255 characters.
+-- Who: the ledger functions. Raises 22023 for a NULL/blank description or one over its size
+-- cap (keen_private.size_cap('description')), and for an idempotency key that is empty or over
+-- 255 characters.
 CREATE OR REPLACE FUNCTION keen_private.credit_check_text(p_description text, p_idempotency_key text)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
-    IF p_description IS NULL OR pg_catalog.btrim(p_description) = '' OR pg_catalog.length(p_description) > 1000 THEN
-        RAISE EXCEPTION 'a description of 1 to 1000 characters is required' USING ERRCODE = '22023';
+    IF p_description IS NULL OR pg_catalog.btrim(p_description) = '' THEN
+        RAISE EXCEPTION 'a description is required' USING ERRCODE = '22023';
     END IF;
+    PERFORM keen_private.require_size('description', p_description);
     IF p_idempotency_key IS NOT NULL AND pg_catalog.length(p_idempotency_key) NOT BETWEEN 1 AND 255 THEN
         RAISE EXCEPTION 'an idempotency key has 1 to 255 characters' USING ERRCODE = '22023';
     END IF;
@@ -152,7 +251,7 @@ BEGIN
                        FROM keen.credit_reservations r
                       WHERE r.account_id = p_account_id
                         AND r.status = 'held'
-                        AND r.expires_at > pg_catalog.now()
+                        AND r.expires_at > pg_catalog.clock_timestamp()
                         AND r.id IS DISTINCT FROM p_except_reservation), 0);
 END
 $$;
@@ -172,12 +271,12 @@ SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_holds numeric := 0;
-    v_today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
-    v_month date := pg_catalog.date_trunc('month', (pg_catalog.now() AT TIME ZONE 'UTC'))::date;
-    v_day_total numeric := CASE WHEN p_account.spent_day >= v_today THEN p_account.spent_day_total ELSE 0 END;
-    v_month_total numeric := CASE WHEN p_account.spent_month >= v_month THEN p_account.spent_month_total ELSE 0 END;
+    v_today date := keen_private.accounting_day(pg_catalog.now());
+    v_month date := keen_private.accounting_month(pg_catalog.now());
+    v_day_total numeric := keen_private.period_total(p_account.spent_day, p_account.spent_day_total, v_today);
+    v_month_total numeric := keen_private.period_total(p_account.spent_month, p_account.spent_month_total, v_month);
 BEGIN
-    IF p_account.live_holds_until > pg_catalog.now() THEN
+    IF p_account.live_holds_until > pg_catalog.clock_timestamp() THEN
         v_holds := keen_private.credit_live_holds(p_account.id, p_except_reservation);
     END IF;
     IF p_account.current_balance - v_holds < p_amount THEN
@@ -235,7 +334,7 @@ BEGIN
        SET live_holds_until = h.until
       FROM (SELECT pg_catalog.max(r.expires_at) AS until
               FROM keen.credit_reservations r
-             WHERE r.account_id = p_account_id AND r.status = 'held' AND r.expires_at > pg_catalog.now()) h
+             WHERE r.account_id = p_account_id AND r.status = 'held' AND r.expires_at > pg_catalog.clock_timestamp()) h
      WHERE a.id = p_account_id AND a.live_holds_until IS DISTINCT FROM h.until;
 END
 $$;
@@ -260,8 +359,8 @@ AS $$
 DECLARE
     v_account keen.credit_accounts;
     v_row keen.credit_transactions;
-    v_today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
-    v_month date := pg_catalog.date_trunc('month', (pg_catalog.now() AT TIME ZONE 'UTC'))::date;
+    v_today date := keen_private.accounting_day(pg_catalog.now());
+    v_month date := keen_private.accounting_month(pg_catalog.now());
 BEGIN
     SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.user_id = p_user_id;
     IF NOT FOUND THEN
@@ -300,9 +399,9 @@ BEGIN
     UPDATE keen.credit_accounts a
        SET current_balance = a.current_balance - p_charge,
            lifetime_spent = a.lifetime_spent + p_charge,
-           spent_day_total = CASE WHEN a.spent_day >= v_today THEN a.spent_day_total ELSE 0 END + p_charge,
+           spent_day_total = keen_private.period_total(a.spent_day, a.spent_day_total, v_today) + p_charge,
            spent_day = GREATEST(a.spent_day, v_today),
-           spent_month_total = CASE WHEN a.spent_month >= v_month THEN a.spent_month_total ELSE 0 END + p_charge,
+           spent_month_total = keen_private.period_total(a.spent_month, a.spent_month_total, v_month) + p_charge,
            spent_month = GREATEST(a.spent_month, v_month),
            updated_at = pg_catalog.now()
      WHERE a.id = v_account.id;
@@ -359,7 +458,7 @@ AS $$
 BEGIN
     RETURN QUERY
     SELECT p_res.id, p_res.held_credits::numeric, p_res.expires_at,
-           a.current_balance - CASE WHEN a.live_holds_until > pg_catalog.now()
+           a.current_balance - CASE WHEN a.live_holds_until > pg_catalog.clock_timestamp()
                                     THEN keen_private.credit_live_holds(a.id, NULL) ELSE 0 END
       FROM keen.credit_accounts a
      WHERE a.id = p_res.account_id;
@@ -395,9 +494,7 @@ BEGIN
     IF p_user_id IS NULL THEN
         RAISE EXCEPTION 'p_user_id is required' USING ERRCODE = '22023';
     END IF;
-    IF NOT keen.actor_is_admin() THEN
-        RAISE EXCEPTION 'only an admin may add credits' USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.require_admin();
     IF p_idempotency_key IS NOT NULL THEN
         v_row := keen_private.credit_replay(p_user_id, p_idempotency_key, 'purchase', p_amount, NULL);
         IF v_row.id IS NOT NULL THEN
@@ -454,8 +551,9 @@ COMMENT ON FUNCTION keen.add_credits(uuid, numeric, text, text) IS 'Admin: a pur
 -- (short balance, limit, holds, unlimited, no account, a racing retry) takes the general path,
 -- keen_private.credit_charge, which also decides the error.
 -- Who: the account's owner or an admin.
--- Raises 22023 (cost NULL, NaN, infinite, zero or negative, over 1,000,000 USD, more than 6
--- decimals; a bad description or key, or a key in complete_session's reserved
+-- Raises 22023 (cost NULL, NaN, infinite, zero or negative, over 1,000,000 USD, more than 12
+-- decimals, or a charge that rounds to 0 credits; a bad or oversized description or key, or a
+-- key in complete_session's reserved
 -- "session-complete:" space), 42501 (another user's account), P0002 (no account, or a
 -- session that is not this user's), KN001 (available balance short), KN002 (a daily or monthly
 -- limit would be passed), KN005 (the idempotency key was used for another request), 25000
@@ -472,8 +570,8 @@ DECLARE
     v_row keen.credit_transactions;
     v_multiplier numeric(10,4);
     v_charge numeric;
-    v_today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
-    v_month date := pg_catalog.date_trunc('month', (pg_catalog.now() AT TIME ZONE 'UTC'))::date;
+    v_today date := keen_private.accounting_day(pg_catalog.now());
+    v_month date := keen_private.accounting_month(pg_catalog.now());
 BEGIN
     PERFORM keen_private.require_scope('credits:write');
     -- complete_session's key: nobody may claim it first and so make a session uncompletable.
@@ -484,10 +582,11 @@ BEGIN
     -- The checks of credit_check_amount/credit_check_text, written out: this is the hot path.
     -- NaN sorts above every number, so "<= 1000000" also refuses it and +Infinity.
     IF p_claude_cost_usd IS NULL OR NOT (p_claude_cost_usd > 0 AND p_claude_cost_usd <= 1000000)
-       OR p_claude_cost_usd <> pg_catalog.round(p_claude_cost_usd, 6)
-       OR p_description IS NULL OR pg_catalog.length(p_description) NOT BETWEEN 1 AND 1000
+       OR p_claude_cost_usd <> pg_catalog.round(p_claude_cost_usd, 12)
+       OR p_description IS NULL OR p_description = ''
+       OR pg_catalog.octet_length(p_description) > keen_private.size_cap('description')
        OR pg_catalog.length(p_idempotency_key) NOT BETWEEN 1 AND 255 OR p_user_id IS NULL THEN
-        PERFORM keen_private.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
+        PERFORM keen_private.credit_check_cost('p_claude_cost_usd', p_claude_cost_usd);
         PERFORM keen_private.credit_check_text(p_description, p_idempotency_key);
         PERFORM keen_private.credit_authorize(p_user_id);
     END IF;
@@ -512,8 +611,8 @@ BEGIN
         RAISE EXCEPTION 'session % not found', p_session_id USING ERRCODE = 'P0002';
     END IF;
 
-    v_multiplier := keen.setting_numeric('markup_multiplier');  -- numeric(10,4): as the ledger stores it
-    v_charge := pg_catalog.round(p_claude_cost_usd * v_multiplier, 6);
+    v_multiplier := keen_private.markup_rate(p_user_id);
+    v_charge := keen_private.usage_charge(p_claude_cost_usd, v_multiplier);
     IF v_charge <= 0 THEN
         RAISE EXCEPTION 'a cost of % USD rounds to a charge of 0 credits', p_claude_cost_usd USING ERRCODE = '22023';
     END IF;
@@ -527,19 +626,19 @@ BEGIN
         UPDATE keen.credit_accounts a
            SET current_balance = a.current_balance - v_charge,
                lifetime_spent = a.lifetime_spent + v_charge,
-               spent_day_total = CASE WHEN a.spent_day >= v_today THEN a.spent_day_total ELSE 0 END + v_charge,
+               spent_day_total = keen_private.period_total(a.spent_day, a.spent_day_total, v_today) + v_charge,
                spent_day = GREATEST(a.spent_day, v_today),
-               spent_month_total = CASE WHEN a.spent_month >= v_month THEN a.spent_month_total ELSE 0 END + v_charge,
+               spent_month_total = keen_private.period_total(a.spent_month, a.spent_month_total, v_month) + v_charge,
                spent_month = GREATEST(a.spent_month, v_month),
                updated_at = pg_catalog.now()
          WHERE a.user_id = p_user_id
            AND NOT a.unlimited_credits
-           AND (a.live_holds_until IS NULL OR a.live_holds_until <= pg_catalog.now())
+           AND (a.live_holds_until IS NULL OR a.live_holds_until <= pg_catalog.clock_timestamp())
            AND a.current_balance >= v_charge
            AND (a.daily_limit IS NULL
-                OR CASE WHEN a.spent_day >= v_today THEN a.spent_day_total ELSE 0 END + v_charge <= a.daily_limit)
+                OR keen_private.period_total(a.spent_day, a.spent_day_total, v_today) + v_charge <= a.daily_limit)
            AND (a.monthly_limit IS NULL
-                OR CASE WHEN a.spent_month >= v_month THEN a.spent_month_total ELSE 0 END + v_charge <= a.monthly_limit)
+                OR keen_private.period_total(a.spent_month, a.spent_month_total, v_month) + v_charge <= a.monthly_limit)
         RETURNING a.id, a.current_balance, a.auto_recharge_enabled, a.auto_recharge_threshold, a.auto_recharge_amount
     ), appended AS (
         INSERT INTO keen.credit_transactions AS t
@@ -612,7 +711,7 @@ DECLARE
     v_holds numeric := 0;
 BEGIN
     PERFORM keen_private.require_scope('credits:write');
-    PERFORM keen_private.credit_check_amount('p_estimated_claude_cost_usd', p_estimated_claude_cost_usd, 1000000);
+    PERFORM keen_private.credit_check_cost('p_estimated_claude_cost_usd', p_estimated_claude_cost_usd);
     PERFORM keen_private.credit_check_text('a hold', p_idempotency_key);  -- the key only: holds carry no description
     IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > interval '7 days' THEN
         RAISE EXCEPTION 'p_ttl must be above 0 and at most 7 days' USING ERRCODE = '22023';
@@ -647,11 +746,11 @@ BEGIN
         END IF;
     END IF;
 
-    v_multiplier := keen.setting_numeric('markup_multiplier');
+    v_multiplier := keen_private.markup_rate(p_user_id);
     IF v_account.unlimited_credits THEN
         v_held := 0;
     ELSE
-        v_held := pg_catalog.round(p_estimated_claude_cost_usd * v_multiplier, 6);
+        v_held := keen_private.usage_charge(p_estimated_claude_cost_usd, v_multiplier);
         IF v_held <= 0 THEN
             RAISE EXCEPTION 'a cost of % USD rounds to a hold of 0 credits', p_estimated_claude_cost_usd
                 USING ERRCODE = '22023';
@@ -697,14 +796,14 @@ DECLARE
     v_charge numeric;
 BEGIN
     PERFORM keen_private.require_scope('credits:write');
-    PERFORM keen_private.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
+    PERFORM keen_private.credit_check_cost('p_claude_cost_usd', p_claude_cost_usd);
     PERFORM keen_private.credit_check_text(p_description, NULL);
     SELECT r.* INTO v_res FROM keen.credit_reservations r WHERE r.id = p_reservation_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'reservation % not found', p_reservation_id USING ERRCODE = 'P0002';
     END IF;
     PERFORM keen_private.credit_authorize(v_res.user_id);
-    v_charge := pg_catalog.round(p_claude_cost_usd * v_res.markup_multiplier, 6);
+    v_charge := keen_private.usage_charge(p_claude_cost_usd, v_res.markup_multiplier);
     IF v_charge <= 0 THEN
         RAISE EXCEPTION 'a cost of % USD rounds to a charge of 0 credits; release the hold instead', p_claude_cost_usd
             USING ERRCODE = '22023';
@@ -714,7 +813,7 @@ BEGIN
     PERFORM keen_private.credit_lock(v_res.user_id);
     PERFORM 1 FROM keen.credit_accounts a WHERE a.id = v_res.account_id FOR UPDATE;
     SELECT r.* INTO v_res FROM keen.credit_reservations r WHERE r.id = p_reservation_id;
-    IF v_res.status <> 'held' OR v_res.expires_at <= pg_catalog.now() THEN
+    IF v_res.status <> 'held' OR v_res.expires_at <= pg_catalog.clock_timestamp() THEN
         RAISE EXCEPTION 'reservation % is not live (%)', p_reservation_id,
                         CASE WHEN v_res.status = 'held' THEN 'expired' ELSE v_res.status END
             USING ERRCODE = 'KN003';
@@ -758,7 +857,7 @@ BEGIN
     PERFORM 1 FROM keen.credit_accounts a WHERE a.id = v_res.account_id FOR UPDATE;
     UPDATE keen.credit_reservations r
        SET status = 'released', ended_at = pg_catalog.now()
-     WHERE r.id = p_reservation_id AND r.status = 'held' AND r.expires_at > pg_catalog.now()
+     WHERE r.id = p_reservation_id AND r.status = 'held' AND r.expires_at > pg_catalog.clock_timestamp()
     RETURNING r.* INTO v_res;
     IF NOT FOUND THEN
         SELECT r.* INTO v_res FROM keen.credit_reservations r WHERE r.id = p_reservation_id;
@@ -785,19 +884,19 @@ SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
-    v_month date := pg_catalog.date_trunc('month', (pg_catalog.now() AT TIME ZONE 'UTC'))::date;
+    v_today date := keen_private.accounting_day(pg_catalog.now());
+    v_month date := keen_private.accounting_month(pg_catalog.now());
 BEGIN
     PERFORM keen_private.require_scope('credits:read');
     PERFORM keen_private.credit_authorize(p_user_id);
     RETURN QUERY
     SELECT a.user_id, a.current_balance::numeric,
-           a.current_balance - CASE WHEN a.live_holds_until > pg_catalog.now()
+           a.current_balance - CASE WHEN a.live_holds_until > pg_catalog.clock_timestamp()
                                     THEN keen_private.credit_live_holds(a.id, NULL) ELSE 0 END,
            a.lifetime_purchased::numeric, a.lifetime_spent::numeric, a.unlimited_credits,
            a.daily_limit::numeric, a.monthly_limit::numeric,
-           CASE WHEN a.spent_day >= v_today THEN a.spent_day_total ELSE 0 END::numeric,
-           CASE WHEN a.spent_month >= v_month THEN a.spent_month_total ELSE 0 END::numeric
+           keen_private.period_total(a.spent_day, a.spent_day_total, v_today)::numeric,
+           keen_private.period_total(a.spent_month, a.spent_month_total, v_month)::numeric
       FROM keen.credit_accounts a
      WHERE a.user_id = p_user_id;
     IF NOT FOUND THEN
@@ -858,14 +957,14 @@ DECLARE
     v_available numeric;
 BEGIN
     PERFORM keen_private.require_scope('credits:read');
-    PERFORM keen_private.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
+    PERFORM keen_private.credit_check_cost('p_claude_cost_usd', p_claude_cost_usd);
     PERFORM keen_private.credit_authorize(p_user_id);
     SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.user_id = p_user_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no credit account for user %', p_user_id USING ERRCODE = 'P0002';
     END IF;
-    v_required := pg_catalog.round(p_claude_cost_usd * keen.setting_numeric('markup_multiplier')::numeric(10,4), 6);
-    v_available := v_account.current_balance - CASE WHEN v_account.live_holds_until > pg_catalog.now()
+    v_required := keen_private.usage_charge(p_claude_cost_usd, keen_private.markup_rate(p_user_id));
+    v_available := v_account.current_balance - CASE WHEN v_account.live_holds_until > pg_catalog.clock_timestamp()
                                                     THEN keen_private.credit_live_holds(v_account.id, NULL) ELSE 0 END;
     RETURN QUERY SELECT v_account.unlimited_credits OR v_available >= v_required,
                         v_account.current_balance::numeric,
@@ -962,9 +1061,7 @@ BEGIN
     IF p_amount IS NOT NULL THEN
         PERFORM keen_private.credit_check_amount('p_amount', p_amount, 1000000000);
     END IF;
-    IF NOT keen.actor_is_admin() THEN
-        RAISE EXCEPTION 'only an admin may refund credits' USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.require_admin();
     SELECT t.* INTO v_original FROM keen.credit_transactions t WHERE t.id = p_transaction_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'transaction % not found', p_transaction_id USING ERRCODE = 'P0002';
@@ -987,7 +1084,7 @@ BEGIN
         RAISE EXCEPTION 'transaction % was already refunded', v_original.id USING ERRCODE = '23505';
     END IF;
     IF v_delta < 0 THEN
-        IF v_account.live_holds_until > pg_catalog.now() THEN
+        IF v_account.live_holds_until > pg_catalog.clock_timestamp() THEN
             v_holds := keen_private.credit_live_holds(v_account.id, NULL);
         END IF;
         IF v_account.current_balance - v_holds < v_amount THEN
@@ -1140,3 +1237,268 @@ $$;
 REVOKE ALL ON FUNCTION keen.resolve_recharge_request(uuid, text, uuid, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.resolve_recharge_request(uuid, text, uuid, text) TO keen_app, keen_maintenance;
 COMMENT ON FUNCTION keen.resolve_recharge_request(uuid, text, uuid, text) IS 'Closes a pending auto-recharge request; 42501, P0002, 22023.';
+
+-- ---------------------------------------------------------------------------------------------
+-- Usage metering (CONTRACT.md "Usage metering"): dated prices, each LLM call priced and charged.
+-- ---------------------------------------------------------------------------------------------
+
+-- keen_private.check_price: refuses a price per million tokens that is not a plain number of 0
+-- to 100,000 USD with at most 6 decimal places (so that tokens x price / 10^6 is exact at 12).
+-- Who: keen.set_model_price. Raises 22023.
+CREATE OR REPLACE FUNCTION keen_private.check_price(p_what text, p_value numeric)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF p_value IS NULL OR p_value > 100000 OR p_value < 0 THEN
+        RAISE EXCEPTION '% must be a price of 0 to 100000 USD per million tokens, got %', p_what, COALESCE(p_value::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF p_value <> pg_catalog.round(p_value, 6) THEN
+        RAISE EXCEPTION '% has more than 6 decimal places: %', p_what, p_value
+            USING ERRCODE = '22023', HINT = 'prices are refused, not rounded';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION keen_private.check_price(text, numeric) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.check_price(text, numeric) IS 'Internal: 22023 unless a per-million-token price is 0..100000 with at most 6 decimals.';
+
+-- keen.set_model_price: a new dated price of a model, in USD per million tokens; NULL cache
+-- prices mean the input price. A new row every time: usage already recorded keeps the price it
+-- was charged at (keen.llm_usage.price_id), whatever the new row's effective_from. Audited as
+-- credits/set_model_price.
+-- Who: an admin actor only. Raises 42501 (not an admin), 22023 (a model name that is not 1 to
+-- 128 letters, digits and . _ : / @ -; a price that is NULL, negative, over 100,000 or has more
+-- than 6 decimals; a NULL or infinite p_effective_from), 23505 (the model already has a price
+-- from that very moment).
+CREATE OR REPLACE FUNCTION keen.set_model_price(p_model text, p_input_usd_per_mtok numeric,
+                                                p_output_usd_per_mtok numeric,
+                                                p_cache_write_usd_per_mtok numeric DEFAULT NULL,
+                                                p_cache_read_usd_per_mtok numeric DEFAULT NULL,
+                                                p_effective_from timestamptz DEFAULT pg_catalog.now())
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, keen_private, pg_temp
+AS $$
+DECLARE
+    v_actor uuid := keen_private.require_admin();
+    v_id uuid;
+BEGIN
+    IF p_model IS NULL OR p_model !~ '^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$' THEN
+        RAISE EXCEPTION 'a model name has 1 to 128 letters, digits and . _ : / @ -' USING ERRCODE = '22023';
+    END IF;
+    PERFORM keen_private.check_price('p_input_usd_per_mtok', p_input_usd_per_mtok);
+    PERFORM keen_private.check_price('p_output_usd_per_mtok', p_output_usd_per_mtok);
+    PERFORM keen_private.check_price('p_cache_write_usd_per_mtok', COALESCE(p_cache_write_usd_per_mtok, p_input_usd_per_mtok));
+    PERFORM keen_private.check_price('p_cache_read_usd_per_mtok', COALESCE(p_cache_read_usd_per_mtok, p_input_usd_per_mtok));
+    IF p_effective_from IS NULL OR p_effective_from IN ('infinity', '-infinity') THEN
+        RAISE EXCEPTION 'p_effective_from must be a moment' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO keen.model_prices (model, input_usd_per_mtok, output_usd_per_mtok, cache_write_usd_per_mtok,
+                                   cache_read_usd_per_mtok, effective_from, created_by)
+    VALUES (p_model, p_input_usd_per_mtok, p_output_usd_per_mtok,
+            COALESCE(p_cache_write_usd_per_mtok, p_input_usd_per_mtok),
+            COALESCE(p_cache_read_usd_per_mtok, p_input_usd_per_mtok), p_effective_from, v_actor)
+    RETURNING id INTO v_id;
+    PERFORM keen_private.write_audit('credits', 'set_model_price', NULL,
+                                     pg_catalog.jsonb_build_object(
+                                         'price_id', v_id, 'model', p_model,
+                                         'input_usd_per_mtok', p_input_usd_per_mtok,
+                                         'output_usd_per_mtok', p_output_usd_per_mtok,
+                                         'cache_write_usd_per_mtok', COALESCE(p_cache_write_usd_per_mtok, p_input_usd_per_mtok),
+                                         'cache_read_usd_per_mtok', COALESCE(p_cache_read_usd_per_mtok, p_input_usd_per_mtok),
+                                         'effective_from', p_effective_from),
+                                     'medium');
+END
+$$;
+REVOKE ALL ON FUNCTION keen.set_model_price(text, numeric, numeric, numeric, numeric, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.set_model_price(text, numeric, numeric, numeric, numeric, timestamptz) TO keen_app;
+COMMENT ON FUNCTION keen.set_model_price(text, numeric, numeric, numeric, numeric, timestamptz) IS
+    'Admin: a new dated price of a model (USD per million tokens), audited; 42501, 22023, 23505.';
+
+-- keen_private.llm_usage_result: what record_llm_usage answers for a recorded call: the usage, its
+-- cost, the credits charged, the ledger row and its balance_after (NULL when nothing was
+-- charged: a cost that rounds to 0 credits). Who: record_llm_usage. Raises nothing.
+CREATE OR REPLACE FUNCTION keen_private.llm_usage_result(p_usage keen.llm_usage)
+RETURNS TABLE (usage_id uuid, claude_cost_usd numeric, charged_credits numeric, transaction_id uuid, balance_after numeric)
+LANGUAGE sql STABLE
+AS $$
+    SELECT p_usage.id, p_usage.claude_cost_usd, p_usage.charged_credits, p_usage.transaction_id,
+           (SELECT t.balance_after::numeric FROM keen.credit_transactions t WHERE t.id = p_usage.transaction_id)
+$$;
+REVOKE ALL ON FUNCTION keen_private.llm_usage_result(keen.llm_usage) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.llm_usage_result(keen.llm_usage) IS 'Internal: record_llm_usage''s answer for a recorded call.';
+
+-- keen_private.llm_usage_replay: the first recording of a request id on a session, or a NULL row
+-- when it is new. Who: record_llm_usage. Raises KN005 when the id was recorded with another
+-- model or other token counts.
+CREATE OR REPLACE FUNCTION keen_private.llm_usage_replay(p_session_id uuid, p_request_id text, p_model text,
+                                                         p_input_tokens bigint, p_output_tokens bigint,
+                                                         p_cache_write_tokens bigint, p_cache_read_tokens bigint)
+RETURNS keen.llm_usage
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_usage keen.llm_usage;
+BEGIN
+    SELECT u.* INTO v_usage FROM keen.llm_usage u WHERE u.session_id = p_session_id AND u.request_id = p_request_id;
+    IF FOUND AND (v_usage.model, v_usage.input_tokens, v_usage.output_tokens, v_usage.cache_write_tokens, v_usage.cache_read_tokens)
+                 IS DISTINCT FROM (p_model, p_input_tokens, p_output_tokens, p_cache_write_tokens, p_cache_read_tokens) THEN
+        RAISE EXCEPTION 'request id "%" was already recorded on this session with other counts', p_request_id
+            USING ERRCODE = 'KN005', DETAIL = pg_catalog.format('first recorded as usage %s', v_usage.id);
+    END IF;
+    RETURN v_usage;
+END
+$$;
+REVOKE ALL ON FUNCTION keen_private.llm_usage_replay(uuid, text, text, bigint, bigint, bigint, bigint) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.llm_usage_replay(uuid, text, text, bigint, bigint, bigint, bigint) IS
+    'Internal: first recording of a request id on a session, NULL if new, KN005 if the counts differ.';
+
+-- keen.record_llm_usage: one LLM call of a session, priced and charged at once. The cost is the
+-- token counts times the model's price in force (the newest keen.model_prices row whose
+-- effective_from has come), divided by 10^6, kept exactly (prices have at most 6 decimals, so
+-- at most 12); the charge is keen_private.usage_charge at the owner's markup rate, through the
+-- ledger's one locked path (keen_private.credit_charge: admin bypass recorded and not charged,
+-- live holds and limits counted, KN001/KN002), in this transaction; the session's
+-- claude_cost_usd and keen_cost_credits grow by the cost and the credits charged (0 for an
+-- admin bypass). A cost whose charge rounds to 0 credits is recorded with no ledger row. The
+-- same p_request_id on the session returns the first result and charges nothing more. Calls of
+-- one session serialize on the session row, taken before the account (complete_session's
+-- order); a retry racing the first call waits there and then answers with its result.
+-- Who: the session's owner or an admin (who charges the owner); another tenant's session is
+-- P0002. Raises 22023 (an unknown model, a NULL or negative count, a count over 10^12, a
+-- negative latency, an oversized request id, a cost over 1,000,000 USD), 28000 (no actor),
+-- P0002, KN001, KN002, KN005 (the request id was recorded with other counts), 25000 (not READ
+-- COMMITTED, from the account lock).
+CREATE OR REPLACE FUNCTION keen.record_llm_usage(p_session_id uuid, p_model text, p_input_tokens bigint,
+                                                 p_output_tokens bigint, p_cache_write_tokens bigint DEFAULT 0,
+                                                 p_cache_read_tokens bigint DEFAULT 0,
+                                                 p_request_id text DEFAULT NULL, p_latency_ms int DEFAULT NULL)
+RETURNS TABLE (usage_id uuid, claude_cost_usd numeric, charged_credits numeric, transaction_id uuid, balance_after numeric)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, keen_private, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_actor uuid;
+    v_user uuid;
+    v_usage keen.llm_usage;
+    v_price keen.model_prices;
+    v_cost numeric;
+    v_multiplier numeric(10,4);
+    v_charge numeric;
+    v_row keen.credit_transactions;
+BEGIN
+    PERFORM keen_private.require_scope('credits:write');
+    IF p_session_id IS NULL OR p_model IS NULL
+       OR p_input_tokens IS NULL OR p_output_tokens IS NULL OR p_cache_write_tokens IS NULL OR p_cache_read_tokens IS NULL
+       OR LEAST(p_input_tokens, p_output_tokens, p_cache_write_tokens, p_cache_read_tokens) < 0
+       OR GREATEST(p_input_tokens, p_output_tokens, p_cache_write_tokens, p_cache_read_tokens) > 1000000000000
+       OR p_latency_ms < 0 OR p_request_id = '' THEN
+        RAISE EXCEPTION 'a session, a model and token counts of 0 to 10^12 are required (latency >= 0, request id not empty)'
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM keen_private.require_size('name', p_request_id);
+    v_actor := keen_private.require_actor();
+    -- A retry answers from the usage row, without any lock.
+    IF p_request_id IS NOT NULL THEN
+        v_usage := keen_private.llm_usage_replay(p_session_id, p_request_id, p_model, p_input_tokens, p_output_tokens,
+                                                 p_cache_write_tokens, p_cache_read_tokens);
+        IF v_usage.id IS NOT NULL THEN
+            RETURN QUERY SELECT * FROM keen_private.llm_usage_result(v_usage);
+            RETURN;
+        END IF;
+    END IF;
+    SELECT pr.* INTO v_price
+      FROM keen.model_prices pr
+     WHERE pr.model = p_model AND pr.effective_from <= pg_catalog.now()
+     ORDER BY pr.effective_from DESC
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no price for model "%"', pg_catalog.left(p_model, 128)
+            USING ERRCODE = '22023', HINT = 'an admin sets one with keen.set_model_price';
+    END IF;
+    v_cost := pg_catalog.round((p_input_tokens * v_price.input_usd_per_mtok
+                                + p_output_tokens * v_price.output_usd_per_mtok
+                                + p_cache_write_tokens * v_price.cache_write_usd_per_mtok
+                                + p_cache_read_tokens * v_price.cache_read_usd_per_mtok) / 1000000, 12);
+    IF v_cost > 1000000 THEN
+        RAISE EXCEPTION 'a call of % USD is refused (at most 1000000)', v_cost USING ERRCODE = '22023';
+    END IF;
+
+    -- The session row: another tenant's is invisible (row-level security), so P0002 and no lock.
+    SELECT s.user_id INTO v_user FROM keen.agent_sessions s WHERE s.id = p_session_id FOR UPDATE;
+    IF NOT FOUND OR (v_user <> v_actor AND NOT keen.actor_is_admin()) THEN
+        RAISE EXCEPTION 'session % not found', p_session_id USING ERRCODE = 'P0002';
+    END IF;
+    -- Under the session lock: a retry of the same request id that committed meanwhile is visible.
+    IF p_request_id IS NOT NULL THEN
+        v_usage := keen_private.llm_usage_replay(p_session_id, p_request_id, p_model, p_input_tokens, p_output_tokens,
+                                                 p_cache_write_tokens, p_cache_read_tokens);
+        IF v_usage.id IS NOT NULL THEN
+            RETURN QUERY SELECT * FROM keen_private.llm_usage_result(v_usage);
+            RETURN;
+        END IF;
+    END IF;
+
+    v_multiplier := keen_private.markup_rate(v_user);
+    v_charge := keen_private.usage_charge(v_cost, v_multiplier);
+    IF v_charge > 0 THEN
+        v_row := keen_private.credit_charge(v_user, v_cost, v_multiplier, v_charge, p_session_id,
+                                            'LLM usage: ' || p_model, NULL, NULL,
+                                            pg_catalog.jsonb_build_object('model', p_model, 'request_id', p_request_id));
+    END IF;
+    INSERT INTO keen.llm_usage AS u
+           (user_id, session_id, model, price_id, input_tokens, output_tokens, cache_write_tokens, cache_read_tokens,
+            claude_cost_usd, markup_multiplier, charged_credits, transaction_id, request_id, latency_ms)
+    VALUES (v_user, p_session_id, p_model, v_price.id, p_input_tokens, p_output_tokens, p_cache_write_tokens,
+            p_cache_read_tokens, v_cost, v_multiplier,
+            CASE WHEN v_row.id IS NULL OR v_row.is_admin_bypass THEN 0 ELSE -v_row.amount END,
+            v_row.id, p_request_id, p_latency_ms)
+    RETURNING u.* INTO v_usage;
+    UPDATE keen.agent_sessions s
+       SET claude_cost_usd = s.claude_cost_usd + v_cost,
+           keen_cost_credits = s.keen_cost_credits + v_usage.charged_credits,
+           last_activity_at = pg_catalog.clock_timestamp()
+     WHERE s.id = p_session_id;
+    RETURN QUERY SELECT v_usage.id, v_usage.claude_cost_usd, v_usage.charged_credits, v_usage.transaction_id,
+                        v_row.balance_after::numeric;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.record_llm_usage(uuid, text, bigint, bigint, bigint, bigint, text, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.record_llm_usage(uuid, text, bigint, bigint, bigint, bigint, text, integer) TO keen_app;
+COMMENT ON FUNCTION keen.record_llm_usage(uuid, text, bigint, bigint, bigint, bigint, text, integer) IS
+    'Prices one LLM call exactly and charges it at once (idempotent by request id per session); 22023, 28000, P0002, KN001, KN002, KN005.';
+
+-- keen.usage_by_model: p_user_id's LLM calls over the UTC days p_from..p_to (inclusive), per
+-- model: calls, tokens of each kind, the exact USD cost and the credits charged. Read from the
+-- usage rows themselves (one index range of the user's), so today counts before any rollup.
+-- Who: the user's own, or any for an admin. Raises 22023 (NULL user, a NULL, reversed or
+-- over-long range), 42501 (another user's, for a non-admin).
+CREATE OR REPLACE FUNCTION keen.usage_by_model(p_user_id uuid, p_from date, p_to date)
+RETURNS TABLE (model text, calls bigint, input_tokens bigint, output_tokens bigint, cache_write_tokens bigint,
+               cache_read_tokens bigint, claude_cost_usd numeric, credits numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, keen_private, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM keen_private.require_scope('credits:read');
+    PERFORM keen_private.analytics_check_range(p_from, p_to);
+    PERFORM keen_private.credit_authorize(p_user_id);
+    RETURN QUERY
+    SELECT u.model, pg_catalog.count(*), pg_catalog.sum(u.input_tokens)::bigint, pg_catalog.sum(u.output_tokens)::bigint,
+           pg_catalog.sum(u.cache_write_tokens)::bigint, pg_catalog.sum(u.cache_read_tokens)::bigint,
+           pg_catalog.sum(u.claude_cost_usd), pg_catalog.sum(u.charged_credits)
+      FROM keen.llm_usage u
+     WHERE u.user_id = p_user_id
+       AND u.created_at >= p_from::timestamp AT TIME ZONE 'UTC'
+       AND u.created_at < (p_to + 1)::timestamp AT TIME ZONE 'UTC'
+     GROUP BY u.model
+     ORDER BY u.model;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.usage_by_model(uuid, date, date) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.usage_by_model(uuid, date, date) TO keen_app;
+COMMENT ON FUNCTION keen.usage_by_model(uuid, date, date) IS
+    'A user''s LLM calls per model over UTC days (calls, tokens, exact cost, credits); own or admin; 22023, 42501.';

@@ -375,14 +375,15 @@ COMMENT ON FUNCTION keen.update_session_progress(uuid, text, integer, integer, b
 -- rules of keen.deduct_credits (its input checks and its locked path, keen_private.credit_charge) on the
 -- owner's account with the idempotency key 'session-complete:<id>', a key deduct_credits
 -- reserves for this function (the admin bypass, limits and the ledger are its rules); the
--- session's claude_cost_usd and keen_cost_credits (the credits actually charged: 0 for an
--- admin bypass, whose notional value stays on the ledger row) are set. A successful session
+-- cost and the credits actually charged (0 for an admin bypass, whose notional value stays on
+-- the ledger row) are added to the session's claude_cost_usd and keen_cost_credits, on top of
+-- what keen.record_llm_usage already charged for the session's calls. A successful session
 -- enters the COMPLETE phase (a phase_transitions row) if it was not in it yet.
 -- The session row is locked first: concurrent completions serialize and all but the first
 -- see a finished session.
 -- Who: the session's owner, or an admin (who charges the owner).
 -- Raises: 22023 for a NULL p_success or a cost that is NULL, NaN, infinite, negative, over
--- 1,000,000 USD, of more than 6 decimals or whose charge rounds to 0; P0002 for an absent or
+-- 1,000,000 USD, of more than 12 decimals or whose charge rounds to 0; P0002 for an absent or
 -- foreign session; KN004 when it is not running (completing twice);
 -- KN001, KN002 from the charge, which abort everything: the session stays running, unchanged.
 -- Emits session_completed or session_failed {session_id, success, claude_cost_usd,
@@ -424,13 +425,13 @@ BEGIN
         -- deduct_credits' input rules, then its locked path (keen_private.credit_charge) under the key
         -- 'session-complete:<id>', which deduct_credits refuses to anyone else: nobody can
         -- claim it first and leave the session uncompletable.
-        PERFORM keen_private.credit_check_amount('p_claude_cost_usd', p_claude_cost_usd, 1000000);
-        v_multiplier := keen.setting_numeric('markup_multiplier');
-        IF pg_catalog.round(p_claude_cost_usd * v_multiplier, 6) <= 0 THEN
+        PERFORM keen_private.credit_check_cost('p_claude_cost_usd', p_claude_cost_usd);
+        v_multiplier := keen_private.markup_rate(v_session.user_id);
+        IF keen_private.usage_charge(p_claude_cost_usd, v_multiplier) <= 0 THEN
             RAISE EXCEPTION 'a cost of % USD rounds to a charge of 0 credits', p_claude_cost_usd USING ERRCODE = '22023';
         END IF;
         v_charge := keen_private.credit_charge(v_session.user_id, p_claude_cost_usd, v_multiplier,
-                                       pg_catalog.round(p_claude_cost_usd * v_multiplier, 6), p_id,
+                                       keen_private.usage_charge(p_claude_cost_usd, v_multiplier), p_id,
                                        'Agent session ' || v_session.session_id, 'session-complete:' || p_id,
                                        NULL, '{}'::jsonb);
         v_credits := CASE WHEN v_charge.is_admin_bypass THEN 0 ELSE -v_charge.amount END;
@@ -450,8 +451,8 @@ BEGIN
            files_deleted = COALESCE(p_files_deleted, '{}'),
            error_message = p_error_message,
            completion_report = p_completion_report,
-           claude_cost_usd = p_claude_cost_usd,
-           keen_cost_credits = v_credits
+           claude_cost_usd = s.claude_cost_usd + p_claude_cost_usd,
+           keen_cost_credits = s.keen_cost_credits + v_credits
      WHERE s.id = p_id
     RETURNING * INTO v_session;
     PERFORM keen_private.emit_session_event(v_session.id, v_session.user_id,

@@ -11,3 +11,9 @@ CREATE POLICY "Platform analytics are visible to admins only" ON keen.daily_anal
     FOR ALL
     USING ((SELECT keen.actor_sees_all_tenants()))
     WITH CHECK ((SELECT keen.actor_sees_all_tenants()));
+
+DROP POLICY IF EXISTS "Model usage rollups are visible to admins only" ON keen.daily_model_usage;
+CREATE POLICY "Model usage rollups are visible to admins only" ON keen.daily_model_usage
+    FOR ALL
+    USING ((SELECT keen.actor_sees_all_tenants()))
+    WITH CHECK ((SELECT keen.actor_sees_all_tenants()));

@@ -23,3 +23,17 @@ CREATE POLICY "Recharge requests are visible to their owner and to admins" ON ke
     FOR ALL
     USING (user_id = (SELECT keen.actor_id()) OR (SELECT keen.actor_sees_all_tenants()))
     WITH CHECK (user_id = (SELECT keen.actor_id()) OR (SELECT keen.actor_sees_all_tenants()));
+
+-- Usage metering: prices are public to every actor (the gateway shows them); usage rows are
+-- their owner's and the admins'. Writes go through keen.set_model_price and keen.record_llm_usage.
+DROP POLICY IF EXISTS "Model prices are visible to everyone and written by admins" ON keen.model_prices;
+CREATE POLICY "Model prices are visible to everyone and written by admins" ON keen.model_prices
+    FOR ALL
+    USING (true)
+    WITH CHECK ((SELECT keen.actor_is_admin()));
+
+DROP POLICY IF EXISTS "LLM usage is visible to its owner and to admins" ON keen.llm_usage;
+CREATE POLICY "LLM usage is visible to its owner and to admins" ON keen.llm_usage
+    FOR ALL
+    USING (user_id = (SELECT keen.actor_id()) OR (SELECT keen.actor_sees_all_tenants()))
+    WITH CHECK (user_id = (SELECT keen.actor_id()) OR (SELECT keen.actor_sees_all_tenants()));

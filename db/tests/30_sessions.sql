@@ -172,13 +172,13 @@ SELECT throws_ok($$SELECT keen.complete_session(current_setting('tests.bob_root'
 SELECT results_eq($$SELECT execution_status, success, claude_cost_usd, keen_cost_credits, files_created
                       FROM keen.complete_session(current_setting('tests.grandchild')::uuid, true, 3.75, ARRAY['src/test.ts'],
                                                  p_completion_report => '{"summary": "done"}')$$,
-                  $$VALUES ('completed'::varchar, true, 3.75::keen.credit_amount, 18.75::keen.credit_amount, ARRAY['src/test.ts'])$$,
+                  $$VALUES ('completed'::varchar, true, 3.75::numeric, 18.75::keen.credit_amount, ARRAY['src/test.ts'])$$,
                   'complete_session ends the session and records its cost');
 SELECT is((SELECT current_balance FROM keen.credit_accounts WHERE user_id = current_setting('tests.alice')::uuid), 6.25::keen.credit_amount,
           'the reference lifecycle leaves 6.25 credits of 25');
 SELECT results_eq($$SELECT transaction_type, amount, claude_cost_usd, idempotency_key FROM keen.credit_transactions
                      WHERE session_id = current_setting('tests.grandchild')::uuid$$,
-                  $$VALUES ('usage'::varchar, (-18.75)::keen.credit_amount, 3.75::keen.credit_amount,
+                  $$VALUES ('usage'::varchar, (-18.75)::keen.credit_amount, 3.75::numeric,
                             'session-complete:' || current_setting('tests.grandchild'))$$,
                   'the charge is one usage row keyed by the session');
 SELECT is((SELECT to_phase FROM keen.phase_transitions WHERE session_id = current_setting('tests.grandchild')::uuid), 'COMPLETE'::varchar,
@@ -235,11 +235,11 @@ SELECT set_config('tests.admin_s', (SELECT id FROM keen.create_session(current_s
 SELECT results_eq($$SELECT is_admin_session, bypass_credit_deduction FROM keen.get_session(current_setting('tests.admin_s')::uuid)$$,
                   $$VALUES (true, true)$$, 'the admin''s session is an admin session that bypasses billing');
 SELECT results_eq($$SELECT claude_cost_usd, keen_cost_credits FROM keen.complete_session(current_setting('tests.admin_s')::uuid, true, 50.00)$$,
-                  $$VALUES (50::keen.credit_amount, 0::keen.credit_amount)$$,
+                  $$VALUES (50::numeric, 0::keen.credit_amount)$$,
                   'the admin''s 50 USD session records its cost and charges nothing');
 SELECT results_eq($$SELECT transaction_type, amount, claude_cost_usd, is_admin_bypass FROM keen.credit_transactions
                      WHERE session_id = current_setting('tests.admin_s')::uuid$$,
-                  $$VALUES ('admin_bypass'::varchar, 0::keen.credit_amount, 50::keen.credit_amount, true)$$,
+                  $$VALUES ('admin_bypass'::varchar, 0::keen.credit_amount, 50::numeric, true)$$,
                   'the admin''s completion is an admin_bypass row of amount 0');
 SELECT is((SELECT count(*) FROM keen.verify_ledger() WHERE NOT ok), 0::bigint, 'the ledger balances after every completion');
 
