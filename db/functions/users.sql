@@ -1416,7 +1416,7 @@ BEGIN
         RETURNING s.id
     ), retired AS (
         UPDATE keen.login_refresh_tokens t SET retired_at = pg_catalog.clock_timestamp()
-         WHERE t.login_session_id IN (SELECT r.id FROM revoked) AND t.retired_at IS NULL
+         WHERE t.login_session_id IN (SELECT r.id FROM revoked r) AND t.retired_at IS NULL
         RETURNING 1
     )
     SELECT pg_catalog.count(*) INTO v_count FROM revoked;
