@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "keen_db.demo",
     "keen_db.ha",
     "keen_db.schema_file",
+    "keen_db.jobs",
 )
 
 
@@ -65,6 +66,13 @@ def up(ctx: click.Context) -> None:
         _fail(f"deploy failed: {exc}")
     where = f"{s.home} (port {s.port})" if s.embedded else "the server at KEEN_DATABASE_URL"
     click.echo(f"keen-db is ready: database {s.database!r} on {where}; {len(applied)} migration(s) applied")
+    if s.embedded:
+        from .jobs import install as install_jobs
+
+        try:
+            click.echo(install_jobs(s))
+        except Exception as exc:  # upkeep scheduling must not make a ready database fail `up`
+            click.echo(f"keen-db: upkeep jobs not scheduled: {exc}", err=True)
 
 
 @cli.command()

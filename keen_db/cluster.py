@@ -154,6 +154,36 @@ def restore_command(archive: Path) -> str:
     return f'if [ -f "{archive}/%f.gz" ]; then gzip -dc "{archive}/%f.gz" > "%p"; else cp "{archive}/%f" "%p"; fi'
 
 
+def pg_cron_available() -> bool:
+    """Debian's postgresql-15-cron is installed (the server can load pg_cron)."""
+    try:
+        lib = Path(pg_bin("postgres")).resolve().parent.parent / "lib" / "pg_cron.so"
+    except ClusterError:
+        return False
+    return lib.exists()
+
+
+def preload_libraries() -> str:
+    return "pg_stat_statements,pg_cron" if pg_cron_available() else "pg_stat_statements"
+
+
+def pg_cron_conf(s: Settings) -> str:
+    """pg_cron's settings (keen_db/jobs.py schedules the jobs). Its own tables live in the
+    `postgres` database, not in keen's: a pg_dump of the keen database (keen-db backup) then
+    holds no pg_cron extension, which could not be restored into a database of another name.
+    Jobs target the keen database (cron.schedule_in_database) and run in background workers as
+    their user (no password, no loopback connection)."""
+    if not pg_cron_available():
+        return ""
+    return (
+        "cron.database_name = 'postgres'\n"
+        "cron.use_background_workers = on\n"
+        "cron.max_running_jobs = 4\n"
+        "max_worker_processes = 16\n"
+        "cron.log_min_messages = warning\n"
+    )
+
+
 def write_conf(s: Settings) -> None:
     """keen.conf: rewritten on every start so the port and paths follow the environment.
     keen.recovery.conf (written only by a point-in-time recovery, see keen_db.backup) is
@@ -174,12 +204,12 @@ archive_mode = on
 archive_command = '{archive_command(archive)}'
 archive_timeout = 60
 max_wal_senders = 4
-shared_preload_libraries = 'pg_stat_statements'
+shared_preload_libraries = '{preload_libraries()}'
 pg_stat_statements.track = all
 log_min_messages = warning
 log_line_prefix = '%m [%p] %u@%d '
 timezone = 'UTC'
-include_if_exists = 'keen.recovery.conf'
+{pg_cron_conf(s)}include_if_exists = 'keen.recovery.conf'
 """
     path = s.data_dir / "keen.conf"
     uid, gid = _server_uid_gid()

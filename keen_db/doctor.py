@@ -381,6 +381,14 @@ def check_replication(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]
     return True, ("synchronous: " if in_sync else "asynchronous: ") + detail
 
 
+def check_upkeep_jobs(s: Settings, conn: psycopg.Connection) -> tuple[bool, str]:
+    """Each scheduled upkeep job's last success (and pg_cron's last run); FAIL when one missed a
+    run it was due for (keen_db/jobs.py)."""
+    from .jobs import check_jobs
+
+    return check_jobs(s, conn)
+
+
 CHECKS: list[tuple[str, Check]] = [
     ("migrations current", check_migrations),
     ("functions and policies deployed", check_repeatables),
@@ -398,6 +406,7 @@ CHECKS: list[tuple[str, Check]] = [
     ("event partitions", check_event_partitions),
     ("audit chain", check_audit_chain),
     ("login recorder", check_login_recorder),
+    ("upkeep jobs", check_upkeep_jobs),
     ("login role limits", check_role_limits),
     ("default admin password", check_default_admin_password),
     ("replication", check_replication),
