@@ -309,6 +309,7 @@ def _hba(node: bool) -> str:
     ]
     if node:
         rules.append("host replication pgautofailover_replicator 127.0.0.1/32 scram-sha-256")
+        rules.append("host replication postgres 127.0.0.1/32 scram-sha-256")  # keen-db ha basebackup
     else:
         rules.append("host pg_auto_failover autoctl_node 127.0.0.1/32 scram-sha-256")
     rules.append("host all all 127.0.0.1/32 scram-sha-256")
