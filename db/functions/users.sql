@@ -1041,7 +1041,7 @@ BEGIN
         END IF;
         INSERT INTO keen.api_key_request_slots AS s (token_id, user_id, slot, requested_at)
         VALUES (v_key.token_id, v_key.user_id, v_count % v_key.rate_limit_per_hour, v_now)
-        ON CONFLICT (token_id, slot) DO UPDATE SET requested_at = EXCLUDED.requested_at;
+        ON CONFLICT ON CONSTRAINT api_key_request_slots_pkey DO UPDATE SET requested_at = EXCLUDED.requested_at;
     END IF;
     RETURN QUERY
     SELECT v_key.user_id, v_key.token_id, v_key.scopes, u.is_admin, v_key.bypass_limits
