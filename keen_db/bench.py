@@ -38,7 +38,7 @@ import click
 import psycopg
 from psycopg import sql
 
-from . import bench_client, cluster, config, deploy
+from . import bench_client, bench_streaming, cluster, config, deploy
 from .sql import value
 
 BENCH_DB = "keen_bench"
@@ -284,6 +284,7 @@ GOALS: list[tuple[str, str, str, Callable[[float], bool]]] = [
 ]
 
 GOALS.extend(bench_client.GOALS)
+GOALS.extend(bench_streaming.GOALS)
 
 
 class Bench:
@@ -628,6 +629,7 @@ def run(s: config.Settings, cfg: Config, echo: Callable[[str], None] = lambda _m
             echo(f"round {i + 1}/{cfg.rounds}")
             b.throughput_round()
         bench_client.measure(b)  # issue 14: the client through PgBouncer, and AsyncKeen
+        bench_streaming.measure(b)  # issue 13: update_session_progress with and without its event
         b.latency_figures()
         top = b.top_statements()
         b.tenfold()
