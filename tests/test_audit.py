@@ -10,15 +10,25 @@ import pytest
 
 from keen_client.errors import AuthenticationFailed, PermissionDenied
 
+from .conftest import act_as_admin
+
 PASSWORD = "correct horse battery"
+# The template's admin sign-in (conftest.sign_in_admin) left entries: a test's own start after them.
+TEMPLATE_ENTRIES = "(SELECT count(*) FROM keen.audit_logs a WHERE a.user_id = (SELECT id FROM keen.users WHERE role = 'super_admin') AND a.chain_seq <= 2)"
 
 
 def audit_rows(db, where: str = "true") -> list[tuple]:
     with psycopg.connect(db.maintenance_url) as conn:
         return conn.execute(
             f"SELECT event_type, event_subtype, user_id, actor_id, is_admin_action, risk_level "
-            f"FROM keen.audit_logs WHERE {where} ORDER BY chain_seq"
+            f"FROM keen.audit_logs WHERE chain_seq > {TEMPLATE_ENTRIES} AND {where} ORDER BY chain_seq"
         ).fetchall()
+
+
+def base(db) -> int:
+    """How many entries the template holds (the admin's sign-in): a test's entries follow them."""
+    with psycopg.connect(db.maintenance_url) as conn:
+        return conn.execute(f"SELECT {TEMPLATE_ENTRIES}").fetchone()[0]
 
 
 def verify(db) -> list[tuple]:
@@ -50,7 +60,7 @@ def test_identity_events_are_audited_in_the_actors_name(keen, db, admin_id):
         tx.users.list_users()
     assert audit_rows(db) == [
         ("user", "registered", user, None, False, "low"),
-        ("auth", "login_succeeded", user, None, False, "low"),
+        ("auth", "login_succeeded", user, user, False, "low"),
         ("auth", "login_failed", user, None, False, "medium"),
         ("api_key", "created", user, user, False, "medium"),
         ("api_key", "revoked", user, user, False, "low"),
@@ -64,11 +74,11 @@ def test_identity_events_are_audited_in_the_actors_name(keen, db, admin_id):
 
 
 def test_the_lockout_is_audited_as_high_risk(keen, db):
-    for _ in range(10):
+    for _ in range(11):
         with pytest.raises(AuthenticationFailed), keen.transaction() as tx:
             tx.users.login("target@example.com", "guess")
-    rows = audit_rows(db, "event_subtype = 'login_failed'")
-    assert [r[5] for r in rows] == ["medium"] * 9 + ["high"]
+    rows = audit_rows(db, "event_subtype LIKE 'login_%'")
+    assert [(r[1], r[5]) for r in rows] == [("login_failed", "medium")] * 10 + [("login_refused_locked_out", "high")]
 
 
 def test_only_admins_and_the_maintenance_role_read_and_verify_the_audit_log(keen, make_user, admin_id, db):
@@ -87,10 +97,13 @@ def test_only_admins_and_the_maintenance_role_read_and_verify_the_audit_log(keen
 
 def test_keen_app_cannot_write_the_audit_log_in_any_way(db, admin_id):
     with psycopg.connect(db.app_url) as conn:
-        conn.execute("SELECT keen.act_as(%s)", (admin_id,))
+        act_as_admin(conn)
         for statement in (
             "SELECT keen_private.write_audit('forged', NULL, NULL)",
+            "SELECT keen_private.audit_link()",
             "INSERT INTO keen.audit_logs (chain_seq, row_hash, event_type) VALUES (1, '\\x00', 'forged')",
+            "INSERT INTO keen.audit_pending (event_type, risk_level, is_admin_action, created_at)"
+            " VALUES ('forged', 'low', true, now())",
             "UPDATE keen.audit_logs SET risk_level = 'low'",
             "DELETE FROM keen.audit_logs",
             "TRUNCATE keen.audit_logs",
@@ -98,7 +111,7 @@ def test_keen_app_cannot_write_the_audit_log_in_any_way(db, admin_id):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
             conn.rollback()
-            conn.execute("SELECT keen.act_as(%s)", (admin_id,))
+            act_as_admin(conn)
 
 
 @pytest.mark.parametrize(
@@ -110,7 +123,7 @@ def test_the_audit_log_is_append_only_even_for_a_superuser(make_user, db, statem
     with db.su() as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
             conn.execute(statement)
-        assert conn.execute("SELECT count(*) FROM keen.audit_logs").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM keen.audit_logs").fetchone()[0] == base(db) + 1
 
 
 def test_the_chain_stays_intact_under_many_concurrent_writers(keen, make_user, db, admin_id):
@@ -130,7 +143,7 @@ def test_the_chain_stays_intact_under_many_concurrent_writers(keen, make_user, d
     with psycopg.connect(db.maintenance_url) as conn:
         seqs = [r[0] for r in conn.execute("SELECT chain_seq FROM keen.audit_logs ORDER BY chain_seq")]
         head = conn.execute("SELECT keen.verify_audit_chain()").fetchall()
-    expected = 8 + 120 * 2 + 24
+    expected = base(db) + 8 + 120 * 2 + 24
     assert seqs == list(range(1, expected + 1))
     assert head == []
 
@@ -144,7 +157,8 @@ def test_writers_that_roll_back_leave_no_gap_in_the_chain(keen, make_user, db):
     with keen.as_user(user) as tx:
         tx.users.create_api_key("kept")
     with psycopg.connect(db.maintenance_url) as conn:
-        assert [r[0] for r in conn.execute("SELECT chain_seq FROM keen.audit_logs ORDER BY chain_seq")] == [1, 2]
+        seqs = [r[0] for r in conn.execute("SELECT chain_seq FROM keen.audit_logs ORDER BY chain_seq")]
+    assert seqs == list(range(1, base(db) + 3))
     assert verify(db) == []
 
 
@@ -156,13 +170,19 @@ def chain(keen, make_user, db):
         for i in range(4):
             tx.users.create_api_key(f"k{i}")
     with db.su() as conn:
-        return [r[0] for r in conn.execute("SELECT id FROM keen.audit_logs ORDER BY chain_seq")]
+        ids = [r[0] for r in conn.execute("SELECT id FROM keen.audit_logs ORDER BY chain_seq")]
+    return ids[base(db) :]
+
+
+def seq(db, n: int) -> int:
+    """The chain_seq of the test's n-th entry (1-based)."""
+    return base(db) + n
 
 
 def test_a_changed_entry_is_named_as_the_first_broken_link(chain, db):
     tamper(db, 'UPDATE keen.audit_logs SET event_data = event_data || \'{"name": "innocent"}\' WHERE id = %s', chain[2])
     tamper(db, "UPDATE keen.audit_logs SET risk_level = 'low' WHERE id = %s", chain[3])
-    assert verify(db) == [("main", 3, chain[2], "row_hash does not match the entry (its content was changed)")]
+    assert verify(db) == [("main", seq(db, 3), chain[2], "row_hash does not match the entry (its content was changed)")]
 
 
 def test_a_rehashed_entry_breaks_the_next_link(chain, db):
@@ -170,16 +190,16 @@ def test_a_rehashed_entry_breaks_the_next_link(chain, db):
     tamper(db, "UPDATE keen.audit_logs SET risk_level = 'low' WHERE id = %s", chain[1])
     tamper(db, "UPDATE keen.audit_logs a SET row_hash = keen_private.audit_row_hash(a) WHERE id = %s", chain[1])
     # ...but the next entry no longer links to it.
-    assert verify(db) == [("main", 3, chain[2], "prev_hash is not the row_hash of the previous entry")]
+    assert verify(db) == [("main", seq(db, 3), chain[2], "prev_hash is not the row_hash of the previous entry")]
 
 
 def test_a_deleted_entry_is_named_as_a_gap(chain, db):
     tamper(db, "DELETE FROM keen.audit_logs WHERE id = %s", chain[1])
-    assert verify(db) == [("main", 3, chain[2], "entries 2 to 2 are missing")]
+    assert verify(db) == [("main", seq(db, 3), chain[2], f"entries {seq(db, 2)} to {seq(db, 2)} are missing")]
 
 
 def test_deleting_the_last_entries_is_caught_by_the_chain_head(chain, db):
     tamper(db, "DELETE FROM keen.audit_logs WHERE id = ANY(%s)", chain[3:])
-    [(name, seq, audit_id, problem)] = verify(db)
-    assert (name, seq, audit_id) == ("main", 4, None)
-    assert "entries 4 to 5 are missing" in problem
+    [(name, at, audit_id, problem)] = verify(db)
+    assert (name, at, audit_id) == ("main", seq(db, 4), None)
+    assert f"entries {seq(db, 4)} to {seq(db, 5)} are missing" in problem

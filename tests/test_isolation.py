@@ -11,7 +11,7 @@ import pytest
 
 from keen_client.errors import AuthenticationFailed, NotFound, PermissionDenied
 
-from .conftest import assert_ledger_clean
+from .conftest import act_as_admin, assert_ledger_clean
 
 # The tenant tables, the column naming the tenant, and how many of its own seeded rows a tenant
 # sees (the audit log is for admins only).
@@ -88,7 +88,9 @@ def test_each_tenant_table_shows_a_tenant_its_own_rows_and_nobody_elses(table, t
     with psycopg.connect(db.app_url) as conn:
         for actor in (alice, None, admin_id):
             with conn.transaction():
-                if actor:
+                if actor == admin_id:
+                    act_as_admin(conn)  # the admin acts only through a credential
+                elif actor:
                     conn.execute("SELECT keen.act_as(%s)", (actor,))
                 seen[actor] = (visible(conn, table, alice), visible(conn, table, bob))
     with psycopg.connect(db.maintenance_url) as conn:
@@ -256,14 +258,14 @@ def test_objects_shadowing_keens_in_the_callers_search_path_never_run(db, admin_
             conn.execute("SELECT keen.login('eve@example.com', 'wrong password')")
         with conn.transaction():
             conn.execute("SELECT keen.act_as(%s)", (user,))
-            token = conn.execute("SELECT token FROM keen.create_api_key('eve', ARRAY['x'])").fetchone()[0]
+            token = conn.execute("SELECT token FROM keen.create_api_key('eve', ARRAY['credits:read'])").fetchone()[0]
             conn.execute("SELECT keen.update_profile('Eve', 'Europe/Paris', '{}')")
             conn.execute("SELECT keen.change_password('eve password', 'eve new password')")
             assert conn.execute("SELECT count(*) FROM keen.users").fetchone()[0] == 1
         with conn.transaction():
             assert conn.execute("SELECT user_id FROM keen.authenticate_api_key(%s)", (token,)).fetchone()[0] == user
         with conn.transaction():
-            conn.execute("SELECT keen.act_as(%s)", (admin_id,))
+            act_as_admin(conn)
             conn.execute("SELECT keen.suspend_user(%s)", (user,))
             conn.execute("SELECT keen.reactivate_user(%s)", (user,))
             assert conn.execute("SELECT count(*) FROM keen.list_users()").fetchone()[0] == 2

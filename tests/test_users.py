@@ -160,7 +160,8 @@ def test_ten_failed_logins_lock_the_email_out_until_the_failures_leave_the_windo
     fail_logins(keen, email, 10)
     with pytest.raises(AuthenticationFailed) as err:
         login(keen, email, PASSWORD)
-    assert err.value.sqlstate == "28000"
+    # the answer of a wrong password: a lock-out is not told apart (the guesser learns nothing)
+    assert (err.value.sqlstate, err.value.message) == ("28P01", "invalid e-mail or password")
     age_login_failures(db, email, 14)
     with pytest.raises(AuthenticationFailed):
         login(keen, email, PASSWORD)
@@ -176,11 +177,18 @@ def test_a_successful_login_resets_the_failure_count(keen, make_user, db):
     assert login(keen, email, PASSWORD).user_id is not None
 
 
-def test_an_unknown_email_locks_out_like_a_known_one(keen):
+def test_an_unknown_email_locks_out_like_a_known_one(keen, db):
     fail_logins(keen, "nobody-at-all@example.com", 10)
     with pytest.raises(AuthenticationFailed) as err:
         login(keen, "nobody-at-all@example.com", "anything at all")
-    assert err.value.sqlstate == "28000"
+    assert err.value.sqlstate == "28P01"
+    with psycopg.connect(db.maintenance_url) as conn:
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM keen.audit_logs WHERE event_subtype = 'login_refused_locked_out'"
+            ).fetchone()[0]
+            == 1
+        )
 
 
 def test_parallel_guesses_cannot_outrun_the_lock_out(keen, make_user, db):
@@ -197,7 +205,16 @@ def test_parallel_guesses_cannot_outrun_the_lock_out(keen, make_user, db):
 
     with ThreadPoolExecutor(8) as pool:
         outcomes = list(pool.map(guess, range(24)))
-    assert outcomes.count("28P01") == 10 and outcomes.count("28000") == 14
+    assert outcomes == ["28P01"] * 24
+    with psycopg.connect(db.maintenance_url) as conn:  # exactly ten were checked, the rest refused unchecked
+        checked = dict(
+            conn.execute(
+                "SELECT event_subtype, count(*) FROM keen.audit_logs"
+                " WHERE event_type = 'auth' AND event_data ->> 'email' = %s GROUP BY 1",
+                (email,),
+            ).fetchall()
+        )
+    assert checked == {"login_failed": 10, "login_refused_locked_out": 14}
 
 
 def test_failed_logins_are_audited_although_the_login_rolls_back(keen, make_user, db):
@@ -329,14 +346,14 @@ def test_an_api_key_is_random_url_safe_shown_once_and_stored_as_sha256(keen, mak
 def test_authenticate_api_key_makes_its_owner_the_actor_and_counts_the_use(keen, make_user, db):
     user_id = make_user()
     with keen.as_user(user_id) as tx:
-        key = tx.users.create_api_key("ci", ["b", "a", "b"])
+        key = tx.users.create_api_key("ci", ["sessions:read", "credits:read", "sessions:read"])
     with keen.transaction() as tx:
         ident = tx.users.authenticate_api_key(key.token, ip="198.51.100.4")
         assert tx.actor_id == user_id
     assert (ident.user_id, ident.token_id, ident.scopes, ident.is_admin, ident.bypass_limits) == (
         user_id,
         key.token_id,
-        ["a", "b"],
+        ["credits:read", "sessions:read"],
         False,
         False,
     )
@@ -409,19 +426,24 @@ def test_revoke_api_key_is_for_the_owner_or_an_admin(keen, make_user, admin_id):
             pass
 
 
-def test_parallel_requests_with_one_key_never_wait_for_each_other(keen, make_user, db):
+def test_parallel_requests_with_one_limited_key_take_turns_within_a_bounded_wait(keen, make_user, db):
+    """The exact rate limit counts each request under the key's row lock: a second request of the
+    same key waits for the first to end, never longer than lock_timeout (then 55P03)."""
     user_id = make_user()
     with keen.as_user(user_id) as tx:
         key = tx.users.create_api_key("shared by parallel agents")
     with psycopg.connect(db.app_url) as first, psycopg.connect(db.app_url) as second:
         first.execute("SELECT keen.authenticate_api_key(%s)", (key.token,))  # in flight, not committed
-        second.execute("SET lock_timeout = '1s'")  # a wait would fail
+        second.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            second.execute("SELECT user_id FROM keen.authenticate_api_key(%s)", (key.token,))
+        second.rollback()
+        first.commit()
         assert (
             second.execute("SELECT user_id FROM keen.authenticate_api_key(%s)", (key.token,)).fetchone()[0] == user_id
         )
         second.commit()
-        first.commit()
     with db.su() as conn:
         assert (
-            conn.execute("SELECT usage_count FROM keen.auth_tokens WHERE id = %s", (key.token_id,)).fetchone()[0] == 1
+            conn.execute("SELECT usage_count FROM keen.auth_tokens WHERE id = %s", (key.token_id,)).fetchone()[0] == 2
         )

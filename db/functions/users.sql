@@ -1013,10 +1013,11 @@ DECLARE
     v_slot_at timestamptz;
     v_now timestamptz;
 BEGIN
-    IF p_token IS NOT NULL AND p_token ~ '^keen_[A-Za-z0-9_-]{43}$' THEN
-        SELECT * INTO v_key FROM keen_private.auth_find_api_key(keen_private.token_hash(p_token)) f;
+    IF p_token IS NULL OR p_token !~ '^keen_[A-Za-z0-9_-]{43}$' THEN
+        RAISE EXCEPTION 'invalid API key' USING ERRCODE = '28000';
     END IF;
-    IF v_key.user_id IS NULL THEN
+    SELECT * INTO v_key FROM keen_private.auth_find_api_key(keen_private.token_hash(p_token)) f;
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'invalid API key' USING ERRCODE = '28000';
     END IF;
     PERFORM keen_private.set_actor_scoped(v_key.user_id, v_key.scopes);
