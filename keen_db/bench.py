@@ -200,6 +200,31 @@ VALUES (:sid, :uid, 'bench', '{"n": 1}');
 # write, so the superuser connection switches to keen_owner): check the user, lock the
 # account, read the markup, check holds and limits, move the balance and the usage counters,
 # append the ledger row. Mirrors keen_private.credit_charge in db/functions/credits.sql.
+# Usage metering (issue 12): one LLM call of user n's session, priced and charged, one round trip.
+SCRIPTS["metered"] = """\\set n random(1, :users)
+SELECT (keen.record_llm_usage(public.bench_sid(:n), 'claude-haiku-4-5', 1000, 100)).usage_id
+  FROM keen.act_as(public.bench_uid(:n));
+"""
+
+# One running session per bench user, with the id bench_sid(n), for the metered figure.
+SEED_METER_SESSIONS = """
+CREATE OR REPLACE FUNCTION public.bench_sid(p_n integer) RETURNS uuid
+LANGUAGE sql IMMUTABLE AS $$ SELECT ('00000000-0000-4000-9000-' || pg_catalog.lpad(p_n::text, 12, '0'))::uuid $$;
+GRANT EXECUTE ON FUNCTION public.bench_sid(integer) TO keen_app;
+"""
+SEED_METER_ROWS = """
+INSERT INTO keen.agent_sessions (id, user_id, session_id, git_branch, vision, working_directory)
+SELECT public.bench_sid(g), public.bench_uid(g), 'metered', 'main', 'bench metering', '/bench'
+  FROM pg_catalog.generate_series(1, %(users)s::int) g;
+"""
+
+
+def seed_meter_sessions(conn: psycopg.Connection, users: int) -> None:
+    """One session per bench user (id bench_sid(n)) for the record_llm_usage figure."""
+    conn.execute(SEED_METER_SESSIONS)
+    conn.execute(SEED_METER_ROWS, {"users": users})
+
+
 SCRIPTS["script"] = """\\set n random(1, :users)
 BEGIN;
 SELECT keen.act_as(public.bench_uid(:n));
@@ -266,6 +291,12 @@ GOALS: list[tuple[str, str, str, Callable[[float], bool]]] = [
         "deduct_credits / the same work as a multi-statement script",
         ">= 1.4",
         lambda v: v >= 1.4,
+    ),
+    (
+        "ratio_metered_vs_deduct",
+        "record_llm_usage (10k users, 8 clients) / deduct_credits",
+        ">= 0.8",
+        lambda v: v >= 0.8,
     ),
     ("ratio_hot_c8_vs_c1", "one hot user: 8 clients / 1 client", ">= 0.9", lambda v: v >= 0.9),
     ("ratio_hot_vs_update_ceiling", "hot user at 8 clients / bare UPDATE ... RETURNING", ">= 0.6", lambda v: v >= 0.6),
@@ -391,6 +422,13 @@ class Bench:
             conn.execute("SELECT pg_stat_statements_reset()")
         with psycopg.connect(self.s.superuser_url(self.tpcb_db), autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
+        self.metered = self.has_function("keen.record_llm_usage(uuid,text,bigint,bigint,bigint,bigint,text,integer)")
+        if self.metered:
+            with self.su() as conn:
+                seed_meter_sessions(conn, cfg.users)
+                conn.execute("ANALYZE keen.agent_sessions")
+        else:
+            self.skipped["metered"] = "keen.record_llm_usage is not defined yet"
         self.deadlocks_before = self._deadlocks()
         self.results["setup_seconds"] = round(time.monotonic() - t0, 1)
 
@@ -442,6 +480,8 @@ class Bench:
         self.sample("tpcb_tps", self._pgbench(self.s.superuser_url(self.tpcb_db), ["-b", "tpcb-like"], d, c))
         if deduct:
             self.sample("deduct_tps", self._pgbench(app, ["-f", self.script("deduct"), *users], d, c))
+            if self.metered:
+                self.sample("metered_tps", self._pgbench(app, ["-f", self.script("metered"), *users], d, c))
             client = self.client_round(d, c)
             if client is not None:
                 self.sample("client_tps", client)
@@ -585,6 +625,7 @@ class Bench:
 
         r["ratio_deduct_vs_tpcb"] = ratio("deduct_tps", "tpcb_tps")
         r["ratio_deduct_vs_script"] = ratio("deduct_tps", "script_tps")
+        r["ratio_metered_vs_deduct"] = ratio("metered_tps", "deduct_tps")
         r["ratio_hot_c8_vs_c1"] = ratio("hot_tps_c8", "hot_tps_c1")
         r["ratio_hot_vs_update_ceiling"] = ratio("hot_tps_c8", "update_ceiling_tps")
         r["ratio_replay_vs_fresh"] = ratio("replay_tps", "hot_tps_c8")
@@ -659,6 +700,7 @@ def report(results: dict[str, Any], console) -> None:
     for key in (
         "tpcb_tps",
         "deduct_tps",
+        "metered_tps",
         "script_tps",
         "hot_tps_c1",
         "hot_tps_c8",

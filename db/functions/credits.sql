@@ -341,11 +341,14 @@ $$;
 REVOKE ALL ON FUNCTION keen_private.credit_refresh_holds(uuid) FROM PUBLIC;
 COMMENT ON FUNCTION keen_private.credit_refresh_holds(uuid) IS 'Internal: recompute live_holds_until after a hold ends.';
 
--- keen_private.credit_charge: the general path of a usage charge: an account with live holds, a limit
--- or balance that may refuse, an unlimited account, or the capture of a hold (p_reservation_id,
--- whose own hold is left out of the live holds). Locks the account row (unless unlimited),
--- checks, updates the balance and the day/month counters, writes the ledger row.
--- Who: deduct_credits (when its fast path did not apply) and capture_reservation, after they
+-- keen_private.credit_charge: the ledger's one locked path of a usage charge. Fast path (no
+-- reservation): under the account lock, one statement moves the balance and the day/month
+-- counters, appends the ledger row and any auto-recharge request, when the balance and limits
+-- cover the charge and no hold can be live; the row lock is held for that statement and the
+-- commit only. General path (everything else: live holds, a limit or balance that refuses, an
+-- unlimited account, the capture of a hold, p_reservation_id, whose own hold is left out):
+-- locks the account row (unless unlimited), checks, updates, writes the ledger row.
+-- Who: deduct_credits, capture_reservation, complete_session and record_llm_usage, after they
 -- validated the input and the actor. Raises P0002 (no account), KN001 (available balance
 -- short), KN002 (daily or monthly limit), KN005 (idempotency key used for another request).
 -- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock).
@@ -362,6 +365,72 @@ DECLARE
     v_today date := keen_private.accounting_day(pg_catalog.now());
     v_month date := keen_private.accounting_month(pg_catalog.now());
 BEGIN
+    IF p_reservation_id IS NULL THEN
+        -- Fast path: the account lock (keen_private.credit_lock, written out), then one statement that
+        -- moves the balance only when it and the limits cover the charge and no hold can be live.
+        IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+            PERFORM keen_private.require_read_committed();
+        END IF;
+        PERFORM pg_catalog.pg_advisory_xact_lock(1263420242, pg_catalog.hashtext(p_user_id::text));
+        WITH charged AS (
+            UPDATE keen.credit_accounts a
+               SET current_balance = a.current_balance - p_charge,
+                   lifetime_spent = a.lifetime_spent + p_charge,
+                   spent_day_total = keen_private.period_total(a.spent_day, a.spent_day_total, v_today) + p_charge,
+                   spent_day = GREATEST(a.spent_day, v_today),
+                   spent_month_total = keen_private.period_total(a.spent_month, a.spent_month_total, v_month) + p_charge,
+                   spent_month = GREATEST(a.spent_month, v_month),
+                   updated_at = pg_catalog.now()
+             WHERE a.user_id = p_user_id
+               AND NOT a.unlimited_credits
+               AND (a.live_holds_until IS NULL OR a.live_holds_until <= pg_catalog.clock_timestamp())
+               AND a.current_balance >= p_charge
+               AND (a.daily_limit IS NULL
+                    OR keen_private.period_total(a.spent_day, a.spent_day_total, v_today) + p_charge <= a.daily_limit)
+               AND (a.monthly_limit IS NULL
+                    OR keen_private.period_total(a.spent_month, a.spent_month_total, v_month) + p_charge <= a.monthly_limit)
+            RETURNING a.id, a.current_balance, a.auto_recharge_enabled, a.auto_recharge_threshold, a.auto_recharge_amount
+        ), appended AS (
+            INSERT INTO keen.credit_transactions AS t
+                   (user_id, account_id, transaction_type, amount, balance_after, claude_cost_usd,
+                    markup_multiplier, session_id, description, metadata, idempotency_key)
+            SELECT p_user_id, c.id, 'usage', -p_charge, c.current_balance, p_claude_cost_usd,
+                   p_multiplier, p_session_id, p_description, p_metadata, p_idempotency_key
+              FROM charged c
+            ON CONFLICT (account_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+            RETURNING t.*
+        ), recharge AS (
+            -- This usage took the balance below the auto-recharge threshold: one pending request
+            -- (while one is pending, a further crossing adds nothing).
+            INSERT INTO keen.credit_recharge_requests
+                   (user_id, account_id, threshold, requested_amount, balance_at_request, triggered_by)
+            SELECT p_user_id, c.id, c.auto_recharge_threshold, c.auto_recharge_amount, x.balance_after, x.id
+              FROM charged c JOIN appended x ON true
+             WHERE c.auto_recharge_enabled AND c.auto_recharge_amount IS NOT NULL
+               AND x.balance_after < c.auto_recharge_threshold AND c.current_balance + p_charge >= c.auto_recharge_threshold
+            ON CONFLICT (account_id) WHERE status = 'pending' DO NOTHING
+        )
+        -- No row: the fast path did not apply (the general path below decides). A row of NULLs:
+        -- charged, but a retry of the same key committed between the look-up and the lock (its row
+        -- won the unique index).
+        SELECT x.* INTO v_row FROM charged c LEFT JOIN appended x ON true;
+        IF FOUND THEN
+            IF v_row.id IS NOT NULL THEN
+                RETURN v_row;
+            END IF;
+            -- Give the charge back (same transaction, lock still held), answer with the first result.
+            UPDATE keen.credit_accounts a
+               SET current_balance = a.current_balance + p_charge,
+                   lifetime_spent = a.lifetime_spent - p_charge,
+                   spent_day_total = a.spent_day_total - p_charge,
+                   spent_month_total = a.spent_month_total - p_charge
+             WHERE a.user_id = p_user_id;
+            RETURN keen_private.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
+        END IF;
+    END IF;
+
+    -- General path: anything the fast path left (holds, a short balance or limit, which this
+    -- path turns into the error, an unlimited account, a capture, no account).
     SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.user_id = p_user_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no credit account for user %', p_user_id USING ERRCODE = 'P0002';
@@ -545,11 +614,12 @@ COMMENT ON FUNCTION keen.add_credits(uuid, numeric, text, text) IS 'Admin: a pur
 -- keen.deduct_credits: charges a usage: round(p_claude_cost_usd * markup_multiplier, 6) credits,
 -- the multiplier read from keen.settings and stored on the row. An unlimited account (the
 -- admin's) records an admin_bypass row: amount 0, cost and multiplier kept, balance untouched.
--- Fast path: one statement both moves the balance (a conditional UPDATE that takes the row lock
+-- The charge goes through the ledger's one locked path, keen_private.credit_charge: its fast
+-- path is one statement that moves the balance (a conditional UPDATE that takes the row lock
 -- only when the balance and limits cover the charge and no hold can be live) and appends the
 -- ledger row; the lock is held for that statement and the commit, nothing else. Anything else
--- (short balance, limit, holds, unlimited, no account, a racing retry) takes the general path,
--- keen_private.credit_charge, which also decides the error.
+-- (short balance, limit, holds, unlimited, no account, a racing retry) takes its general
+-- path, which also decides the error.
 -- Who: the account's owner or an admin.
 -- Raises 22023 (cost NULL, NaN, infinite, zero or negative, over 1,000,000 USD, more than 12
 -- decimals, or a charge that rounds to 0 credits; a bad or oversized description or key, or a
@@ -570,8 +640,6 @@ DECLARE
     v_row keen.credit_transactions;
     v_multiplier numeric(10,4);
     v_charge numeric;
-    v_today date := keen_private.accounting_day(pg_catalog.now());
-    v_month date := keen_private.accounting_month(pg_catalog.now());
 BEGIN
     PERFORM keen_private.require_scope('credits:write');
     -- complete_session's key: nobody may claim it first and so make a session uncompletable.
@@ -617,67 +685,8 @@ BEGIN
         RAISE EXCEPTION 'a cost of % USD rounds to a charge of 0 credits', p_claude_cost_usd USING ERRCODE = '22023';
     END IF;
 
-    -- The account lock (see keen_private.credit_lock, written out: the hot path), then one statement under it.
-    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
-        PERFORM keen_private.require_read_committed();
-    END IF;
-    PERFORM pg_catalog.pg_advisory_xact_lock(1263420242, pg_catalog.hashtext(p_user_id::text));
-    WITH charged AS (
-        UPDATE keen.credit_accounts a
-           SET current_balance = a.current_balance - v_charge,
-               lifetime_spent = a.lifetime_spent + v_charge,
-               spent_day_total = keen_private.period_total(a.spent_day, a.spent_day_total, v_today) + v_charge,
-               spent_day = GREATEST(a.spent_day, v_today),
-               spent_month_total = keen_private.period_total(a.spent_month, a.spent_month_total, v_month) + v_charge,
-               spent_month = GREATEST(a.spent_month, v_month),
-               updated_at = pg_catalog.now()
-         WHERE a.user_id = p_user_id
-           AND NOT a.unlimited_credits
-           AND (a.live_holds_until IS NULL OR a.live_holds_until <= pg_catalog.clock_timestamp())
-           AND a.current_balance >= v_charge
-           AND (a.daily_limit IS NULL
-                OR keen_private.period_total(a.spent_day, a.spent_day_total, v_today) + v_charge <= a.daily_limit)
-           AND (a.monthly_limit IS NULL
-                OR keen_private.period_total(a.spent_month, a.spent_month_total, v_month) + v_charge <= a.monthly_limit)
-        RETURNING a.id, a.current_balance, a.auto_recharge_enabled, a.auto_recharge_threshold, a.auto_recharge_amount
-    ), appended AS (
-        INSERT INTO keen.credit_transactions AS t
-               (user_id, account_id, transaction_type, amount, balance_after, claude_cost_usd,
-                markup_multiplier, session_id, description, idempotency_key)
-        SELECT p_user_id, c.id, 'usage', -v_charge, c.current_balance, p_claude_cost_usd,
-               v_multiplier, p_session_id, p_description, p_idempotency_key
-          FROM charged c
-        ON CONFLICT (account_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-        RETURNING t.*
-    ), recharge AS (
-        -- This usage took the balance below the auto-recharge threshold: one pending request
-        -- (while one is pending, a further crossing adds nothing).
-        INSERT INTO keen.credit_recharge_requests
-               (user_id, account_id, threshold, requested_amount, balance_at_request, triggered_by)
-        SELECT p_user_id, c.id, c.auto_recharge_threshold, c.auto_recharge_amount, x.balance_after, x.id
-          FROM charged c JOIN appended x ON true
-         WHERE c.auto_recharge_enabled AND c.auto_recharge_amount IS NOT NULL
-           AND x.balance_after < c.auto_recharge_threshold AND c.current_balance + v_charge >= c.auto_recharge_threshold
-        ON CONFLICT (account_id) WHERE status = 'pending' DO NOTHING
-    )
-    -- No row: the fast path did not apply. A row of NULLs: charged, but a retry of the same
-    -- key committed between the look-up and the lock (its row won the unique index).
-    SELECT x.* INTO v_row FROM charged c LEFT JOIN appended x ON true;
-    IF NOT FOUND THEN
-        RETURN keen_private.credit_charge(p_user_id, p_claude_cost_usd, v_multiplier, v_charge, p_session_id,
-                                  p_description, p_idempotency_key, NULL, '{}'::jsonb);
-    END IF;
-    IF v_row.id IS NULL THEN
-        -- Give the charge back (same transaction, lock still held), answer with the first result.
-        UPDATE keen.credit_accounts a
-           SET current_balance = a.current_balance + v_charge,
-               lifetime_spent = a.lifetime_spent - v_charge,
-               spent_day_total = a.spent_day_total - v_charge,
-               spent_month_total = a.spent_month_total - v_charge
-         WHERE a.user_id = p_user_id;
-        RETURN keen_private.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
-    END IF;
-    RETURN v_row;
+    RETURN keen_private.credit_charge(p_user_id, p_claude_cost_usd, v_multiplier, v_charge, p_session_id,
+                                      p_description, p_idempotency_key, NULL, '{}'::jsonb);
 END
 $$;
 REVOKE ALL ON FUNCTION keen.deduct_credits(uuid, numeric, uuid, text, text) FROM PUBLIC;
@@ -1363,8 +1372,9 @@ COMMENT ON FUNCTION keen_private.llm_usage_replay(uuid, text, text, bigint, bigi
 -- claude_cost_usd and keen_cost_credits grow by the cost and the credits charged (0 for an
 -- admin bypass). A cost whose charge rounds to 0 credits is recorded with no ledger row. The
 -- same p_request_id on the session returns the first result and charges nothing more. Calls of
--- one session serialize on the session row, taken before the account (complete_session's
--- order); a retry racing the first call waits there and then answers with its result.
+-- one session serialize on the session row, taken (by the cost's UPDATE) before the account,
+-- complete_session's order; a retry racing the first call waits there and then answers with
+-- the first call's result.
 -- Who: the session's owner or an admin (who charges the owner); another tenant's session is
 -- P0002. Raises 22023 (an unknown model, a NULL or negative count, a count over 10^12, a
 -- negative latency, an oversized request id, a cost over 1,000,000 USD), 28000 (no actor),
@@ -1398,7 +1408,9 @@ BEGIN
         RAISE EXCEPTION 'a session, a model and token counts of 0 to 10^12 are required (latency >= 0, request id not empty)'
             USING ERRCODE = '22023';
     END IF;
-    PERFORM keen_private.require_size('name', p_request_id);
+    IF p_request_id IS NOT NULL THEN
+        PERFORM keen_private.require_size('name', p_request_id);
+    END IF;
     v_actor := keen_private.require_actor();
     -- A retry answers from the usage row, without any lock.
     IF p_request_id IS NOT NULL THEN
@@ -1426,23 +1438,41 @@ BEGIN
         RAISE EXCEPTION 'a call of % USD is refused (at most 1000000)', v_cost USING ERRCODE = '22023';
     END IF;
 
-    -- The session row: another tenant's is invisible (row-level security), so P0002 and no lock.
-    SELECT s.user_id INTO v_user FROM keen.agent_sessions s WHERE s.id = p_session_id FOR UPDATE;
+    -- The session row first (complete_session's lock order: session, then account), and the
+    -- cost added in the same statement: the credits are what credit_charge will take (0 for an
+    -- unlimited account); if it refuses, the whole call rolls back. Another tenant's session is
+    -- invisible (row-level security): no row, no lock, P0002.
+    UPDATE keen.agent_sessions s
+       SET claude_cost_usd = s.claude_cost_usd + v_cost,
+           keen_cost_credits = s.keen_cost_credits
+                               + CASE WHEN a.unlimited_credits THEN 0
+                                      ELSE keen_private.usage_charge(v_cost, keen_private.markup_rate(s.user_id)) END,
+           last_activity_at = pg_catalog.clock_timestamp()
+      FROM keen.credit_accounts a
+     WHERE s.id = p_session_id AND a.user_id = s.user_id
+    RETURNING s.user_id INTO v_user;
     IF NOT FOUND OR (v_user <> v_actor AND NOT keen.actor_is_admin()) THEN
         RAISE EXCEPTION 'session % not found', p_session_id USING ERRCODE = 'P0002';
     END IF;
-    -- Under the session lock: a retry of the same request id that committed meanwhile is visible.
+    v_multiplier := keen_private.markup_rate(v_user);
+    v_charge := keen_private.usage_charge(v_cost, v_multiplier);
+    -- Under the session lock: a retry of the same request id that committed meanwhile is
+    -- visible; its answer stands and this call's addition is taken back.
     IF p_request_id IS NOT NULL THEN
         v_usage := keen_private.llm_usage_replay(p_session_id, p_request_id, p_model, p_input_tokens, p_output_tokens,
                                                  p_cache_write_tokens, p_cache_read_tokens);
         IF v_usage.id IS NOT NULL THEN
+            UPDATE keen.agent_sessions s
+               SET claude_cost_usd = s.claude_cost_usd - v_cost,
+                   keen_cost_credits = s.keen_cost_credits
+                                       - CASE WHEN a.unlimited_credits THEN 0 ELSE v_charge END
+              FROM keen.credit_accounts a
+             WHERE s.id = p_session_id AND a.user_id = s.user_id;
             RETURN QUERY SELECT * FROM keen_private.llm_usage_result(v_usage);
             RETURN;
         END IF;
     END IF;
 
-    v_multiplier := keen_private.markup_rate(v_user);
-    v_charge := keen_private.usage_charge(v_cost, v_multiplier);
     IF v_charge > 0 THEN
         v_row := keen_private.credit_charge(v_user, v_cost, v_multiplier, v_charge, p_session_id,
                                             'LLM usage: ' || p_model, NULL, NULL,
@@ -1456,11 +1486,6 @@ BEGIN
             CASE WHEN v_row.id IS NULL OR v_row.is_admin_bypass THEN 0 ELSE -v_row.amount END,
             v_row.id, p_request_id, p_latency_ms)
     RETURNING u.* INTO v_usage;
-    UPDATE keen.agent_sessions s
-       SET claude_cost_usd = s.claude_cost_usd + v_cost,
-           keen_cost_credits = s.keen_cost_credits + v_usage.charged_credits,
-           last_activity_at = pg_catalog.clock_timestamp()
-     WHERE s.id = p_session_id;
     RETURN QUERY SELECT v_usage.id, v_usage.claude_cost_usd, v_usage.charged_credits, v_usage.transaction_id,
                         v_row.balance_after::numeric;
 END
