@@ -169,3 +169,95 @@ def run(ctx) -> None:
         ["partition", "range", "RLS forced", "rows"],
         [[p[0], p[1].replace("FOR VALUES ", "").replace(" 00:00:00+00", ""), p[2], p[3]] for p in parts],
     )
+
+    run_self_emitted(ctx, user_id)
+
+
+def run_self_emitted(ctx, user_id) -> None:
+    """The session functions emit their own events: a listener follows a new session while the
+    agent only reports progress, tools, git and completion; no emit_event call. Then a
+    connection's cursor (a read that rolls back is delivered again) and the user's feed."""
+    ctx.step("Streaming: the session functions emit their own events (no emit_event call)")
+    keen = ctx.keen
+    with keen.as_user(user_id) as tx:
+        session = tx.sessions.create_session(
+            user_id, f"self-emit-{uuid.uuid4().hex[:6]}", "demo/self-emit", "events without emit_event", "/work/demo"
+        )
+        tx.streaming.register_connection("demo-cursor", "203.0.113.8", "cli", session.id, "keen-db demo")
+    calls = [
+        ("update_session_progress(PLAN)", lambda tx: tx.sessions.update_session_progress(session.id, "PLAN", 1)),
+        (
+            "record_tool_execution(read_file)",
+            lambda tx: tx.sessions.record_tool_execution(session.id, "read_file", 12, True),
+        ),
+        (
+            "record_git_operation(commit)",
+            lambda tx: tx.sessions.record_git_operation(session.id, "commit", "demo/self-emit", True, "1a2b3c4d"),
+        ),
+        ("complete_session(success)", lambda tx: tx.sessions.complete_session(session.id, True)),
+    ]
+    expected = 5  # the four calls, and the COMPLETE phase change that completion enters
+    received = []
+    listener = keen.listen(session.id, as_user=user_id, max_events=expected, timeout=60)
+
+    def follow():
+        for event in listener:
+            received.append(event)
+            ctx.say(f"  [green]listener[/] #{event.event_id} {event.event_type:<18} {json.dumps(event.event_data)}")
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    for label, call in calls:
+        with keen.as_user(user_id) as tx:
+            call(tx)
+        ctx.say(f"[cyan]agent[/]    keen.{label}")
+        time.sleep(0.3)
+    thread.join(30)
+    ctx.say(f"The listener printed {len(received)} events; nobody called emit_event.")
+
+    class Crash(Exception):
+        pass
+
+    try:
+        with keen.as_user(user_id) as tx:
+            first = tx.streaming.next_events("demo-cursor")
+            raise Crash
+    except Crash:
+        pass
+    with keen.as_user(user_id) as tx:
+        again = tx.streaming.next_events("demo-cursor")
+    with keen.as_user(user_id) as tx:
+        after = tx.streaming.next_events("demo-cursor")
+        feed = tx.streaming.events_for_user()
+        tx.streaming.close_connection("demo-cursor")
+    ctx.table(
+        "keen.next_events('demo-cursor'): the connection's cursor lives in the database",
+        ["read", "events"],
+        [
+            ["first read, its transaction rolled back", len(first)],
+            ["the next read: delivered again (at least once)", len(again)],
+            ["after that committed read", len(after)],
+            ["keen.events_for_user(): the user's feed, every session", len(feed)],
+        ],
+    )
+
+    ctx.step("Streaming: platform metrics and scheduled upkeep (keen_maintenance)")
+    with psycopg.connect(ctx.maintenance_url()) as conn:
+        m = conn.execute(
+            "SELECT active_users, active_sessions, active_websocket_connections, sessions_in_explore,"
+            " credits_purchased_today, credits_consumed_today FROM keen.snapshot_system_metrics()"
+        ).fetchone()
+        jobs = conn.execute(
+            "SELECT job_name, cron_schedule, registered, last_succeeded_at FROM keen.maintenance_job_status()"
+        ).fetchall()
+    if m is not None:
+        ctx.say(
+            f"snapshot_system_metrics(): {m[0]} active user(s), {m[1]} running session(s) ({m[3]} exploring), "
+            f"{m[2]} live connection(s), {m[4]} credits purchased and {m[5]} consumed today"
+        )
+    ctx.table(
+        "Upkeep jobs (pg_cron where loaded, else `keen-db jobs` from cron)",
+        ["job", "schedule", "scheduled here", "last success"],
+        [[j[0], j[1], j[2], j[3] or "never"] for j in jobs],
+    )
