@@ -8,7 +8,7 @@ SELECT plan(117);
 SELECT set_config('tests.admin', (SELECT id FROM keen.users WHERE role = 'super_admin')::text, false);
 SELECT set_config('tests.alice', (SELECT id FROM keen.register_user('alice@sessions.test', 'alice_s', 'alice password'))::text, false);
 SELECT set_config('tests.bob', (SELECT id FROM keen.register_user('bob@sessions.test', 'bob_s', 'bob password'))::text, false);
-SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT lives_ok($$SELECT keen.add_credits(current_setting('tests.alice')::uuid, 25, 'pgtap purchase')$$,
                 'the admin grants alice 25 credits');
 
@@ -224,7 +224,7 @@ SELECT throws_ok($$SELECT keen.list_sessions(10, -1)$$, '22023', NULL, 'a negati
 SELECT throws_ok($$SELECT keen.list_sessions(10, 0, 'paused')$$, '22023', NULL, 'an unknown status is 22023');
 
 -- the admin -------------------------------------------------------------------------------------
-SELECT keen.act_as(current_setting('tests.admin')::uuid);
+SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT is((SELECT count(*) FROM keen.list_sessions() WHERE user_id IN (current_setting('tests.alice')::uuid, current_setting('tests.bob')::uuid)),
           7::bigint, 'the admin lists every user''s sessions');
 SELECT is((SELECT count(*) FROM keen.session_tree(current_setting('tests.bob_root')::uuid)), 1::bigint, 'the admin reads any tree');
