@@ -242,15 +242,25 @@ class StreamingApi(Area[M]):
 
 
 def _fetch(
-    conn: psycopg.Connection, session_id: UUID | str, after: int, limit: int, as_user: UUID | str | None
+    conn: psycopg.Connection,
+    session_id: UUID | str | None,
+    after: int,
+    limit: int,
+    as_user: UUID | str | None,
+    connection_id: str | None = None,
 ) -> list[StreamEvent]:
-    """One short transaction: act as the user, read the events after `after`."""
+    """One short transaction: act as the user, read the events after `after` (a session's, the
+    user's feed, or the connection's cursor, which this transaction moves and commits)."""
     from .client import Tx
 
     with conn.transaction():
         tx = Tx(conn)
         if as_user is not None:
             tx.execute("SELECT keen.act_as(%s)", (as_user,))
+        if connection_id is not None:
+            return tx.streaming.next_events(connection_id, min(limit, 1000))
+        if session_id is None:
+            return tx.streaming.events_for_user(after, limit)
         return tx.streaming.events_since(session_id, after, limit)
 
 
@@ -264,9 +274,10 @@ def _dropped(exc: BaseException, conn: psycopg.Connection | None) -> bool:
 
 def listen(
     keen: Keen,
-    session_id: UUID | str,
+    session_id: UUID | str | None,
     after_event_id: int = 0,
     *,
+    connection_id: str | None = None,
     as_user: UUID | str | None = None,
     timeout: float | None = None,
     idle_timeout: float | None = None,
@@ -291,6 +302,12 @@ def listen(
 
     Stops after `max_events` events, after `timeout` seconds in all, after `idle_timeout`
     seconds without a new event, or when the generator is closed (its connection closes too).
+
+    session_id None: the user's feed (keen.events_for_user: every session of `as_user`, every
+    tenant's for an admin); `connection_id`: that connection's server-side cursor
+    (keen.next_events, its session and subscribed types): each read is committed before its
+    events are yielded (no lock is held while the caller works), and after a reconnect the
+    cursor resumes where the database says. listen_feed and listen_connection name the two.
     """
     started = time.monotonic()
     last_event_at = started
@@ -298,7 +315,7 @@ def listen(
     count = 0
     failures = 0
     connected = False
-    target = str(session_id)
+    target = None if session_id is None or connection_id is not None else str(session_id)
 
     def remaining() -> float | None:
         now = time.monotonic()
@@ -327,7 +344,7 @@ def listen(
                 failures = 0
                 while True:
                     # Catch up first: events committed before LISTEN, or while reconnecting.
-                    batch = _fetch(conn, session_id, last, batch_size, as_user)
+                    batch = _fetch(conn, session_id, last, batch_size, as_user, connection_id)
                     for event in batch:
                         last = event.event_id
                         last_event_at = time.monotonic()
@@ -335,7 +352,7 @@ def listen(
                         yield event
                         if max_events is not None and count >= max_events:
                             return
-                    if len(batch) == batch_size:
+                    if len(batch) == (batch_size if connection_id is None else min(batch_size, 1000)):
                         continue
                     left = remaining()
                     if left is not None and left <= 0:
@@ -346,7 +363,7 @@ def listen(
                             parsed = EventNotice.parse(notice.payload)
                         except (ValueError, KeyError, TypeError):
                             continue
-                        if str(parsed.session_id) == target and parsed.event_id > last:
+                        if (target is None or str(parsed.session_id) == target) and parsed.event_id > last:
                             break
         except (psycopg.Error, KeenError) as exc:
             if not connected or not _dropped(exc, conn):
@@ -362,3 +379,15 @@ def listen(
         finally:
             if conn is not None and not conn.closed:
                 conn.close()
+
+
+def listen_feed(keen: Keen, after_event_id: int = 0, **options: Any) -> Iterator[StreamEvent]:
+    """Follow the user's feed live (keen.events_for_user): every session of `as_user`, oldest
+    first, each once; the options of listen."""
+    return listen(keen, None, after_event_id, **options)
+
+
+def listen_connection(keen: Keen, connection_id: str, **options: Any) -> Iterator[StreamEvent]:
+    """Follow a registered connection's server-side cursor live (keen.next_events): its
+    session (or its owner's sessions), its subscribed types; the options of listen."""
+    return listen(keen, None, 0, connection_id=connection_id, **options)

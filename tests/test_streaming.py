@@ -839,3 +839,60 @@ def test_metrics_are_kept_90_days_and_closed_connections_7(db, keen, alice, admi
         left = {r[0] for r in conn.execute("SELECT connection_id FROM keen.websocket_connections").fetchall()}
         assert left == {"recent", "live"}
         assert conn.execute("SELECT count(*) FROM keen.system_metrics").fetchone()[0] == 1
+
+
+# The listener on a user feed and on a connection cursor ---------------------------------------
+
+
+class FeedCollector(threading.Thread):
+    def __init__(self, gen):
+        super().__init__(daemon=True)
+        self.gen = gen
+        self.events: list[StreamEvent] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for event in self.gen:
+                self.events.append(event)
+        except BaseException as exc:
+            self.error = exc
+
+
+def test_the_listener_follows_a_user_feed_across_sessions_and_a_dropped_connection(db, keen, alice, bob):
+    from keen_client.streaming import listen_feed
+
+    a1, a2, b1 = new_session(db, keen, alice), new_session(db, keen, alice), new_session(db, keen, bob)
+    before = emit(keen, alice, a1, 1)
+    collector = FeedCollector(listen_feed(keen, as_user=alice, max_events=5, timeout=WAIT, reconnect_delay=0.05))
+    collector.start()
+    wait_until(lambda: len(collector.events) >= 1 or not collector.is_alive(), "the catch-up")
+    live = emit(keen, alice, a2, 1)
+    emit(keen, bob, b1, 1)  # another tenant's: not in alice's feed
+    wait_until(lambda: len(collector.events) >= 2 or not collector.is_alive(), "a live event")
+    terminate_listeners(db)
+    live += emit(keen, alice, a1, 2) + emit(keen, alice, a2, 1)
+    collector.join(WAIT)
+    assert collector.error is None
+    assert [e.event_id for e in collector.events] == before + live
+    assert {e.session_id for e in collector.events} == {a1, a2}
+
+
+def test_the_listener_follows_a_connection_cursor_and_its_subscription(db, keen, alice):
+    from keen_client.streaming import listen_connection
+
+    session = new_session(db, keen, alice)
+    with keen.as_user(alice) as tx:
+        tx.streaming.register_connection("ws-live", "10.0.0.1", "dashboard", session, None, ["wanted"])
+    first = emit(keen, alice, session, 2, "wanted")
+    emit(keen, alice, session, 2, "noise")
+    collector = FeedCollector(listen_connection(keen, "ws-live", as_user=alice, max_events=4, timeout=WAIT))
+    collector.start()
+    wait_until(lambda: len(collector.events) >= 2 or not collector.is_alive(), "the catch-up")
+    terminate_listeners(db)  # the cursor is in the database: the reconnect resumes there
+    later = emit(keen, alice, session, 1, "noise") + emit(keen, alice, session, 2, "wanted")
+    collector.join(WAIT)
+    assert collector.error is None
+    assert [e.event_id for e in collector.events] == first + later[1:]
+    with keen.as_user(alice) as tx:
+        assert tx.streaming.next_events("ws-live") == []  # the cursor moved with every read
