@@ -55,7 +55,7 @@ def apply_repeatables(conn) -> list[str]:
             FOR v_fn IN
                 SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
                  WHERE p.pronamespace IN ('keen'::regnamespace, 'keen_private'::regnamespace)
-                   AND pg_catalog.pg_get_userbyid(p.proowner) NOT IN ('keen_owner', 'keen_auth')
+                   AND pg_catalog.pg_get_userbyid(p.proowner) NOT IN ('keen_owner', 'keen_auth', 'keen_ledger')
                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                                     WHERE d.objid = p.oid AND d.deptype = 'e')
             LOOP

@@ -208,12 +208,16 @@ COMMENT ON FUNCTION keen_private.credit_lock(uuid) IS 'Internal: the account loc
 
 -- keen_private.credit_replay: the first result of an idempotency key on p_user_id's account, or a NULL
 -- row when the key is new. p_kind 'usage' matches a usage or admin_bypass row with the same
--- Claude cost and session; 'purchase' a purchase of the same amount.
+-- Claude cost and session; 'purchase' a purchase of the same amount. Under synchronous replication
+-- the row found may be committed on this node only (a primary that crashed while its commit waited
+-- for the standby, restarted and recovered it): a replay then writes one WAL record, so that its
+-- own commit waits for the standby like a charge's and the replay is never acknowledged alone
+-- (docs/scaling.md).
 -- Who: the ledger functions (no lock taken). Raises KN005 when the key was used for anything else.
 CREATE OR REPLACE FUNCTION keen_private.credit_replay(p_user_id uuid, p_idempotency_key text, p_kind text,
                                               p_value numeric, p_session_id uuid)
 RETURNS keen.credit_transactions
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
 DECLARE
@@ -229,6 +233,9 @@ BEGIN
     IF (p_kind = 'usage' AND v_row.transaction_type IN ('usage', 'admin_bypass')
             AND v_row.claude_cost_usd = p_value AND v_row.session_id IS NOT DISTINCT FROM p_session_id)
        OR (p_kind = 'purchase' AND v_row.transaction_type = 'purchase' AND v_row.amount = p_value) THEN
+        IF pg_catalog.current_setting('synchronous_standby_names') <> '' THEN
+            PERFORM pg_catalog.pg_logical_emit_message(true, 'keen.replay', '');
+        END IF;
         RETURN v_row;
     END IF;
     RAISE EXCEPTION 'idempotency key "%" was already used for a different request', p_idempotency_key
@@ -807,8 +814,10 @@ BEGIN
     PERFORM keen_private.require_scope('credits:write');
     PERFORM keen_private.credit_check_cost('p_claude_cost_usd', p_claude_cost_usd);
     PERFORM keen_private.credit_check_text(p_description, NULL);
+    -- Another tenant's hold is P0002, like a missing one (the ledger's owner reads past row
+    -- policies, so the check is here).
     SELECT r.* INTO v_res FROM keen.credit_reservations r WHERE r.id = p_reservation_id;
-    IF NOT FOUND THEN
+    IF NOT FOUND OR (v_res.user_id IS DISTINCT FROM keen.actor_id() AND NOT keen.actor_is_admin()) THEN
         RAISE EXCEPTION 'reservation % not found', p_reservation_id USING ERRCODE = 'P0002';
     END IF;
     PERFORM keen_private.credit_authorize(v_res.user_id);
@@ -856,8 +865,10 @@ DECLARE
     v_res keen.credit_reservations;
 BEGIN
     PERFORM keen_private.require_scope('credits:write');
+    -- Another tenant's hold is P0002, like a missing one (the ledger's owner reads past row
+    -- policies, so the check is here).
     SELECT r.* INTO v_res FROM keen.credit_reservations r WHERE r.id = p_reservation_id;
-    IF NOT FOUND THEN
+    IF NOT FOUND OR (v_res.user_id IS DISTINCT FROM keen.actor_id() AND NOT keen.actor_is_admin()) THEN
         RAISE EXCEPTION 'reservation % not found', p_reservation_id USING ERRCODE = 'P0002';
     END IF;
     PERFORM keen_private.credit_authorize(v_res.user_id);
@@ -1005,7 +1016,7 @@ BEGIN
     END IF;
     RETURN QUERY
     SELECT t.* FROM keen.credit_transactions t
-     WHERE t.user_id = p_user_id
+     WHERE t.account_id = (SELECT a.id FROM keen.credit_accounts a WHERE a.user_id = p_user_id)
      ORDER BY t.entry_no DESC
      LIMIT p_limit;
 END
@@ -1527,3 +1538,56 @@ REVOKE ALL ON FUNCTION keen.usage_by_model(uuid, date, date) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.usage_by_model(uuid, date, date) TO keen_app;
 COMMENT ON FUNCTION keen.usage_by_model(uuid, date, date) IS
     'A user''s LLM calls per model over UTC days (calls, tokens, exact cost, credits); own or admin; 22023, 42501.';
+
+-- ---------------------------------------------------------------------------------------------
+-- Ownership (issue 17): the ledger functions that authorize explicitly run as keen_ledger
+-- (BYPASSRLS, privileges on the ledger tables only; db/schema/0015), so the row policies are not
+-- re-run, with their actor checks, in every statement of a charge. Each of them checks the actor
+-- once (credit_authorize, or the hold's owner) before it touches an account; docs/credits.md
+-- argues it. The rest (purchases and refunds, which audit; the recharge queue, which relies on
+-- the policies for who sees what; metering, which reads sessions under the policies) stays
+-- keen_owner's.
+-- ---------------------------------------------------------------------------------------------
+DO $ledger$
+DECLARE
+    v_fn text;
+BEGIN
+    FOREACH v_fn IN ARRAY ARRAY[
+        'keen.deduct_credits(uuid, numeric, uuid, text, text)',
+        'keen.reserve_credits(uuid, numeric, uuid, interval, text)',
+        'keen.capture_reservation(uuid, numeric, text)',
+        'keen.release_reservation(uuid)',
+        'keen.get_balance(uuid)',
+        'keen.validate_credits(uuid, numeric)',
+        'keen.credit_history(uuid, integer)',
+        'keen.set_spending_limits(uuid, numeric, numeric)',
+        'keen.set_auto_recharge(uuid, boolean, numeric, numeric)',
+        'keen_private.credit_charge(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb)',
+        'keen_private.credit_replay(uuid, text, text, numeric, uuid)',
+        'keen_private.credit_live_holds(uuid, uuid)',
+        'keen_private.credit_check_spend(keen.credit_accounts, numeric, uuid)',
+        'keen_private.credit_request_recharge(keen.credit_transactions)',
+        'keen_private.credit_refresh_holds(uuid)',
+        'keen_private.credit_lock(uuid)',
+        'keen_private.credit_hold_replay(uuid, text, numeric, uuid)',
+        'keen_private.credit_hold_result(keen.credit_reservations)']
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO keen_ledger', v_fn);
+    END LOOP;
+END
+$ledger$;
+-- What keen_ledger's functions call, and what keen_owner's functions call of keen_ledger's.
+GRANT EXECUTE ON FUNCTION keen.actor_id(), keen.actor_is_admin(), keen.session_is_maintenance(),
+                          keen.setting_numeric(text),
+                          keen_private.require_read_committed(), keen_private.require_scope(text),
+                          keen_private.require_size(text, text), keen_private.size_cap(text),
+                          keen_private.credit_authorize(uuid), keen_private.credit_check_amount(text, numeric, numeric),
+                          keen_private.credit_check_text(text, text), keen_private.credit_check_cost(text, numeric),
+                          keen_private.markup_rate(uuid), keen_private.usage_charge(numeric, numeric),
+                          keen_private.accounting_day(timestamptz), keen_private.accounting_month(timestamptz),
+                          keen_private.period_total(date, numeric, date)
+    TO keen_ledger;
+GRANT EXECUTE ON FUNCTION keen_private.credit_charge(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb),
+                          keen_private.credit_replay(uuid, text, text, numeric, uuid),
+                          keen_private.credit_live_holds(uuid, uuid), keen_private.credit_lock(uuid)
+    TO keen_owner;

@@ -1,7 +1,7 @@
 -- 20_credits: the ledger functions, each with its success path and each error code; the
 -- append-only trigger; the recharge requests table, its policy and the privileges.
 BEGIN;
-SELECT plan(86);
+SELECT plan(90);
 
 -- Actors and their ids, kept in a temporary table (pgTAP files use no psql variables).
 CREATE TEMPORARY TABLE ids (name text PRIMARY KEY, id uuid);
@@ -247,6 +247,32 @@ SELECT throws_ok($$SELECT keen.set_auto_recharge(pg_temp.id('nobody'), true)$$, 
                  'set_auto_recharge: an unknown account is P0002');
 
 SELECT is((SELECT bool_and(ok) FROM keen.verify_ledger()), true, 'the ledger still balances at the end');
+
+-- keen_ledger (issue 17): BYPASSRLS for the ledger tables only, owner of the functions that
+-- authorize explicitly, never a login.
+SELECT ok((SELECT rolbypassrls AND NOT rolcanlogin AND NOT rolsuper FROM pg_roles WHERE rolname = 'keen_ledger'),
+          'keen_ledger bypasses row policies, cannot log in and is no superuser');
+SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
+            WHERE p.proowner = 'keen_ledger'::regrole
+              AND p.proname NOT IN ('deduct_credits', 'reserve_credits', 'capture_reservation', 'release_reservation',
+                                    'get_balance', 'validate_credits', 'credit_history', 'set_spending_limits',
+                                    'set_auto_recharge', 'credit_charge', 'credit_replay', 'credit_live_holds',
+                                    'credit_check_spend', 'credit_request_recharge', 'credit_refresh_holds',
+                                    'credit_lock', 'credit_hold_replay', 'credit_hold_result')),
+          NULL, 'keen_ledger owns only the reviewed ledger functions');
+SELECT is((SELECT array_agg(DISTINCT c.relname::text ORDER BY c.relname::text) FROM pg_class c
+            WHERE c.relnamespace = 'keen'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm')
+              AND (has_table_privilege('keen_ledger', c.oid, 'SELECT') OR has_table_privilege('keen_ledger', c.oid, 'INSERT')
+                   OR has_table_privilege('keen_ledger', c.oid, 'UPDATE') OR has_table_privilege('keen_ledger', c.oid, 'DELETE'))),
+          ARRAY['agent_sessions', 'credit_accounts', 'credit_recharge_requests', 'credit_reservations',
+                'credit_transactions', 'settings'],
+          'keen_ledger reaches the ledger tables (and reads settings and sessions), nothing else');
+SELECT is((SELECT array_agg(c.relname::text ORDER BY 1) FROM pg_class c
+            WHERE c.relnamespace = 'keen'::regnamespace
+              AND (has_table_privilege('keen_ledger', c.oid, 'DELETE') OR has_table_privilege('keen_ledger', c.oid, 'TRUNCATE')
+                   OR (c.relname IN ('agent_sessions', 'settings') AND (has_table_privilege('keen_ledger', c.oid, 'INSERT')
+                                                                       OR has_table_privilege('keen_ledger', c.oid, 'UPDATE'))))),
+          NULL, 'keen_ledger deletes nothing and only reads settings and sessions');
 
 SELECT * FROM finish();
 ROLLBACK;
