@@ -404,7 +404,10 @@ DECLARE
     v_source bigint;
 BEGIN
     PERFORM pg_catalog.pg_advisory_xact_lock(7302, pg_catalog.hashtext(v_email || '|' || COALESCE(p_ip::text, '')));
-    SELECT pg_catalog.count(*) FILTER (WHERE a.email = v_email), pg_catalog.count(*)
+    -- A NULL source (the caller did not say) is its own pair per e-mail, never a shared source:
+    -- 30 failures without p_ip must not refuse every sign-in that comes without one.
+    SELECT pg_catalog.count(*) FILTER (WHERE a.email = v_email),
+           CASE WHEN p_ip IS NULL THEN 0 ELSE pg_catalog.count(*) END
       INTO v_pair, v_source
       FROM keen.login_attempts a
      WHERE a.ip_address IS NOT DISTINCT FROM p_ip

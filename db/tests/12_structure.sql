@@ -2,7 +2,7 @@
 -- table, each role's table and function privileges, definers and owners, the append-only
 -- audit trigger, and data-driven rules that stay true as other areas add functions.
 BEGIN;
-SELECT plan(157);
+SELECT plan(182);
 
 -- Policies: one per tenant table, named as sentences; audit and bookkeeping tables as designed.
 SELECT policies_are('keen', 'users', ARRAY['Users are visible to themselves and to admins']);
@@ -76,7 +76,7 @@ SELECT function_privs_are('keen', f, a, 'keen_app', ARRAY['EXECUTE'], 'keen_app 
   FROM (VALUES ('register_user', ARRAY['text', 'text', 'text', 'text']),
                ('login', ARRAY['text', 'text', 'inet']),
                ('list_users', ARRAY['integer', 'integer']),
-               ('create_api_key', ARRAY['text', 'text[]', 'timestamp with time zone']),
+               ('create_api_key', ARRAY['text', 'text[]', 'timestamp with time zone', 'integer']),
                ('authenticate_api_key', ARRAY['text']),
                ('authenticate_api_key', ARRAY['text', 'inet']),
                ('revoke_api_key', ARRAY['uuid']),
@@ -87,7 +87,21 @@ SELECT function_privs_are('keen', f, a, 'keen_app', ARRAY['EXECUTE'], 'keen_app 
                ('verify_audit_chain', ARRAY[]::text[]),
                ('act_as', ARRAY['uuid']),
                ('actor_id', ARRAY[]::text[]),
-               ('actor_is_admin', ARRAY[]::text[])) AS api(f, a);
+               ('actor_is_admin', ARRAY[]::text[]),
+               ('start_login_session', ARRAY['text', 'text', 'text', 'inet', 'text']),
+               ('refresh_login_session', ARRAY['text', 'inet']),
+               ('authenticate_access_token', ARRAY['text']),
+               ('list_login_sessions', ARRAY[]::text[]),
+               ('revoke_login_session', ARRAY['uuid']),
+               ('revoke_all_login_sessions', ARRAY['uuid']),
+               ('request_email_verification', ARRAY[]::text[]),
+               ('verify_email', ARRAY['text']),
+               ('request_password_reset', ARRAY['text']),
+               ('reset_password', ARRAY['text', 'text']),
+               ('enroll_totp', ARRAY[]::text[]),
+               ('confirm_totp', ARRAY['text']),
+               ('disable_totp', ARRAY['text']),
+               ('totp_code', ARRAY['bytea', 'timestamp with time zone', 'integer', 'integer'])) AS api(f, a);
 SELECT function_privs_are(n, f, a, 'keen_app', ARRAY[]::text[], 'keen_app may not call ' || n || '.' || f)
   FROM (VALUES ('keen_private', 'write_audit', ARRAY['text', 'text', 'uuid', 'jsonb', 'text', 'inet', 'uuid']),
                ('keen_private', 'audit_row_hash', ARRAY['keen.audit_logs']),
@@ -95,7 +109,14 @@ SELECT function_privs_are(n, f, a, 'keen_app', ARRAY[]::text[], 'keen_app may no
                ('keen_private', 'actor_proof', ARRAY['uuid']),
                ('keen_private', 'auth_check_password', ARRAY['text', 'text', 'integer']),
                ('keen_private', 'auth_find_api_key', ARRAY['text']),
-               ('keen_private', 'auth_recorder_exec', ARRAY['text']),
+               ('keen_private', 'auth_recorder_query', ARRAY['text']),
+               ('keen_private', 'set_actor_scoped', ARRAY['uuid', 'text[]']),
+               ('keen_private', 'require_scope', ARRAY['text']),
+               ('keen_private', 'auth_jwt_sign', ARRAY['jsonb']),
+               ('keen_private', 'auth_totp_decrypt', ARRAY['bytea']),
+               ('keen_private', 'check_second_factor', ARRAY['uuid', 'text']),
+               ('keen', 'record_login_attempt', ARRAY['text', 'inet', 'uuid']),
+               ('keen', 'record_refresh_reuse', ARRAY['uuid', 'uuid', 'inet']),
                ('keen_private', 'auth_record_login_failure', ARRAY['text', 'uuid', 'inet', 'text', 'boolean']),
                ('keen', 'record_login_failure', ARRAY['text', 'uuid', 'inet', 'text', 'boolean']),
                ('keen_private', 'configure_login_recorder', ARRAY['text']),
@@ -108,10 +129,11 @@ SELECT function_privs_are('keen', 'verify_audit_chain', ARRAY[]::text[], 'keen_m
                           'the maintenance role may verify the audit chain');
 SELECT function_privs_are('keen', 'login_recorder_status', ARRAY[]::text[], 'keen_maintenance', ARRAY['EXECUTE'],
                           'the maintenance role may check the login recorder');
-SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
+SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY p.oid::regprocedure::text) FROM pg_proc p
             WHERE p.pronamespace = 'keen'::regnamespace AND has_function_privilege('keen_recorder', p.oid, 'EXECUTE')),
-          ARRAY['keen.record_login_failure(text,uuid,inet,text,boolean)'],
-          'keen_recorder may call record_login_failure and nothing else');
+          ARRAY['keen.record_login_attempt(text,inet,uuid)', 'keen.record_login_failure(text,uuid,inet,text,boolean)',
+                'keen.record_refresh_reuse(uuid,uuid,inet)'],
+          'keen_recorder may call the three recorder functions and nothing else');
 SELECT is((SELECT array_agg(c.relname::text ORDER BY 1) FROM pg_class c
             WHERE c.relnamespace = 'keen'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm')
               AND (has_table_privilege('keen_recorder', c.oid, 'SELECT') OR has_any_column_privilege('keen_recorder', c.oid, 'SELECT'))),
@@ -120,7 +142,7 @@ SELECT is((SELECT array_agg(c.relname::text ORDER BY 1) FROM pg_class c
 -- Definers and owners.
 SELECT is_definer('keen', f, a, 'keen.' || f || ' is SECURITY DEFINER')
   FROM (VALUES ('register_user', ARRAY['text', 'text', 'text', 'text']), ('login', ARRAY['text', 'text', 'inet']),
-               ('list_users', ARRAY['integer', 'integer']), ('create_api_key', ARRAY['text', 'text[]', 'timestamp with time zone']),
+               ('list_users', ARRAY['integer', 'integer']), ('create_api_key', ARRAY['text', 'text[]', 'timestamp with time zone', 'integer']),
                ('authenticate_api_key', ARRAY['text']), ('authenticate_api_key', ARRAY['text', 'inet']),
                ('revoke_api_key', ARRAY['uuid']), ('suspend_user', ARRAY['uuid', 'text']), ('reactivate_user', ARRAY['uuid']),
                ('change_password', ARRAY['text', 'text']), ('update_profile', ARRAY['text', 'text', 'jsonb']),
@@ -135,7 +157,9 @@ SELECT function_owner_is(n, f, a, 'keen_auth', n || '.' || f || ' belongs to kee
   FROM (VALUES ('keen', 'actor_id', ARRAY[]::text[]), ('keen', 'act_as', ARRAY['uuid']), ('keen_private', 'set_actor', ARRAY['uuid']),
                ('keen_private', 'actor_proof', ARRAY['uuid']), ('keen', 'actor_is_admin', ARRAY[]::text[]),
                ('keen_private', 'auth_check_password', ARRAY['text', 'text', 'integer']), ('keen_private', 'auth_find_api_key', ARRAY['text']),
-               ('keen_private', 'auth_recorder_exec', ARRAY['text'])) AS o(n, f, a);
+               ('keen_private', 'auth_recorder_query', ARRAY['text']), ('keen_private', 'auth_jwt_sign', ARRAY['jsonb']),
+               ('keen_private', 'auth_check_access_token', ARRAY['text']), ('keen_private', 'auth_totp_encrypt', ARRAY['bytea']),
+               ('keen_private', 'auth_totp_decrypt', ARRAY['bytea'])) AS o(n, f, a);
 SELECT function_owner_is(n, f, a, 'keen_owner', n || '.' || f || ' belongs to keen_owner (runs under the policies)')
   FROM (VALUES ('keen', 'login', ARRAY['text', 'text', 'inet']), ('keen_private', 'write_audit', ARRAY['text', 'text', 'uuid', 'jsonb', 'text', 'inet', 'uuid']),
                ('keen', 'authenticate_api_key', ARRAY['text', 'inet']), ('keen', 'record_login_failure', ARRAY['text', 'uuid', 'inet', 'text', 'boolean'])) AS o(n, f, a);
@@ -173,9 +197,11 @@ SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
 SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
             WHERE p.pronamespace IN ('keen'::regnamespace, 'keen_private'::regnamespace) AND p.prosecdef
               AND pg_get_userbyid(p.proowner) = 'keen_auth'
-              AND p.proname NOT IN ('actor_id', 'actor_is_admin', 'act_as', 'set_actor', 'auth_check_password',
-                                    'auth_find_api_key', 'auth_recorder_exec', 'auth_record_login_failure',
-                                    'login_recorder_status')),
+              AND p.proname NOT IN ('actor_id', 'actor_is_admin', 'act_as', 'set_actor', 'set_actor_scoped', 'auth_check_password',
+                                    'auth_find_api_key', 'auth_recorder_query', 'auth_record_login_failure',
+                                    'login_recorder_status', 'auth_user_status', 'auth_find_email', 'auth_jwt_sign',
+                                    'auth_check_access_token', 'auth_find_refresh_token', 'auth_totp_encrypt',
+                                    'auth_totp_decrypt', 'auth_find_account_token')),
           NULL, 'keen_auth (BYPASSRLS) owns only the reviewed identity functions');
 SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
              JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'

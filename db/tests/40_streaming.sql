@@ -3,6 +3,9 @@
 -- exists, a direct insert by the superuser running this file).
 BEGIN;
 SELECT plan(116);
+-- Audit entries are linked into keen.audit_logs at COMMIT (keen_private.audit_link); this file
+-- reads them before its ROLLBACK, so it links them at once.
+SET CONSTRAINTS keen.audit_link IMMEDIATE;
 
 -- Alice and Bob, one session each; the seeded admin.
 SELECT set_config('tests.alice', (SELECT id FROM keen.register_user('alice@example.com', 'alice', 'alice password'))::text, false);
