@@ -38,7 +38,7 @@ import click
 import psycopg
 from psycopg import sql
 
-from . import bench_client, bench_streaming, cluster, config, deploy
+from . import bench_auth, bench_client, bench_ledger, bench_streaming, cluster, config, deploy
 from .sql import value
 
 BENCH_DB = "keen_bench"
@@ -316,6 +316,7 @@ GOALS: list[tuple[str, str, str, Callable[[float], bool]]] = [
 
 GOALS.extend(bench_client.GOALS)
 GOALS.extend(bench_streaming.GOALS)
+GOALS.extend(bench_auth.GOALS)
 
 
 class Bench:
@@ -666,11 +667,15 @@ def run(s: config.Settings, cfg: Config, echo: Callable[[str], None] = lambda _m
     try:
         b.setup()
         b.rollups()
-        for i in range(cfg.rounds):
-            echo(f"round {i + 1}/{cfg.rounds}")
-            b.throughput_round()
+        with bench_ledger.checkpoints_held(b):  # issue 17: no checkpoint inside a measured round
+            bench_ledger.before_round(b)  # one checkpoint, then none until the figures are in
+            for i in range(cfg.rounds):
+                echo(f"round {i + 1}/{cfg.rounds}")
+                b.throughput_round()
+            bench_ledger.measure(b)  # server CPU and WAL per deduction and per tpcb-like transaction
         bench_client.measure(b)  # issue 14: the client through PgBouncer, and AsyncKeen
         bench_streaming.measure(b)  # issue 13: update_session_progress with and without its event
+        bench_auth.measure(b)  # issue 11: rate-limited API keys, access tokens vs act_as
         b.latency_figures()
         top = b.top_statements()
         b.tenfold()
@@ -716,6 +721,10 @@ def report(results: dict[str, Any], console) -> None:
         "pk_lookup_ms",
         "platform_metrics_ms",
         "platform_metrics_10x_ms",
+        "tpcb_cpu_us_per_tx",
+        "deduct_cpu_us_per_tx",
+        "tpcb_wal_bytes_per_tx",
+        "deduct_wal_bytes_per_tx",
         "errors",
         "setup_seconds",
     ):
