@@ -896,3 +896,35 @@ def test_the_listener_follows_a_connection_cursor_and_its_subscription(db, keen,
     assert [e.event_id for e in collector.events] == first + later[1:]
     with keen.as_user(alice) as tx:
         assert tx.streaming.next_events("ws-live") == []  # the cursor moved with every read
+
+
+def read_cursor(keen: Keen, user_id, connection_id: str, got: list[int], lock: threading.Lock, stop) -> None:
+    while not stop.is_set():
+        with keen.as_user(user_id) as tx:
+            batch = [e.event_id for e in tx.streaming.next_events(connection_id, 3)]
+        with lock:
+            got.extend(batch)
+
+
+def test_concurrent_readers_of_one_connection_deliver_each_event_once(db, keen, alice):
+    """Four readers take turns on the connection's row: together they deliver every event
+    exactly once while a writer emits. Repeated."""
+    for round_ in range(3):
+        session = new_session(db, keen, alice)
+        with keen.as_user(alice) as tx:
+            tx.streaming.register_connection(f"shared-{round_}", "10.0.0.1", "dashboard", session)
+        got: list[int] = []
+        lock = threading.Lock()
+        stop = threading.Event()
+        readers = [
+            threading.Thread(target=read_cursor, args=(keen, alice, f"shared-{round_}", got, lock, stop))
+            for _ in range(4)
+        ]
+        for t in readers:
+            t.start()
+        emitted = emit(keen, alice, session, 40)
+        wait_until(lambda got=got, emitted=emitted: len(got) >= len(emitted), "the readers")
+        stop.set()
+        for t in readers:
+            t.join(WAIT)
+        assert sorted(got) == emitted

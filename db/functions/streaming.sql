@@ -675,6 +675,7 @@ DECLARE
     v_session uuid;
     v_types text[];
     v_ids bigint[];
+    v_max bigint;
     v_cursor bigint;
 BEGIN
     PERFORM keen_private.require_scope('sessions:read');
@@ -692,31 +693,35 @@ BEGIN
                     ELSE v_conn.subscribed_events END;
     v_cursor := v_conn.last_delivered_event_id;
 
+    -- One statement, so one snapshot: the events delivered and how far the cursor may move
+    -- past those skipped for their type are judged on the same committed rows (a second
+    -- statement could see an event committed in between and move the cursor past it).
+    -- Under RLS: a session the owner can no longer see (an admin demoted) yields nothing.
     IF v_session IS NOT NULL THEN
-        -- Under RLS: a session the owner can no longer see (an admin demoted) yields nothing.
-        SELECT pg_catalog.array_agg(x.event_id ORDER BY x.event_id) INTO v_ids
-          FROM (SELECT e.event_id FROM keen.streaming_events e
-                 WHERE e.session_id = v_session AND e.event_id > v_cursor
-                   AND (v_types IS NULL OR e.event_type::text = ANY (v_types))
-                 ORDER BY e.event_id LIMIT p_limit) x;
-        IF COALESCE(pg_catalog.cardinality(v_ids), 0) < p_limit THEN
-            SELECT GREATEST(v_cursor, pg_catalog.max(e.event_id)) INTO v_cursor
-              FROM keen.streaming_events e WHERE e.session_id = v_session AND e.event_id > v_cursor;
-        ELSE
-            v_cursor := v_ids[p_limit];
-        END IF;
+        WITH scoped AS (
+            SELECT e.event_id, e.event_type FROM keen.streaming_events e
+             WHERE e.session_id = v_session AND e.event_id > v_cursor)
+        SELECT (SELECT pg_catalog.array_agg(m.event_id ORDER BY m.event_id)
+                  FROM (SELECT x.event_id FROM scoped x
+                         WHERE v_types IS NULL OR x.event_type::text = ANY (v_types)
+                         ORDER BY x.event_id LIMIT p_limit) m),
+               (SELECT pg_catalog.max(x.event_id) FROM scoped x)
+          INTO v_ids, v_max;
     ELSE
-        SELECT pg_catalog.array_agg(x.event_id ORDER BY x.event_id) INTO v_ids
-          FROM (SELECT e.event_id FROM keen.streaming_events e
-                 WHERE e.user_id = v_actor AND e.event_id > v_cursor
-                   AND (v_types IS NULL OR e.event_type::text = ANY (v_types))
-                 ORDER BY e.event_id LIMIT p_limit) x;
-        IF COALESCE(pg_catalog.cardinality(v_ids), 0) < p_limit THEN
-            SELECT GREATEST(v_cursor, pg_catalog.max(e.event_id)) INTO v_cursor
-              FROM keen.streaming_events e WHERE e.user_id = v_actor AND e.event_id > v_cursor;
-        ELSE
-            v_cursor := v_ids[p_limit];
-        END IF;
+        WITH scoped AS (
+            SELECT e.event_id, e.event_type FROM keen.streaming_events e
+             WHERE e.user_id = v_actor AND e.event_id > v_cursor)
+        SELECT (SELECT pg_catalog.array_agg(m.event_id ORDER BY m.event_id)
+                  FROM (SELECT x.event_id FROM scoped x
+                         WHERE v_types IS NULL OR x.event_type::text = ANY (v_types)
+                         ORDER BY x.event_id LIMIT p_limit) m),
+               (SELECT pg_catalog.max(x.event_id) FROM scoped x)
+          INTO v_ids, v_max;
+    END IF;
+    IF COALESCE(pg_catalog.cardinality(v_ids), 0) < p_limit THEN
+        v_cursor := GREATEST(v_cursor, COALESCE(v_max, v_cursor));
+    ELSE
+        v_cursor := v_ids[p_limit];
     END IF;
 
     IF v_cursor > v_conn.last_delivered_event_id THEN
