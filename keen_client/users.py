@@ -11,7 +11,7 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from ._base import Area, M, Query, one, query, rows, void
+from ._base import Area, M, Query, one, query, rows, scalar, void
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ UPDATE_PROFILE_SQL = (
         p_preferences => %s)"""
 )
 CREATE_API_KEY_SQL = """SELECT token_id, token
-      FROM keen.create_api_key(p_name => %s, p_scopes => %s, p_expires_at => %s)"""
+      FROM keen.create_api_key(p_name => %s, p_scopes => %s, p_expires_at => %s, p_rate_limit_per_hour => %s)"""
 AUTHENTICATE_API_KEY_SQL = "SELECT " + API_KEY_IDENTITY + " FROM keen.authenticate_api_key(p_token => %s)"
 AUTHENTICATE_API_KEY_IP_SQL = (
     "SELECT " + API_KEY_IDENTITY + " FROM keen.authenticate_api_key(p_token => %s, p_ip => %s)"
@@ -179,10 +179,16 @@ class UsersApi(Area[M]):
 
     @query
     def create_api_key(
-        self, name: str, scopes: Sequence[str] = (), expires_at: datetime | None = None
+        self,
+        name: str,
+        scopes: Sequence[str] = (),
+        expires_at: datetime | None = None,
+        rate_limit_per_hour: int = 1000,
     ) -> Query[NewApiKey]:
-        """A new key for the actor; keep NewApiKey.token, it is never shown again."""
-        return one(CREATE_API_KEY_SQL, (name, list(scopes), expires_at), NewApiKey)
+        """A new key for the actor; keep NewApiKey.token, it is never shown again. Scopes from
+        the contract's list (InvalidInput otherwise); past rate_limit_per_hour calls in any
+        rolling hour authenticate_api_key is RateLimited (KN007)."""
+        return one(CREATE_API_KEY_SQL, (name, list(scopes), expires_at, rate_limit_per_hour), NewApiKey)
 
     @query
     def authenticate_api_key(self, token: str, ip: str | None = None) -> Query[ApiKeyIdentity]:
@@ -201,3 +207,168 @@ class UsersApi(Area[M]):
     def verify_audit_chain(self) -> Query[list[AuditChainBreak]]:
         """The first broken link of each audit chain (empty: intact); admin or maintenance."""
         return rows(VERIFY_AUDIT_SQL, None, AuditChainBreak)
+
+    # -- login sessions, e-mail verification, password reset, second factor (issue 11) --------
+
+    @query
+    def start_login_session(
+        self,
+        email: str,
+        password: str,
+        second_factor: str | None = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> Query[LoginSession]:
+        """Sign-in: a login session (the user becomes the actor); AuthenticationFailed as
+        login, SecondFactorRequired (KN006) when TOTP is on and the code is missing or wrong."""
+        return one(START_LOGIN_SESSION_SQL, (email, password, second_factor, ip, user_agent), LoginSession)
+
+    @query
+    def refresh_login_session(self, refresh_token: str, ip: str | None = None) -> Query[LoginSession]:
+        """Rotation: new tokens, the presented one retired; a retired one presented again
+        revokes the whole login session (AuthenticationFailed, 28000)."""
+        return one(REFRESH_LOGIN_SESSION_SQL, (refresh_token, ip), LoginSession)
+
+    @query
+    def authenticate_access_token(self, access_token: str) -> Query[AccessTokenIdentity]:
+        """The token's user becomes the actor (see also Keen.with_access_token)."""
+        return one(AUTHENTICATE_ACCESS_TOKEN_SQL, (access_token,), AccessTokenIdentity)
+
+    @query
+    def list_login_sessions(self) -> Query[list[LoginSessionInfo]]:
+        """The actor's live login sessions, newest first."""
+        return rows(LIST_LOGIN_SESSIONS_SQL, None, LoginSessionInfo)
+
+    @query
+    def revoke_login_session(self, login_session_id: UUID | str) -> Query[None]:
+        """Own (another user's is NotFound), or any for an admin."""
+        return void(REVOKE_LOGIN_SESSION_SQL, (login_session_id,))
+
+    @query
+    def revoke_all_login_sessions(self, user_id: UUID | str) -> Query[int]:
+        """Own or admin; how many were revoked."""
+        return scalar(REVOKE_ALL_LOGIN_SESSIONS_SQL, (user_id,), int)
+
+    @query
+    def request_email_verification(self) -> Query[str]:
+        """A single-use token for the actor's e-mail, valid 24 hours (mail it)."""
+        return scalar(REQUEST_EMAIL_VERIFICATION_SQL, None, str)
+
+    @query
+    def verify_email(self, token: str) -> Query[UUID]:
+        """Marks the e-mail verified; AuthenticationFailed for an unknown, used or expired token."""
+        return scalar(VERIFY_EMAIL_SQL, (token,), UUID)
+
+    @query
+    def request_password_reset(self, email: str) -> Query[str | None]:
+        """A single-use reset token valid 1 hour; None for an unknown or inactive e-mail."""
+        q: Query[str | None] = scalar(REQUEST_PASSWORD_RESET_SQL, (email,), str)
+        return q
+
+    @query
+    def reset_password(self, token: str, new_password: str) -> Query[UUID]:
+        """New password with a reset token; revokes every login session of the user."""
+        return scalar(RESET_PASSWORD_SQL, (token, new_password), UUID)
+
+    @query
+    def enroll_totp(self) -> Query[TotpEnrollment]:
+        """A pending TOTP secret for the actor (shown once)."""
+        return one(ENROLL_TOTP_SQL, None, TotpEnrollment)
+
+    @query
+    def confirm_totp(self, code: str) -> Query[list[RecoveryCode]]:
+        """Turns TOTP on; the ten recovery codes, shown only here. SecondFactorRequired for a wrong code."""
+        return rows(CONFIRM_TOTP_SQL, (code,), RecoveryCode)
+
+    @query
+    def disable_totp(self, code: str) -> Query[None]:
+        """Needs a current code or an unused recovery code (SecondFactorRequired)."""
+        return void(DISABLE_TOTP_SQL, (code,))
+
+    @query
+    def totp_code(self, secret: bytes, at: datetime, digits: int = 6, step_seconds: int = 30) -> Query[str]:
+        """RFC 6238 (HMAC-SHA1) code of a secret at a time, computed by the database."""
+        return scalar(TOTP_CODE_SQL, (secret, at, digits, step_seconds), str)
+
+
+@dataclass(frozen=True)
+class LoginSession:
+    """keen.start_login_session / refresh_login_session's row: the tokens are shown here only."""
+
+    user_id: UUID
+    login_session_id: UUID
+    refresh_token: str
+    refresh_expires_at: datetime
+    access_token: str
+    access_expires_at: datetime
+    is_admin: bool
+    aal: str
+
+    def __repr__(self) -> str:  # never print a whole secret by accident
+        return f"LoginSession(user_id={self.user_id!r}, login_session_id={self.login_session_id!r}, aal={self.aal!r})"
+
+
+@dataclass(frozen=True)
+class AccessTokenIdentity:
+    """keen.authenticate_access_token's row (that user is now the actor)."""
+
+    user_id: UUID
+    login_session_id: UUID
+    is_admin: bool
+    aal: str
+
+
+@dataclass(frozen=True)
+class LoginSessionInfo:
+    """One row of keen.list_login_sessions."""
+
+    login_session_id: UUID
+    created_at: datetime
+    last_used_at: datetime
+    ip: Any
+    user_agent: str | None
+    aal: str
+    refresh_expires_at: datetime
+
+
+@dataclass(frozen=True)
+class TotpEnrollment:
+    """keen.enroll_totp's row: the secret for an authenticator app (shown once)."""
+
+    secret_base32: str
+    otpauth_uri: str
+
+
+@dataclass(frozen=True)
+class RecoveryCode:
+    """One row of keen.confirm_totp."""
+
+    recovery_code: str
+
+
+LOGIN_SESSION = (
+    "user_id, login_session_id, refresh_token, refresh_expires_at, access_token, access_expires_at, is_admin, aal"
+)
+START_LOGIN_SESSION_SQL = (
+    "SELECT "
+    + LOGIN_SESSION
+    + """ FROM keen.start_login_session(p_email => %s, p_password => %s,
+        p_second_factor => %s, p_ip => %s, p_user_agent => %s)"""
+)
+REFRESH_LOGIN_SESSION_SQL = (
+    "SELECT " + LOGIN_SESSION + " FROM keen.refresh_login_session(p_refresh_token => %s, p_ip => %s)"
+)
+AUTHENTICATE_ACCESS_TOKEN_SQL = """SELECT user_id, login_session_id, is_admin, aal
+      FROM keen.authenticate_access_token(p_access_token => %s)"""
+LIST_LOGIN_SESSIONS_SQL = """SELECT login_session_id, created_at, last_used_at, ip, user_agent, aal, refresh_expires_at
+      FROM keen.list_login_sessions()"""
+REVOKE_LOGIN_SESSION_SQL = "SELECT keen.revoke_login_session(p_login_session_id => %s)"
+REVOKE_ALL_LOGIN_SESSIONS_SQL = "SELECT keen.revoke_all_login_sessions(p_user_id => %s)"
+REQUEST_EMAIL_VERIFICATION_SQL = "SELECT keen.request_email_verification()"
+VERIFY_EMAIL_SQL = "SELECT keen.verify_email(p_token => %s)"
+REQUEST_PASSWORD_RESET_SQL = "SELECT keen.request_password_reset(p_email => %s)"
+RESET_PASSWORD_SQL = "SELECT keen.reset_password(p_token => %s, p_new_password => %s)"
+ENROLL_TOTP_SQL = "SELECT secret_base32, otpauth_uri FROM keen.enroll_totp()"
+CONFIRM_TOTP_SQL = "SELECT recovery_code FROM keen.confirm_totp(p_code => %s)"
+DISABLE_TOTP_SQL = "SELECT keen.disable_totp(p_code => %s)"
+TOTP_CODE_SQL = "SELECT keen.totp_code(p_secret => %s, p_at => %s, p_digits => %s, p_step_seconds => %s)"

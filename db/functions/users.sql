@@ -1134,12 +1134,11 @@ $$;
 REVOKE ALL ON FUNCTION keen_private.token_hash(text) FROM PUBLIC;
 COMMENT ON FUNCTION keen_private.token_hash(text) IS 'Internal: the SHA-256 (hex) a token is stored as.';
 
--- keen_private.base64url: unpadded base64url of bytes (JWT's encoding).
--- Who: keen's functions. Raises: nothing.
+-- keen_private.base64url: unpadded base64url of bytes (JWT's encoding). No SET clause: inlined
+-- into its callers (every name is schema-qualified). Who: keen's functions. Raises: nothing.
 CREATE OR REPLACE FUNCTION keen_private.base64url(p_bytes bytea)
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, keen, pg_temp
 AS $$
     SELECT pg_catalog.rtrim(pg_catalog.translate(pg_catalog.encode(p_bytes, 'base64'), E'+/\n', '-_'), '=')
 $$;
@@ -1178,23 +1177,25 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
-    v_parts text[];
-    v_claims jsonb;
+    v_dot int;
     v_body text;
+    v_claims jsonb;
 BEGIN
+    -- One pass of cheap checks, then one HMAC; everything inline (this runs on every request).
     IF p_token IS NULL OR pg_catalog.octet_length(p_token) > 1024
        OR p_token !~ '^eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{43}$' THEN
         RETURN;
     END IF;
-    v_parts := pg_catalog.string_to_array(p_token, '.');
-    IF v_parts[3] IS DISTINCT FROM keen_private.base64url(keen_ext.hmac(
-           pg_catalog.convert_to(v_parts[1] || '.' || v_parts[2], 'UTF8'),
-           (SELECT pg_catalog.decode(k.value, 'hex') FROM keen.auth_secrets k WHERE k.name = 'jwt_hmac_key'), 'sha256')) THEN
+    v_dot := pg_catalog.length(p_token) - 44;  -- the last '.': the signature is 43 characters
+    IF pg_catalog.substr(p_token, v_dot + 2) IS DISTINCT FROM pg_catalog.rtrim(pg_catalog.translate(pg_catalog.encode(
+           keen_ext.hmac(pg_catalog.convert_to(pg_catalog.substr(p_token, 1, v_dot), 'UTF8'),
+                         (SELECT pg_catalog.decode(k.value, 'hex') FROM keen.auth_secrets k WHERE k.name = 'jwt_hmac_key'),
+                         'sha256'), 'base64'), E'+/\n', '-_'), '=') THEN
         RETURN;
     END IF;
-    v_body := pg_catalog.translate(v_parts[2], '-_', '+/');
-    v_body := v_body || pg_catalog.repeat('=', (4 - pg_catalog.length(v_body) % 4) % 4);
-    v_claims := pg_catalog.convert_from(pg_catalog.decode(v_body, 'base64'), 'UTF8')::jsonb;
+    v_body := pg_catalog.translate(pg_catalog.substr(p_token, 38, v_dot - 37), '-_', '+/');
+    v_claims := pg_catalog.convert_from(pg_catalog.decode(v_body || pg_catalog.repeat('=', (4 - pg_catalog.length(v_body) % 4) % 4),
+                                                          'base64'), 'UTF8')::jsonb;
     IF (v_claims ->> 'exp')::numeric <= EXTRACT(EPOCH FROM pg_catalog.clock_timestamp()) THEN
         RETURN;
     END IF;
@@ -1446,7 +1447,7 @@ BEGIN
     IF v_row.user_id IS NULL THEN
         RAISE EXCEPTION 'invalid or expired access token' USING ERRCODE = '28000';
     END IF;
-    PERFORM keen_private.set_actor(v_row.user_id);
+    PERFORM keen_private.set_actor_scoped(v_row.user_id, '{}');
     RETURN QUERY SELECT v_row.user_id, v_row.login_session_id, v_row.is_admin, v_row.aal;
 END
 $$;

@@ -46,12 +46,13 @@ def run(ctx) -> None:
         except AuthenticationFailed as exc:
             ctx.say(f"  {label}: [red]{exc}[/]")
     ctx.say(
-        "  Both fail alike (one bcrypt each); the failure is counted through an autonomous "
-        "connection: 10 within 15 minutes lock the e-mail out (28000)."
+        "  Both fail alike (one bcrypt each); every attempt is counted through an autonomous "
+        "connection before its password is checked: 10 failures within 15 minutes refuse that e-mail "
+        "from that source, with the same 28P01 (the owner elsewhere still signs in)."
     )
 
     with keen.as_user(alice.id) as tx:
-        key = tx.users.create_api_key("alice's CI", ["sessions:write", "credits:read"])
+        key = tx.users.create_api_key("alice's CI", ["sessions:write", "credits:read"])  # scopes from the contract
     ctx.say(f"Alice creates an API key, shown once: [bold]{key.token[:9]}...[/] (keen-db keeps its SHA-256 only).")
     with keen.transaction() as tx:
         ident = tx.users.authenticate_api_key(key.token)
@@ -96,3 +97,85 @@ def run(ctx) -> None:
         f"The admin lists {len(users)} users; the audit chain holds {entries} entries "
         f"({'intact' if not broken else broken})."
     )
+    second_factor_and_sessions(ctx, alice.id)
+
+
+def _totp(secret: bytes, step: int) -> str:
+    """RFC 6238 in Python: what an authenticator app computes (the database has its own)."""
+    import hashlib
+    import hmac
+    import struct
+
+    mac = hmac.new(secret, struct.pack(">Q", step), hashlib.sha1).digest()
+    offset = mac[19] & 15
+    return str((struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF) % 10**6).zfill(6)
+
+
+def second_factor_and_sessions(ctx, alice_id) -> None:
+    """Identity completed (issue 11): the admin signs in with a second factor, a key hits its rate
+    limit, a replayed refresh token kills its login session."""
+    import base64
+    import time
+
+    from keen_client.errors import RateLimited, SecondFactorRequired
+
+    keen = ctx.keen
+    ctx.step("Identity: a second factor, login sessions, a rate limit, a stolen refresh token")
+    admin_email = os.environ.get("ADMIN_EMAIL", "ahiya.butman@gmail.com")
+    admin_password = os.environ.get("ADMIN_PASSWORD", "2con-creator")
+    signin = "SELECT * FROM keen.start_login_session(%s, %s, %s, '127.0.0.1', 'keen-db demo')"
+    with keen.transaction() as tx:
+        first = tx.conn.execute(signin, (admin_email, admin_password, None)).fetchone()
+        tx.execute("SELECT keen.authenticate_access_token(%s)", (first[4],))
+        secret32 = tx.conn.execute("SELECT secret_base32 FROM keen.enroll_totp()").fetchone()[0]
+        secret = base64.b32decode(secret32)
+        codes = [
+            r[0]
+            for r in tx.conn.execute("SELECT * FROM keen.confirm_totp(%s)", (_totp(secret, int(time.time()) // 30),))
+        ]
+    ctx.say(
+        f"The admin signs in (aal1), enrolls TOTP (secret {secret32[:6]}..., sealed with a key keen_app cannot read) "
+        f"and confirms it: ten recovery codes, shown once ({codes[0]}, ...)."
+    )
+    try:
+        with keen.transaction() as tx:
+            tx.conn.execute(signin, (admin_email, admin_password, None))
+    except SecondFactorRequired as exc:
+        ctx.say(f"  The password alone is no longer enough: [red]{exc}[/]")
+    with keen.transaction() as tx:
+        row = tx.conn.execute(
+            signin, (admin_email, admin_password, _totp(secret, int(time.time()) // 30 + 1))
+        ).fetchone()
+    ctx.say(
+        f"  With a current TOTP code: login session {row[1]}, [bold]{row[7]}[/], access token {row[4][:16]}... (15 min)."
+    )
+    with keen.transaction() as tx:  # the demo's later steps sign in again: turn the factor off
+        tx.execute("SELECT keen.authenticate_access_token(%s)", (row[4],))
+        tx.execute("SELECT keen.disable_totp(%s)", (codes[0],))
+
+    with keen.as_user(alice_id) as tx:
+        limited = tx.users.create_api_key("alice's tight key", ["credits:read"], rate_limit_per_hour=3)
+    outcomes = []
+    for i in range(4):
+        try:
+            with keen.with_api_key(limited.token):
+                outcomes.append([f"request {i + 1}", "ok"])
+        except RateLimited as exc:
+            outcomes.append([f"request {i + 1}", f"[red]KN007[/] {exc.detail}"])
+    ctx.table("A key with rate_limit_per_hour = 3 (exact, any rolling hour)", ["call", "result"], outcomes)
+
+    with keen.transaction() as tx:
+        s = tx.conn.execute(signin, ("alice@example.com", PASSWORD, None)).fetchone()
+    with keen.transaction() as tx:
+        rotated = tx.conn.execute("SELECT * FROM keen.refresh_login_session(%s)", (s[2],)).fetchone()
+    ctx.say(f"Alice's client refreshes: a new refresh token ({rotated[2][:10]}...), the old one retired.")
+    try:
+        with keen.transaction() as tx:
+            tx.conn.execute("SELECT * FROM keen.refresh_login_session(%s)", (s[2],))
+    except AuthenticationFailed as exc:
+        ctx.say(f"  A thief replays the old refresh token: [red]{exc}[/]: the whole login session is revoked...")
+    try:
+        with keen.with_access_token(rotated[4]):
+            pass
+    except AuthenticationFailed:
+        ctx.say("  ...and the legitimate client's fresh access token is dead too: it must sign in again.")
