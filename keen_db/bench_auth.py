@@ -41,6 +41,12 @@ SCRIPTS = {
 }
 
 
+def _row(conn: psycopg.Connection[Any], query: str, params: Any = None) -> tuple[Any, ...]:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row
+
+
 def _access_token(app: str) -> str:
     with psycopg.connect(app) as conn:
         row = conn.execute("SELECT access_token FROM keen.start_login_session(%s, %s)", (EMAIL, PASSWORD)).fetchone()
@@ -59,18 +65,15 @@ def measure(b: Any) -> None:
         ):
             b.skipped["auth"] = "no login sessions yet"
             return
-    conn: Any
-    with psycopg.connect(app) as conn:
-        uid = conn.execute("SELECT id FROM keen.register_user(%s, 'bench_signin', %s)", (EMAIL, PASSWORD)).fetchone()[0]
-        conn.commit()
-        conn.execute("SELECT keen.act_as(%s)", (uid,))
-        limited = conn.execute(
-            "SELECT token FROM keen.create_api_key('bench: counted', '{}', NULL, 1000000)"
-        ).fetchone()[0]
-        unlimited_id, unlimited = conn.execute(
-            "SELECT token_id, token FROM keen.create_api_key('bench: not counted', '{}', NULL, 1000000)"
-        ).fetchone()
-        conn.commit()
+    with psycopg.connect(app) as app_conn:
+        uid = _row(app_conn, "SELECT id FROM keen.register_user(%s, 'bench_signin', %s)", (EMAIL, PASSWORD))[0]
+        app_conn.commit()
+        app_conn.execute("SELECT keen.act_as(%s)", (uid,))
+        limited = _row(app_conn, "SELECT token FROM keen.create_api_key('bench: counted', '{}', NULL, 1000000)")[0]
+        unlimited_id, unlimited = _row(
+            app_conn, "SELECT token_id, token FROM keen.create_api_key('bench: not counted', '{}', NULL, 1000000)"
+        )
+        app_conn.commit()
     with b.su() as conn:  # what the admin's keys have (bypass_rate_limits), for the same user's key
         conn.execute("UPDATE keen.auth_tokens SET bypass_limits = true WHERE id = %s", (unlimited_id,))
     for name, script in SCRIPTS.items():
