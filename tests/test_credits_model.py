@@ -1,5 +1,5 @@
-"""Property test: random sequences of grants, deductions, holds, captures, releases, refunds
-and limit changes, for several users and the admin, run against keen-db and against a small
+"""Property test: random sequences of grants, deductions, metered LLM calls, holds, captures,
+releases, refunds and limit changes, for several users and the admin, run against keen-db and against a small
 Python model of the ledger's rules. After every step the outcome (the row's amount and balance,
 or the SQLSTATE) and every account's balance, available balance and usage of the day must
 agree; after every sequence the ledger must verify."""
@@ -26,6 +26,11 @@ COSTS = [D("0.1"), D("0.25"), D(1), D("2.5"), D("0.000001"), D(3), D(0)]  # 0: i
 GRANTS = [D(5), D("10.5"), D(25), D(100), D("0.000001")]
 LIMITS = [None, D(0), D(5), D("12.5"), D(30)]
 KEYS = [None, "a", "b"]
+# Metered calls (record_llm_usage): USD per million input / output tokens as seeded; token
+# counts, (0, 0) included (a cost of 0: recorded, nothing charged); request ids per session.
+PRICES = {"claude-opus-4-5": (D(5), D(25)), "claude-haiku-4-5": (D(1), D(5))}
+TOKENS = [(1000, 100), (0, 0), (3, 0), (200_000, 20_000), (1, 0)]
+REQUESTS = [None, "r1", "r2"]
 
 USERS = 3  # regular users of each sequence; index USERS is the admin
 grant = st.tuples(st.just("grant"), st.integers(0, USERS), st.sampled_from(GRANTS), st.sampled_from(KEYS))
@@ -34,6 +39,13 @@ reserve = st.tuples(st.just("reserve"), st.integers(0, USERS), st.sampled_from(C
 capture = st.tuples(st.just("capture"), st.integers(0, 50), st.sampled_from(COSTS))
 release = st.tuples(st.just("release"), st.integers(0, 50))
 refund = st.tuples(st.just("refund"), st.integers(0, 50), st.sampled_from(["whole", "half", "too much"]))
+usage = st.tuples(
+    st.just("usage"),
+    st.integers(0, USERS),
+    st.sampled_from(list(PRICES)),
+    st.sampled_from(TOKENS),
+    st.sampled_from(REQUESTS),
+)
 limits = st.tuples(st.just("limits"), st.integers(0, USERS - 1), st.sampled_from(LIMITS), st.sampled_from(LIMITS))
 # The kind is drawn first, weighted towards the operations that move money.
 KINDS = {
@@ -44,10 +56,12 @@ KINDS = {
     "release": release,
     "refund": refund,
     "limits": limits,
+    "usage": usage,
 }
 WEIGHTED = (
     ["grant"] * 3
     + ["deduct"] * 4
+    + ["usage"] * 3
     + ["reserve"] * 3
     + ["capture"] * 3
     + ["release", "refund", "refund", "limits", "limits"]
@@ -94,6 +108,7 @@ class Model:
     holds: list[Hold] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     keys: dict[tuple[int, str], tuple[str, Decimal, int]] = field(default_factory=dict)  # -> kind, value, row
+    requests: dict[tuple[int, str], tuple[str, tuple[int, int], Any]] = field(default_factory=dict)  # -> first call
 
     def held(self, user: int, but: Hold | None = None) -> Decimal:
         return sum((h.held for h in self.holds if h.user == user and h.live and h is not but), D(0))
@@ -142,6 +157,27 @@ class Model:
         if (i := self.replay(user, key, "usage", cost)) is not None:
             return i
         return self.charge(user, cost)
+
+    def usage(self, user: int, model: str, tokens: tuple[int, int], request: str | None) -> Any:
+        """A metered call: (credits charged, balance after or None when nothing was charged)."""
+        if request is not None and (user, request) in self.requests:
+            first = self.requests[(user, request)]
+            if first[:2] != (model, tokens):
+                raise Refused("KN005")
+            return first[2]
+        price_in, price_out = PRICES[model]
+        cost = (tokens[0] * price_in + tokens[1] * price_out) / D(1_000_000)
+        charge = (cost * MARKUP).quantize(SIX, ROUND_HALF_UP)
+        if charge == 0:
+            result: Any = (D(0), None)
+        elif self.accounts[user].unlimited:
+            result = (D(0), self.accounts[user].balance)
+        else:
+            amount, after = self.charge(user, cost)
+            result = (-amount, after)
+        if request is not None:
+            self.requests[(user, request)] = (model, tokens, result)
+        return result
 
     def reserve(self, user: int, cost: Decimal) -> Decimal:
         self.valid(cost)
@@ -199,6 +235,10 @@ def test_random_ledger_sequences_agree_with_the_model(db, keen, admin_id, make_u
         admin_balance = tx.credits.get_balance(admin_id).current_balance
     model = Model([Account(D(0)) for _ in range(USERS)] + [Account(admin_balance, unlimited=True)])
     nonce = uuid.uuid4().hex[:8]  # the admin's account outlives a sequence: its keys must not
+    sessions = []  # one session per user (and the admin) for the metered calls
+    for u in users:
+        with keen.as_user(u) as tx:
+            sessions.append(tx.sessions.create_session(u, f"model-{nonce}-{len(sessions)}", "main", "m", "/m").id)
 
     for step in ops:
         kind = step[0]
@@ -223,6 +263,22 @@ def test_random_ledger_sequences_agree_with_the_model(db, keen, admin_id, make_u
                 model.rows.append(Row(actual.id, u, row_type, actual.amount))
                 if key:
                     model.keys[(u, key)] = ("purchase" if kind == "grant" else "usage", value, len(model.rows) - 1)
+        elif kind == "usage":
+            _, u, llm, tokens, request = step
+            expected = attempt(model.usage, u, llm, tokens, request)
+            actual = attempt(
+                _call, keen, users[u], "record_llm_usage", sessions[u], llm, tokens[0], tokens[1], 0, 0, request
+            )
+            if isinstance(actual, str) or isinstance(expected, str):
+                assert actual == expected, step
+            else:
+                assert (actual.charged_credits, actual.balance_after) == expected, step
+                replayed = request is not None and any(
+                    r.id == actual.transaction_id for r in model.rows if actual.transaction_id is not None
+                )
+                if actual.transaction_id is not None and not replayed:
+                    row_type = "admin_bypass" if model.accounts[u].unlimited else "usage"
+                    model.rows.append(Row(actual.transaction_id, u, row_type, -actual.charged_credits))
         elif kind == "reserve":
             _, u, cost = step
             expected = attempt(model.reserve, u, cost)

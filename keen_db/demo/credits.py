@@ -143,3 +143,67 @@ def run(ctx) -> None:
         f"keen.verify_ledger(): {len(checks)} accounts, "
         + ("[green]every balance equals the sum of its ledger[/]" if not bad else f"[red]{len(bad)} out of balance[/]")
     )
+    _metering(ctx, user_id, run_tag)
+
+
+def _metering(ctx, user_id, run_tag: str) -> None:
+    """Usage metering: a session's LLM calls priced from the dated price table and charged at
+    once; one call retried with the same provider request id; cost per model and on the tree."""
+    keen = ctx.keen
+    from datetime import UTC, datetime
+
+    with keen.as_user(user_id) as tx:
+        root = tx.sessions.create_session(user_id, f"metered-{run_tag}", "main", "Metered agent run", "/tmp/demo")
+        child = tx.sessions.create_session(
+            user_id, f"metered-{run_tag}-child", "feature/metered", "A child agent", "/tmp/demo", root.id
+        )
+    calls = [
+        (root.id, "claude-opus-4-5", 12_000, 2_000, 0, 40_000, f"req-{run_tag}-1"),
+        (root.id, "claude-sonnet-4-5", 30_000, 4_000, 8_000, 0, f"req-{run_tag}-2"),
+        (child.id, "claude-haiku-4-5", 50_000, 6_000, 0, 120_000, f"req-{run_tag}-3"),
+        (child.id, "claude-haiku-4-5", 0, 0, 0, 3, f"req-{run_tag}-4"),  # 3 cache-read tokens
+        (root.id, "claude-opus-4-5", 12_000, 2_000, 0, 40_000, f"req-{run_tag}-1"),  # the retry
+    ]
+    rows = []
+    for session, model, inp, out, cw, cr, request in calls:
+        with keen.as_user(user_id) as tx:
+            u = tx.credits.record_llm_usage(session, model, inp, out, cw, cr, request)
+        rows.append(
+            [model, f"{inp}/{out}/{cw}/{cr}", request[-1], u.claude_cost_usd, u.charged_credits, u.balance_after]
+        )
+    rows[-1][2] += " (retry)"
+    ctx.table(
+        "Metered LLM calls (keen.record_llm_usage): tokens x the price in force / 10^6, exact; charged at once",
+        ["model", "in/out/cache w/cache r", "request", "claude cost (USD)", "credits", "balance after"],
+        rows,
+    )
+    ctx.say(
+        "The retry of request 1 returns the first result and charges nothing; 3 cache-read haiku tokens cost "
+        f"{rows[3][3]} USD, kept to 12 decimals, and {rows[3][4]} credits (only credits round to 6)."
+    )
+    today = datetime.now(UTC).date()
+    with keen.as_user(user_id) as tx:
+        by_model = tx.credits.usage_by_model(user_id, today, today)
+        tree = tx.sessions.session_tree(root.id)
+    ctx.table(
+        "keen.usage_by_model (today, UTC)",
+        ["model", "calls", "input", "output", "cache write", "cache read", "claude cost (USD)", "credits"],
+        [
+            [
+                m.model,
+                m.calls,
+                m.input_tokens,
+                m.output_tokens,
+                m.cache_write_tokens,
+                m.cache_read_tokens,
+                m.claude_cost_usd,
+                m.credits,
+            ]
+            for m in by_model
+        ],
+    )
+    ctx.table(
+        "The session tree carries what its calls cost (keen.session_tree)",
+        ["session", "branch", "claude cost (USD)", "credits"],
+        [[t.session_id, t.git_branch, t.claude_cost_usd, t.keen_cost_credits] for t in tree],
+    )
