@@ -1,7 +1,7 @@
 -- 20_credits: the ledger functions, each with its success path and each error code; the
 -- append-only trigger; the recharge requests table, its policy and the privileges.
 BEGIN;
-SELECT plan(90);
+SELECT plan(100);
 
 -- Actors and their ids, kept in a temporary table (pgTAP files use no psql variables).
 CREATE TEMPORARY TABLE ids (name text PRIMARY KEY, id uuid);
@@ -246,6 +246,31 @@ SELECT throws_ok($$SELECT * FROM keen.resolve_recharge_request(gen_random_uuid()
 SELECT throws_ok($$SELECT keen.set_auto_recharge(pg_temp.id('nobody'), true)$$, 'P0002', NULL,
                  'set_auto_recharge: an unknown account is P0002');
 
+-- Usage metering ----------------------------------------------------------------------------
+SELECT keen_private.set_actor(pg_temp.id('admin'));
+SELECT lives_ok($$SELECT keen.add_credits(pg_temp.id('bob'), 50, 'metering pack')$$, 'metering: bob gets 50 credits');
+SELECT lives_ok($$SELECT keen.set_model_price('test-model', 2, 10, NULL, 0.5, '2025-01-01')$$,
+                'set_model_price: an admin adds a dated price');
+SELECT is((SELECT cache_write_usd_per_mtok FROM keen.model_prices WHERE model = 'test-model'), 2::numeric,
+          'set_model_price: a NULL cache price is the input price');
+SELECT throws_ok($$SELECT keen.set_model_price('test-model', 0.0000001, 1)$$, '22023', NULL,
+                 'set_model_price: more than 6 decimals is 22023');
+SELECT keen_private.set_actor(pg_temp.id('bob'));
+SELECT throws_ok($$SELECT keen.set_model_price('test-model', 1, 1)$$, '42501', NULL, 'set_model_price: admin only');
+SELECT results_eq($$SELECT claude_cost_usd, charged_credits FROM keen.record_llm_usage(pg_temp.id('bob_session'), 'test-model', 1000, 100, 0, 7, 'rq-1')$$,
+                  $$VALUES (0.0030035::numeric, 0.015018::numeric)$$,
+                  'record_llm_usage: (1000 x 2 + 100 x 10 + 7 x 0.5) / 10^6 USD, charged round(x 5, 6)');
+SELECT is((SELECT current_balance FROM keen.credit_accounts WHERE user_id = pg_temp.id('bob')), 58.984982::keen.credit_amount,
+          'record_llm_usage: charged at once (bob had 9 before the pack)');
+SELECT throws_ok($$SELECT * FROM keen.record_llm_usage(pg_temp.id('bob_session'), 'test-model', 1000, 101, 0, 7, 'rq-1')$$,
+                 'KN005', NULL, 'record_llm_usage: the same request id with other counts is KN005');
+SELECT throws_ok($$SELECT * FROM keen.record_llm_usage(pg_temp.id('bob_session'), 'no-such-model', 1, 1)$$,
+                 '22023', NULL, 'record_llm_usage: an unknown model is 22023');
+SELECT keen_private.set_actor(pg_temp.id('alice'));
+SELECT throws_ok($$SELECT * FROM keen.record_llm_usage(pg_temp.id('bob_session'), 'test-model', 1, 1)$$,
+                 'P0002', NULL, 'record_llm_usage: another tenant''s session is P0002');
+
+SELECT keen_private.set_actor(pg_temp.id('admin'));
 SELECT is((SELECT bool_and(ok) FROM keen.verify_ledger()), true, 'the ledger still balances at the end');
 
 -- keen_ledger (issue 17): BYPASSRLS for the ledger tables only, owner of the functions that
