@@ -7,6 +7,10 @@ in the replication quorum, the primary runs with synchronous_standby_names = 'AN
 a commit is acknowledged only once it is on both nodes; when the standby is lost the monitor
 moves the primary to `wait_primary` and turns synchronous replication off (writes go on, on one
 node) until the standby has caught up again. When the primary is lost it promotes the standby.
+A retry of a charge answered from the ledger waits for the standby too (keen_private.credit_replay
+writes a WAL record while synchronous_standby_names is set): a crashed primary that its keeper
+restarts may hold a commit the standby never received, and must not acknowledge it
+(docs/scaling.md).
 
 Layout (all owned by the postgres user, mode 0700):
     ha/ha.json            ports and names, written once (later runs keep them)

@@ -157,13 +157,15 @@ def _assert_ledger_clean(maintenance_url: str) -> None:
 class Load:
     """Concurrent deductions through the multi-host URL, one thread and one user each, every
     charge with its own idempotency key. A charge whose call raised is in doubt: the thread
-    retries the same key (reconnecting) until the call returns; only then is it acknowledged."""
+    retries the same key (reconnecting) until the call returns; only then is it acknowledged.
+    For each acknowledged key: how many calls raised before it, and the port that answered."""
 
     def __init__(self, app_url: str, users: list[uuid.UUID], tag: str, pause: float = 0.01):
         self.url, self.users, self.tag, self.pause = app_url, users, tag, pause
         self.acked: dict[str, uuid.UUID] = {}
         self.ack_times: list[float] = []
         self.ack_ports: list[tuple[float, int]] = []
+        self.tries: dict[str, tuple[int, int]] = {}
         self.errors: list[str] = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -186,6 +188,7 @@ class Load:
         seq = 0
         while not self.stop.is_set():
             key = f"{self.tag}-{n}-{seq}"
+            failed = 0
             while True:  # until this key is acknowledged
                 try:
                     if conn is None or conn.closed or conn.broken:
@@ -200,8 +203,10 @@ class Load:
                         self.acked[key] = row[0]
                         self.ack_times.append(time.monotonic())
                         self.ack_ports.append((self.ack_times[-1], port))
+                        self.tries[key] = (failed, port)
                     break
                 except psycopg.OperationalError as exc:
+                    failed += 1
                     with self.lock:
                         self.errors.append(type(exc).__name__)
                     if conn is not None:
@@ -250,7 +255,8 @@ def _check_every_acknowledged_charge_kept(h: HA, load: Load, granted: Decimal) -
     present = {k: i for k, i in rows}
     assert len(rows) == len(present), "a key was charged twice"
     missing = set(load.acked) - set(present)
-    assert missing == set(), f"{len(missing)} acknowledged charge(s) lost: {sorted(missing)[:5]}"
+    lost = {k: f"{load.tries[k][0]} failed call(s), then answered by port {load.tries[k][1]}" for k in sorted(missing)}
+    assert missing == set(), f"{len(missing)} acknowledged charge(s) lost: {lost}"
     assert all(present[k] == v for k, v in load.acked.items()), "an acknowledged key names another transaction"
     # Every call was retried until acknowledged, so nothing beyond the acknowledged was charged either.
     assert set(present) == set(load.acked)
@@ -349,6 +355,62 @@ def test_doctor_reports_synchronous_replication(cluster_ha: HA) -> None:
         assert ("synchronous:" in detail) if node["role"] == "primary" else ("standby, streaming" in detail)
 
 
+def test_a_replayed_charge_is_acknowledged_only_once_the_standby_has_it(cluster_ha: HA) -> None:
+    """Rule: a retry of an idempotency key answered from the ledger commits like a charge: it waits
+    for the synchronous standby (keen_private.credit_replay writes a WAL record while
+    synchronous_standby_names is set), so a row that exists on the primary alone (a crash while
+    its commit waited for the standby) is never acknowledged by a replay. Shown with the standby's
+    replay paused and the caller at synchronous_commit = remote_apply: the replay waits in SyncRep
+    until the standby applies again, and then answers with the first transaction."""
+    url = cluster_ha.url()
+    user = _register(url, "replay")
+    _grant(url, user, Decimal("10"))
+    charge = "SELECT (keen.deduct_credits(%s, %s, NULL, 'ha replay', 'replay-1')).id FROM keen.act_as(%s)"
+    with psycopg.connect(url, autocommit=True) as conn:
+        first = conn.execute(charge, (user, COST, user)).fetchone()[0]
+    L = ha.layout(cluster_ha.settings)
+    primary = cluster_ha.primary()["name"]
+    standby = next(n for n in ha.NODES if n != primary)
+    answers: list[Any] = []
+
+    def replay() -> None:
+        try:
+            with psycopg.connect(url, autocommit=True, application_name="keen_ha_replay") as conn:
+                conn.execute("SET synchronous_commit = remote_apply")
+                answers.append(conn.execute(charge, (user, COST, user)).fetchone()[0])
+        except BaseException as exc:  # reported by the test thread
+            answers.append(exc)
+
+    waited = False
+    with (
+        psycopg.connect(L.superuser(standby), autocommit=True) as sb,
+        psycopg.connect(L.superuser(primary), autocommit=True) as pr,
+    ):
+        sb.execute("SELECT pg_catalog.pg_wal_replay_pause()")
+        thread = threading.Thread(target=replay, daemon=True)
+        try:
+            thread.start()
+            deadline = time.monotonic() + 30
+            while not waited and not answers and time.monotonic() < deadline:
+                waited = pr.execute(
+                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity "
+                    "WHERE application_name = 'keen_ha_replay' AND wait_event = 'SyncRep')"
+                ).fetchone()[0]
+                time.sleep(0.05)
+            answered_while_paused = list(answers)
+        finally:
+            sb.execute("SELECT pg_catalog.pg_wal_replay_resume()")
+            thread.join(30)
+    assert waited and answered_while_paused == [], f"the replay answered without the standby: {answered_while_paused}"
+    assert answers == [first]
+    with psycopg.connect(cluster_ha.url("--superuser")) as conn:
+        n = conn.execute(
+            "SELECT count(*) FROM keen.credit_transactions WHERE user_id = %s AND idempotency_key = 'replay-1'", (user,)
+        ).fetchone()[0]
+    assert n == 1
+    _assert_ledger_clean(cluster_ha.url("--maintenance"))
+
+
 # --- failures -----------------------------------------------------------------------------------
 
 
@@ -376,6 +438,7 @@ def test_kill9_of_the_primary_under_load_loses_no_acknowledged_charge(cluster_ha
     cluster_ha.measure("kill9_largest_write_gap_seconds", load.largest_gap(killed - 1, resumed + 1))
     cluster_ha.measure("kill9_connection_errors_seen", len(load.errors))
     ha.wait_healthy(cluster_ha.settings, 120)
+    cluster_ha.measure("kill9_charges_in_doubt", sum(1 for failed, _port in load.tries.values() if failed))
     _check_every_acknowledged_charge_kept(cluster_ha, load, granted)
     cluster_ha.measure("kill9_acknowledged_charges", len(load.acked))
     cluster_ha.measure("kill9_acknowledged_charges_lost", 0)
