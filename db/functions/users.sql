@@ -1034,18 +1034,21 @@ BEGIN
          WHERE t.id = v_key.token_id
         RETURNING t.usage_count INTO v_count;
         v_now := pg_catalog.clock_timestamp();
-        SELECT s.requested_at INTO v_slot_at FROM keen.api_key_request_slots s
-         WHERE s.token_id = v_key.token_id AND s.slot = v_count % v_key.rate_limit_per_hour;
-        IF v_slot_at > v_now - interval '1 hour' THEN
+        -- One statement on the allowed path: take the slot unless the request it holds (the one
+        -- rate_limit_per_hour calls back) is less than an hour old.
+        INSERT INTO keen.api_key_request_slots AS s (token_id, user_id, slot, requested_at)
+        VALUES (v_key.token_id, v_key.user_id, v_count % v_key.rate_limit_per_hour, v_now)
+        ON CONFLICT ON CONSTRAINT api_key_request_slots_pkey DO UPDATE SET requested_at = EXCLUDED.requested_at
+         WHERE s.requested_at <= v_now - interval '1 hour';
+        IF NOT FOUND THEN
+            SELECT s.requested_at INTO v_slot_at FROM keen.api_key_request_slots s
+             WHERE s.token_id = v_key.token_id AND s.slot = v_count % v_key.rate_limit_per_hour;
             RAISE EXCEPTION 'rate limit of % requests per hour reached for this API key', v_key.rate_limit_per_hour
                 USING ERRCODE = 'KN007',
                       DETAIL = pg_catalog.format('next request allowed at %s',
                                                  pg_catalog.to_char((v_slot_at + interval '1 hour') AT TIME ZONE 'UTC',
                                                                     'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'));
         END IF;
-        INSERT INTO keen.api_key_request_slots AS s (token_id, user_id, slot, requested_at)
-        VALUES (v_key.token_id, v_key.user_id, v_count % v_key.rate_limit_per_hour, v_now)
-        ON CONFLICT ON CONSTRAINT api_key_request_slots_pkey DO UPDATE SET requested_at = EXCLUDED.requested_at;
     END IF;
     RETURN QUERY
     SELECT v_key.user_id, v_key.token_id, v_key.scopes, u.is_admin, v_key.bypass_limits
