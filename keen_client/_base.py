@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
+from psycopg.rows import RowFactory, class_row, tuple_row
+
 from .errors import KeenError, NotFound
 
 T = TypeVar("T")
@@ -56,6 +58,17 @@ class Query(Generic[T]):
         return self.post(raw) if self.post is not None else raw
 
 
+@dataclass(frozen=True)
+class Begin:
+    """How a transaction of Keen or AsyncKeen starts: `statement` (BEGIN, or BEGIN READ ONLY)
+    and `setup`, the statement that follows it (the timeouts behind a pooler, act_as), if any.
+    Both are held back and leave with the transaction's first call in one pipeline (Tx.run):
+    BEGIN, setup, the call and a Sync in one round trip."""
+
+    statement: str
+    setup: Query[None] | None
+
+
 def one(sql: str, params: Params, row: type[R]) -> Query[R]:
     """The single row of `sql` as a `row` (NotFound when there is none)."""
     return Query(sql, params, "one", row)
@@ -74,6 +87,20 @@ def scalar(sql: str, params: Params, kind: type[R]) -> Query[R]:
 def void(sql: str, params: Params = None) -> Query[None]:
     """Run `sql` for its effect."""
     return Query(sql, params, "none")
+
+
+_ROW_FACTORIES: dict[type[Any], RowFactory[Any]] = {}
+
+
+def row_factory(row: type[Any] | None) -> RowFactory[Any]:
+    """The cursor's row factory for a query: class_row(row), made once per dataclass (it is
+    the same for every call), or plain tuples for a value or nothing."""
+    if row is None:
+        return tuple_row
+    factory = _ROW_FACTORIES.get(row)
+    if factory is None:
+        factory = _ROW_FACTORIES[row] = class_row(row)
+    return factory
 
 
 def no_row(q: Query[Any]) -> KeenError:

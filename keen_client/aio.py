@@ -22,10 +22,9 @@ from uuid import UUID
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
-from ._base import Async, Query, no_row
+from ._base import Async, Begin, Query, no_row, row_factory
 from .analytics import AnalyticsApi
 from .client import ACCESS_TOKEN_SQL, API_KEY_SQL, ClientConfig, PoolSettings, _HealthCheck
 from .credits import CreditsApi
@@ -38,10 +37,41 @@ T = TypeVar("T")
 
 
 class AsyncTx:
-    """One transaction on one async connection: `await tx.credits.deduct_credits(...)`."""
+    """One transaction on one async connection: `await tx.credits.deduct_credits(...)`. As
+    Tx: the first statement leaves with the first call, in one pipeline (one round trip)."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]):
-        self.conn = conn
+    def __init__(self, conn: psycopg.AsyncConnection[Any], begin: Begin | None = None):
+        self._conn = conn
+        self._begin = begin
+
+    @property
+    def conn(self) -> psycopg.AsyncConnection[Any]:
+        """The connection, for a statement of your own, once `await tx.flush()` (or a call) has
+        sent BEGIN and act_as: a property cannot await them."""
+        if self._begin is not None:
+            raise KeenError(None, "await tx.flush() before using tx.conn (BEGIN and act_as are not sent yet)")
+        return self._conn
+
+    async def flush(self) -> None:
+        """Send BEGIN and the setup if no call has carried them yet."""
+        begin, self._begin = self._begin, None
+        if begin is not None:
+            try:
+                async with self._conn.pipeline():
+                    await self._start(begin)
+            except psycopg.Error as exc:
+                raise from_psycopg(exc) from exc
+
+    async def end(self) -> None:
+        """As Tx.end: an unsent setup is sent (act_as checks its actor), a bare BEGIN dropped."""
+        if self._begin is not None and self._begin.setup is None:
+            self._begin = None
+        await self.flush()
+
+    async def _start(self, begin: Begin) -> None:
+        await self._conn.execute(begin.statement, prepare=False)
+        if begin.setup is not None:
+            await self._conn.execute(begin.setup.sql, begin.setup.params)
 
     @cached_property
     def users(self) -> UsersApi[Async]:
@@ -65,25 +95,20 @@ class AsyncTx:
 
     async def run(self, q: Query[T]) -> T:
         """Run one area query on this transaction's connection."""
-        raw: Any = None
+        conn, begin, self._begin = self._conn, self._begin, None
         try:
-            if q.row is not None:
-                async with self.conn.cursor(row_factory=class_row(q.row)) as cur:
-                    await cur.execute(q.sql, q.params)
-                    if q.shape == "one":
-                        raw = await cur.fetchone()
-                        if raw is None:
-                            raise no_row(q)
-                    else:
-                        raw = await cur.fetchall()
+            if begin is None:
+                cur = conn.cursor(row_factory=row_factory(q.row))
+                await cur.execute(q.sql, q.params)
             else:
-                cur = await self.conn.execute(q.sql, q.params)
-                if q.shape == "scalar":
-                    row = await cur.fetchone()
-                    raw = None if row is None else row[0]
+                async with conn.pipeline():
+                    await self._start(begin)
+                    cur = conn.cursor(row_factory=row_factory(q.row))
+                    await cur.execute(q.sql, q.params)
+            async with cur:
+                return q.finish(await _read(cur, q))
         except psycopg.Error as exc:
             raise from_psycopg(exc) from exc
-        return q.finish(raw)
 
     async def scalar(self, query: str, params: Any = None) -> Any:
         from ._base import scalar
@@ -94,6 +119,21 @@ class AsyncTx:
         from ._base import void
 
         await self.run(void(query, params))
+
+
+async def _read(cur: psycopg.AsyncCursor[Any], q: Query[Any]) -> Any:
+    """The answer of `q` from its executed cursor, in the query's shape (as client.read)."""
+    if q.shape == "one":
+        raw = await cur.fetchone()
+        if raw is None:
+            raise no_row(q)
+        return raw
+    if q.shape == "all":
+        return await cur.fetchall()
+    if q.shape == "scalar":
+        row = await cur.fetchone()
+        return None if row is None else row[0]
+    return None
 
 
 class AsyncKeen:
@@ -125,7 +165,9 @@ class AsyncKeen:
                 await AsyncConnectionPool.check_connection(conn)
 
         async def reset(conn: psycopg.AsyncConnection[Any]) -> None:
-            health.reset(conn)
+            health.back(conn)
+            if conn.autocommit:  # an AsyncTx's connection: back to psycopg's transactions
+                await conn.set_autocommit(False)
 
         return AsyncConnectionPool(
             conninfo,
@@ -164,11 +206,10 @@ class AsyncKeen:
     ) -> AsyncIterator[AsyncTx]:
         try:
             async with pool.connection() as conn:
-                tx = AsyncTx(conn)
-                begin = self.config.begin(user_id, read_only)
-                if begin is not None:
-                    await tx.run(begin)
+                await conn.set_autocommit(True)  # BEGIN is AsyncTx's (no round trip); reset undoes it
+                tx = AsyncTx(conn, self.config.begin(user_id, read_only))
                 yield tx
+                await tx.end()
         except psycopg.Error as exc:  # commit-time failures too
             raise from_psycopg(exc) from exc
 

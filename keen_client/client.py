@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 import psycopg
-from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
-from ._base import Query, Sync, no_row, one, rows, scalar, void
+from ._base import Begin, Query, Sync, no_row, one, row_factory, rows, scalar, void
 from .analytics import AnalyticsApi
 from .credits import CreditsApi
 from .errors import AuthenticationFailed, KeenError, from_psycopg, mapped
@@ -87,7 +86,12 @@ class _HealthCheck:
         if self.due(conn):
             ConnectionPool.check_connection(conn)
 
-    def reset(self, conn: Any) -> None:
+    def reset(self, conn: psycopg.Connection[Any]) -> None:
+        self.back(conn)
+        if conn.autocommit:  # a Tx's connection: back to psycopg's transactions (no round trip)
+            conn.autocommit = False
+
+    def back(self, conn: Any) -> None:
         self.returned[conn] = time.monotonic()
 
 
@@ -133,22 +137,20 @@ class ClientConfig:
             )
         return kwargs
 
-    def begin(self, user_id: UUID | str | None = None, read_only: bool = False) -> Query[None] | None:
-        """The first statement of a transaction (None: nothing to send)."""
+    def begin(self, user_id: UUID | str | None = None, read_only: bool = False) -> Begin:
+        """How a transaction starts: BEGIN [READ ONLY], then the timeouts behind a pooler and
+        act_as in one SELECT (no setup when there is neither)."""
         parts: list[str] = []
         params: list[Any] = []
         if self.pooled:
             parts.append("pg_catalog.set_config('statement_timeout', %s, true)")
             parts.append("pg_catalog.set_config('idle_in_transaction_session_timeout', %s, true)")
             params += [str(self.settings.statement_timeout_ms), str(self.settings.idle_in_transaction_timeout_ms)]
-        if read_only:
-            parts.append("pg_catalog.set_config('transaction_read_only', 'on', true)")
         if user_id is not None:
             parts.append("keen.act_as(p_user_id => %s)")
             params.append(user_id)
-        if not parts:
-            return None
-        return void("SELECT " + ", ".join(parts), params)
+        setup = void("SELECT " + ", ".join(parts), params) if parts else None
+        return Begin("BEGIN READ ONLY" if read_only else "BEGIN", setup)
 
     def listen_url(self) -> str:
         """A direct connection for LISTEN (a transaction pooler cannot deliver notifications)."""
@@ -161,16 +163,62 @@ class ClientConfig:
         return self.conninfo
 
 
+def read(cur: psycopg.Cursor[Any], q: Query[Any]) -> Any:
+    """The answer of `q` from its executed cursor, in the query's shape."""
+    if q.shape == "one":
+        raw = cur.fetchone()
+        if raw is None:
+            raise no_row(q)
+        return raw
+    if q.shape == "all":
+        return cur.fetchall()
+    if q.shape == "scalar":
+        row = cur.fetchone()
+        return None if row is None else row[0]
+    return None
+
+
 ACCESS_TOKEN_SQL = "SELECT user_id FROM keen.authenticate_access_token(p_access_token => %s)"
 API_KEY_SQL = "SELECT user_id FROM keen.authenticate_api_key(p_token => %s)"
 
 
 class Tx:
     """One transaction on one connection. Use the area APIs (tx.credits.deduct_credits(...))
-    or the typed helpers below; every database error surfaces as a keen_client.errors type."""
+    or the typed helpers below; every database error surfaces as a keen_client.errors type.
 
-    def __init__(self, conn: psycopg.Connection[Any]):
-        self.conn = conn
+    Keen opens it on a connection switched to autocommit for its duration (the pool's reset
+    switches it back), so that psycopg sends no BEGIN of its own: the transaction's BEGIN and
+    setup (keen_client._base.Begin) wait for the first call and leave with it in one pipeline,
+    one round trip instead of three. `tx.conn` sends them first."""
+
+    def __init__(self, conn: psycopg.Connection[Any], begin: Begin | None = None):
+        self._conn = conn
+        self._begin = begin
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The connection, for a statement of your own (BEGIN and act_as are sent first)."""
+        self.flush()
+        return self._conn
+
+    def flush(self) -> None:
+        """Send BEGIN and the setup if no call has carried them yet."""
+        begin, self._begin = self._begin, None
+        if begin is not None:
+            with mapped(), self._conn.pipeline():
+                self._start(begin)
+
+    def end(self) -> None:
+        """At the end of the block: a setup no call has sent is sent now (act_as still checks
+        its actor, 28000, in an empty block); a bare BEGIN is dropped (nothing to commit)."""
+        if self._begin is not None and self._begin.setup is None:
+            self._begin = None
+        self.flush()
+
+    def _start(self, begin: Begin) -> None:
+        self._conn.execute(begin.statement, prepare=False)
+        if begin.setup is not None:
+            self._conn.execute(begin.setup.sql, begin.setup.params)
 
     @cached_property
     def users(self) -> UsersApi[Sync]:
@@ -194,23 +242,19 @@ class Tx:
 
     def run(self, q: Query[T]) -> T:
         """Run one area query on this transaction's connection."""
-        raw: Any = None
+        conn, begin, self._begin = self._conn, self._begin, None
         with mapped():
-            if q.row is not None:
-                with self.conn.cursor(row_factory=class_row(q.row)) as cur:
-                    cur.execute(q.sql, q.params)
-                    if q.shape == "one":
-                        raw = cur.fetchone()
-                        if raw is None:
-                            raise no_row(q)
-                    else:
-                        raw = cur.fetchall()
+            if begin is None:
+                cur = conn.cursor(row_factory=row_factory(q.row))
+                cur.execute(q.sql, q.params)
             else:
-                cur = self.conn.execute(q.sql, q.params)
-                if q.shape == "scalar":
-                    row = cur.fetchone()
-                    raw = None if row is None else row[0]
-        return q.finish(raw)
+                # One round trip; the first error in the pipeline (act_as's, say) is raised.
+                with conn.pipeline():
+                    self._start(begin)
+                    cur = conn.cursor(row_factory=row_factory(q.row))
+                    cur.execute(q.sql, q.params)
+            with cur:
+                return q.finish(read(cur, q))
 
     def one(self, query: str, params: Sequence[Any] | dict[str, Any] | None, cls: type[T]) -> T:
         """The single row of `query` as a `cls` (a frozen dataclass named like the columns);
@@ -294,11 +338,10 @@ class Keen:
     ) -> Iterator[Tx]:
         try:
             with pool.connection() as conn:
-                tx = Tx(conn)
-                begin = self.config.begin(user_id, read_only)
-                if begin is not None:
-                    tx.run(begin)
+                conn.autocommit = True  # BEGIN is Tx's, sent with the first call; reset undoes this
+                tx = Tx(conn, self.config.begin(user_id, read_only))
                 yield tx
+                tx.end()
         except psycopg.Error as exc:  # commit-time failures too
             raise from_psycopg(exc) from exc
 

@@ -1,7 +1,8 @@
 """keen-db bench, the client's deployment figures (issue 14), in interleaved rounds on the bench
 database: deductions through keen_client direct, through a real PgBouncer in transaction
 pooling (KEEN_POOLER=pgbouncer: no prepared statements, SET LOCAL timeouts), and through
-AsyncKeen (one event loop, as many tasks as threads). Ratios are medians of per-round ratios."""
+AsyncKeen (one event loop, as many tasks as threads). Ratios are medians of per-round ratios;
+docs/client.md says what each side runs."""
 
 from __future__ import annotations
 
@@ -87,6 +88,11 @@ def measure(b: Any) -> None:
     else:
         bouncer = cluster.start_pgbouncer(b.s, pool_size=threads)
     failures = 0
+    # Each side: `threads` threads or tasks on a pool of `threads` connections (PgBouncer: as
+    # many server connections), opened and warmed once before the first round; one event loop
+    # for every async round (asyncio.Runner), like the threaded pools kept across rounds. The
+    # order of the three paths turns each round, so none always runs first or last.
+    runner = asyncio.Runner()
     try:
         direct = Keen(url, settings)
         pooled = (
@@ -94,33 +100,33 @@ def measure(b: Any) -> None:
             if bouncer
             else None
         )
+        akeen = AsyncKeen(url, settings)
+        runner.run(akeen.open(wait=True))
         direct.pool.wait()
         if pooled is not None:
             pooled.pool.wait()
-
-        async def async_round() -> tuple[float, int]:
-            async with AsyncKeen(url, settings) as akeen:
-                await akeen.pool.wait()
-                return await _async(akeen, users, seconds, threads, bench_uid)
-
+        paths: list[tuple[str, Callable[[float], tuple[float, int]]]] = [
+            ("client_direct_tps", lambda t: _threaded(direct, users, t, threads, bench_uid)),
+            ("client_async_tps", lambda t: runner.run(_async(akeen, users, t, threads, bench_uid))),
+        ]
+        if pooled is not None:
+            paths.insert(1, ("client_pgbouncer_tps", lambda t: _threaded(pooled, users, t, threads, bench_uid)))
         try:
+            for _, run in paths:  # warm-up, not counted: every connection has run the calls
+                failures += run(min(1.0, seconds))[1]
             for i in range(b.cfg.rounds):
                 b.echo(f"client paths {i + 1}/{b.cfg.rounds}")
-                tps, err = _threaded(direct, users, seconds, threads, bench_uid)
-                samples["client_direct_tps"].append(tps)
-                failures += err
-                if pooled is not None:
-                    tps, err = _threaded(pooled, users, seconds, threads, bench_uid)
-                    samples["client_pgbouncer_tps"].append(tps)
+                for key, run in paths[i % len(paths) :] + paths[: i % len(paths)]:
+                    tps, err = run(seconds)
+                    samples[key].append(tps)
                     failures += err
-                tps, err = asyncio.run(async_round())
-                samples["client_async_tps"].append(tps)
-                failures += err
         finally:
             direct.close()
             if pooled is not None:
                 pooled.close()
+            runner.run(akeen.close())
     finally:
+        runner.close()
         if bouncer is not None:
             bouncer.stop()
     b.failures += failures

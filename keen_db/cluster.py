@@ -454,9 +454,12 @@ class PgBouncer:
 
 def pgbouncer_ini(s: Settings, workdir: Path, port: int, pool_size: int) -> str:
     """A transaction-pooling PgBouncer for every database of the cluster; clients and the
-    server authenticate with scram-sha-256 (auth_file holds the login roles' passwords)."""
+    server authenticate with scram-sha-256 (auth_file holds the login roles' passwords).
+    Clients reach it over TCP; it reaches PostgreSQL over the cluster's unix socket (as on a
+    database host: no TCP stack on that hop). server_reset_query is not run in transaction
+    pooling (server_reset_query_always = 0, the default)."""
     return f"""[databases]
-* = host=127.0.0.1 port={s.port}
+* = host={s.run_dir} port={s.port}
 
 [pgbouncer]
 listen_addr = 127.0.0.1

@@ -13,7 +13,7 @@ import pytest
 
 from keen_client import AsyncKeen, PoolSettings
 from keen_client.credits import CreditTransaction
-from keen_client.errors import AuthenticationFailed, InsufficientCredits, NotFound
+from keen_client.errors import AuthenticationFailed, InsufficientCredits, KeenError, NotFound
 
 from .conftest import assert_ledger_clean
 from .test_pgbouncer import grant, register
@@ -124,3 +124,23 @@ def test_the_async_listener_resumes_after_its_connection_is_cut(db, keen):
         return got
 
     assert run(main()) == [0, 1, 2]  # nothing lost, nothing repeated across the reconnect
+
+
+def test_an_async_tx_conn_is_given_once_begin_and_act_as_are_sent(db, keen):
+    user = register(keen)
+
+    async def main() -> None:
+        async with AsyncKeen(db.app_url, settings()) as akeen:
+            async with akeen.as_user(user) as tx:
+                with pytest.raises(KeenError):
+                    tx.conn  # noqa: B018 - act_as is not sent yet
+                await tx.flush()
+                cur = await tx.conn.execute("SELECT keen.actor_id()")
+                assert await cur.fetchone() == (user,)
+            with pytest.raises(AuthenticationFailed):
+                async with akeen.as_user(uuid.uuid4()):
+                    pass  # an empty block still checks its actor
+            async with akeen.pool.connection() as conn:
+                assert conn.autocommit is False  # back to psycopg's transactions
+
+    run(main())

@@ -3,11 +3,16 @@ transaction, the pool checks connections."""
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 import pytest
 
 from keen_client import Keen, PoolSettings, Tx, client, errors
 from keen_client.credits import Balance
+
+from .conftest import assert_ledger_clean
+from .test_pgbouncer import grant
 
 
 @pytest.mark.parametrize(
@@ -158,3 +163,71 @@ def test_with_access_token_acts_as_the_token_user_and_refuses_a_bad_token(db, ke
     with pytest.raises(errors.AuthenticationFailed):
         with keen.with_access_token(token[:-2] + "xx"):
             pass
+
+
+def _ready_for_query_count(trace: str) -> int:
+    """Round trips in a libpq trace: each ends with the server's ReadyForQuery."""
+    return sum(1 for line in trace.splitlines() if "\tB\t" in line and "ReadyForQuery" in line)
+
+
+@pytest.mark.parametrize("pooler", [None, "pgbouncer"])
+def test_begin_act_as_and_the_first_call_share_one_round_trip_and_commit_is_the_second(
+    db, keen, make_user, tmp_path, pooler
+):
+    user = make_user()
+    grant(keen, db, user, 5)
+    trace = tmp_path / "libpq.trace"
+    with Keen(db.app_url, PoolSettings(min_size=1, max_size=1, pooler=pooler)) as k, trace.open("w") as out:
+        with k.pool.connection() as conn:
+            conn.pgconn.trace(out.fileno())
+        with k.as_user(user) as tx:
+            tx.credits.deduct_credits(user, 1)
+        with k.pool.connection() as conn:
+            conn.pgconn.untrace()
+    text = trace.read_text()
+    # The two checkouts to switch the trace on and off send nothing; the transaction: BEGIN,
+    # act_as (and the timeouts behind a pooler), the call and a Sync, then COMMIT.
+    assert _ready_for_query_count(text) == 2
+    assert "BEGIN" in text and "act_as" in text and "deduct_credits" in text and "COMMIT" in text
+    assert_ledger_clean(db)
+
+
+def test_a_block_that_raises_after_a_call_commits_nothing(db, keen, make_user):
+    user = make_user()
+    grant(keen, db, user, 5)
+    with pytest.raises(ZeroDivisionError):
+        with keen.as_user(user) as tx:
+            tx.credits.deduct_credits(user, 1)
+            _ = 1 / 0
+    with keen.as_user(user) as tx:
+        assert tx.credits.get_balance(user).current_balance == 5
+    assert_ledger_clean(db)
+
+
+def test_an_empty_block_still_checks_its_actor(keen):
+    with pytest.raises(errors.AuthenticationFailed):
+        with keen.as_user(uuid.uuid4()):
+            pass
+
+
+def test_tx_conn_runs_inside_the_transaction_as_the_actor(keen, make_user):
+    user = make_user()
+    with keen.as_user(user) as tx:
+        assert tx.conn.execute("SELECT keen.actor_id()").fetchone() == (user,)
+        tx.conn.execute("SELECT pg_catalog.set_config('keen.probe', 'inside', true)")
+        assert tx.scalar("SELECT pg_catalog.current_setting('keen.probe', true)") == "inside"
+
+
+def test_connections_go_back_to_the_pool_in_psycopg_transaction_mode(keen, make_user):
+    user = make_user()
+    with pytest.raises(errors.AuthenticationFailed):
+        with keen.as_user(user) as tx:
+            tx.scalar("SELECT keen.act_as(%s)", (uuid.uuid4(),))
+    with keen.as_user(user) as tx:
+        tx.scalar("SELECT 1")
+    for _ in range(3):
+        with keen.pool.connection() as conn:
+            assert conn.autocommit is False
+            conn.execute("SELECT pg_catalog.set_config('keen.probe', 'x', false)")
+            conn.rollback()  # in a transaction, even a session-level setting is undone
+            assert conn.execute("SELECT pg_catalog.current_setting('keen.probe', true)").fetchone() in [(None,), ("",)]
