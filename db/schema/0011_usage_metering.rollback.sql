@@ -7,6 +7,8 @@ SET statement_timeout = '600s';
 DROP FUNCTION IF EXISTS keen.record_llm_usage(uuid, text, bigint, bigint, bigint, bigint, text, integer);
 DROP FUNCTION IF EXISTS keen.set_model_price(text, numeric, numeric, numeric, numeric, timestamptz);
 DROP FUNCTION IF EXISTS keen.usage_by_model(uuid, date, date);
+DROP FUNCTION IF EXISTS keen_private.llm_usage_result(keen.llm_usage);
+DROP FUNCTION IF EXISTS keen_private.llm_usage_replay(uuid, text, text, bigint, bigint, bigint, bigint);
 DROP FUNCTION IF EXISTS keen.dashboard_metrics();
 DROP FUNCTION IF EXISTS keen.refresh_dashboard_metrics();
 DROP FUNCTION IF EXISTS keen.platform_metrics(date, date);

@@ -59,4 +59,5 @@ REVOKE ALL ON keen.credit_accounts, keen.credit_transactions, keen.credit_reserv
 REVOKE ALL ON SEQUENCE keen.credit_transactions_entry_no_seq FROM keen_ledger;
 REVOKE ALL ON SCHEMA keen, keen_private FROM keen_ledger;
 REVOKE EXECUTE ON FUNCTION pg_catalog.pg_advisory_xact_lock(integer, integer) FROM keen_ledger;
-DROP ROLE IF EXISTS keen_ledger;
+-- keen_ledger itself stays: roles are cluster-wide, and the other databases of the cluster
+-- (test copies, the bench) may still grant it privileges; without privileges here it reaches nothing.
