@@ -832,3 +832,20 @@ def test_no_recharge_request_while_auto_recharge_is_off(db, keen, funded):
     with keen.as_user(funded) as tx:
         assert tx.credits.recharge_requests() == []
     assert_ledger_clean(db)
+
+
+def test_keen_app_cannot_become_the_ledgers_owner(db):
+    """keen_ledger bypasses row policies on the ledger tables (docs/credits.md): no login role
+    may become it, by SET ROLE or SET SESSION AUTHORIZATION, nor log in as it."""
+    for statement in ("SET ROLE keen_ledger", "SET SESSION AUTHORIZATION keen_ledger"):
+        with psycopg.connect(db.app_url) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    with db.su() as conn:
+        assert conn.execute(
+            "SELECT rolbypassrls AND NOT rolcanlogin AND NOT rolsuper FROM pg_roles WHERE rolname = 'keen_ledger'"
+        ).fetchone() == (True,)
+        members = conn.execute("SELECT count(*) FROM pg_auth_members WHERE roleid = 'keen_ledger'::regrole").fetchone()[
+            0
+        ]
+    assert members == 0
