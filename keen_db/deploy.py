@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
@@ -16,6 +17,9 @@ from psycopg.conninfo import conninfo_to_dict
 from .config import DB_DIR, Settings
 
 SCHEMA_DIR = DB_DIR / "schema"
+# Each lock the deploy waits for, at most (KEEN_DEPLOY_LOCK_TIMEOUT), and how often it tries.
+DEPLOY_LOCK_TIMEOUT = os.environ.get("KEEN_DEPLOY_LOCK_TIMEOUT", "2s")
+DEPLOY_ATTEMPTS = int(os.environ.get("KEEN_DEPLOY_ATTEMPTS", "10"))
 LOGIN_ROLES = ("keen_app", "keen_maintenance")
 
 
@@ -38,6 +42,9 @@ def apply_repeatables(conn) -> list[str]:
     cur = conn.cursor()
     # Bodies are checked by plpgsql_check in tests/test_deploy.py, so files need no particular order.
     cur.execute("SET LOCAL check_function_bodies = off")
+    # A policy is replaced under an ACCESS EXCLUSIVE lock: queued behind an idle reader, it would
+    # make every later reader of the table queue behind it. Wait briefly instead; migrate retries.
+    cur.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (DEPLOY_LOCK_TIMEOUT,))
     for path in repeatable_files():
         rel = str(path.relative_to(DB_DIR))
         cur.execute(path.read_text())
@@ -97,9 +104,25 @@ def migrate(superuser_conninfo: str) -> list[str]:
         pending = backend.to_apply(migrations)
         backend.apply_migrations_only(pending)
         applied = [m.id for m in pending]
-    with psycopg.connect(superuser_conninfo) as conn:
-        apply_repeatables(conn)
+    apply_repeatables_retrying(superuser_conninfo)
     return applied
+
+
+def apply_repeatables_retrying(superuser_conninfo: str, attempts: int = DEPLOY_ATTEMPTS) -> int:
+    """apply_repeatables in its own transaction, again after a lock wait that ran out (55P03:
+    some transaction holds a table the policies are replaced on), with a growing pause; each
+    wait is bounded by DEPLOY_LOCK_TIMEOUT, so readers queue behind the deploy for at most that.
+    Returns the attempts it took; raises the last LockNotAvailable when none succeeded."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with psycopg.connect(superuser_conninfo) as conn:
+                apply_repeatables(conn)
+            return attempt
+        except psycopg.errors.LockNotAvailable:
+            if attempt == attempts:
+                raise
+            time.sleep(min(0.5 * attempt, 3.0))
+    raise AssertionError("unreachable")
 
 
 def rollback(superuser_conninfo: str, count: int | None = 1) -> list[str]:

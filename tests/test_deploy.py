@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
+import time
 from decimal import Decimal
 
 import psycopg
@@ -180,3 +182,43 @@ def test_plpgsql_check_finds_no_error_in_any_keen_function(db):
              CROSS JOIN LATERAL plpgsql_check_function_tb(t.oid, t.relid) c
              WHERE c.level = 'error'""").fetchall()
     assert problems == []
+
+
+def test_a_deploy_behind_an_idle_reader_waits_briefly_retries_and_never_queues_readers(db, monkeypatch):
+    """An idle transaction that read keen.credit_accounts holds its ACCESS SHARE lock; replacing
+    the table's policy needs ACCESS EXCLUSIVE. The deploy waits at most its lock_timeout, gives
+    up, and tries again; meanwhile a new reader is never stuck behind it, and once the idle
+    transaction ends the deploy goes through."""
+    monkeypatch.setattr(deploy, "DEPLOY_LOCK_TIMEOUT", "300ms")
+    idle = psycopg.connect(db.superuser_url)
+    idle.execute("SELECT count(*) FROM keen.credit_accounts")  # and then sits idle in its transaction
+    result: dict[str, object] = {}
+
+    def run_deploy() -> None:
+        try:
+            result["attempts"] = deploy.apply_repeatables_retrying(db.superuser_url, attempts=40)
+        except Exception as exc:  # reported below
+            result["error"] = exc
+
+    worker = threading.Thread(target=run_deploy)
+    worker.start()
+    with db.su() as watcher:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the deploy has asked for the table and been refused once
+            refused = watcher.execute(
+                "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE '%%DROP POLICY%%' AND wait_event_type = 'Lock'"
+            ).fetchone()
+            if refused and refused[0]:
+                break
+            time.sleep(0.02)
+        # A new reader while the deploy is waiting: it gets its rows (the deploy's wait is short).
+        with psycopg.connect(db.superuser_url) as reader:
+            reader.execute("SET statement_timeout = '20s'")
+            assert reader.execute("SELECT count(*) FROM keen.credit_accounts").fetchone()[0] >= 1
+        assert worker.is_alive(), "the deploy must still be retrying while the idle reader holds its lock"
+    idle.rollback()
+    idle.close()
+    worker.join(60)
+    assert "error" not in result, result
+    assert isinstance(result["attempts"], int) and result["attempts"] > 1
