@@ -248,14 +248,18 @@ def _fetch(
     limit: int,
     as_user: UUID | str | None,
     connection_id: str | None = None,
+    api_key: str | None = None,
 ) -> list[StreamEvent]:
-    """One short transaction: act as the user, read the events after `after` (a session's, the
+    """One short transaction: act as the user (or as the owner of `api_key`: the admin's
+    way, since act_as refuses an admin), read the events after `after` (a session's, the
     user's feed, or the connection's cursor, which this transaction moves and commits)."""
-    from .client import Tx
+    from .client import API_KEY_SQL, Tx
 
     with conn.transaction():
         tx = Tx(conn)
-        if as_user is not None:
+        if api_key is not None:
+            tx.execute(API_KEY_SQL, (api_key,))
+        elif as_user is not None:
             tx.execute("SELECT keen.act_as(%s)", (as_user,))
         if connection_id is not None:
             return tx.streaming.next_events(connection_id, min(limit, 1000))
@@ -279,6 +283,7 @@ def listen(
     *,
     connection_id: str | None = None,
     as_user: UUID | str | None = None,
+    api_key: str | None = None,
     timeout: float | None = None,
     idle_timeout: float | None = None,
     max_events: int | None = None,
@@ -292,7 +297,8 @@ def listen(
     A dedicated autocommit connection (not the pool: keen's listen URL, KEEN_LISTEN_URL, which
     must be direct behind a transaction pooler) LISTENs on keen_events;
     every event is read through keen.events_since in a short transaction acting as `as_user`
-    (None: no actor, for a maintenance-role Keen), so row-level security guards the stream:
+    (None: no actor, for a maintenance-role Keen), or as the owner of `api_key` (each read is one
+    request of the key; how an admin listens), so row-level security guards the stream:
     another tenant's session raises NotFound. After LISTEN it first catches up, then waits for
     notifications of this session (and reads anyway every `poll_interval` seconds).
 
@@ -344,7 +350,7 @@ def listen(
                 failures = 0
                 while True:
                     # Catch up first: events committed before LISTEN, or while reconnecting.
-                    batch = _fetch(conn, session_id, last, batch_size, as_user, connection_id)
+                    batch = _fetch(conn, session_id, last, batch_size, as_user, connection_id, api_key)
                     for event in batch:
                         last = event.event_id
                         last_event_at = time.monotonic()

@@ -928,3 +928,10 @@ def test_concurrent_readers_of_one_connection_deliver_each_event_once(db, keen, 
         for t in readers:
             t.join(WAIT)
         assert sorted(got) == emitted
+
+
+def test_an_admin_listens_to_any_tenants_session_through_its_api_key(db, keen, alice, admin_key):
+    session = new_session(db, keen, alice)
+    ids = emit(keen, alice, session, 3)
+    got = [e.event_id for e in keen.listen(session, api_key=admin_key, max_events=3, timeout=WAIT)]
+    assert got == ids
