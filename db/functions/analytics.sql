@@ -58,10 +58,7 @@ DECLARE
     v_start timestamptz;
     v_end timestamptz;
 BEGIN
-    IF NOT (keen.actor_is_admin() OR keen.session_is_maintenance()) THEN
-        RAISE EXCEPTION 'only an admin or the maintenance role may run the rollup'
-            USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.require_all_tenants('only an admin or the maintenance role may run the rollup');
     IF p_day IS NULL THEN
         RAISE EXCEPTION 'p_day must not be NULL' USING ERRCODE = '22023';
     END IF;
@@ -462,13 +459,10 @@ COMMENT ON FUNCTION keen.user_usage(uuid, date, date) IS
 CREATE OR REPLACE FUNCTION keen.refresh_dashboard_metrics()
 RETURNS timestamptz
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
-    IF NOT (keen.actor_is_admin() OR keen.session_is_maintenance()) THEN
-        RAISE EXCEPTION 'only an admin or the maintenance role may refresh the dashboard'
-            USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.require_all_tenants('only an admin or the maintenance role may refresh the dashboard');
     REFRESH MATERIALIZED VIEW CONCURRENTLY keen.admin_dashboard_metrics;
     RETURN pg_catalog.now();
 END

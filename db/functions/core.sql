@@ -14,7 +14,7 @@
 CREATE OR REPLACE FUNCTION keen_private.actor_proof(p_user_id uuid)
 RETURNS text
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
     RETURN (SELECT pg_catalog.encode(keen_ext.hmac(
@@ -218,7 +218,7 @@ COMMENT ON FUNCTION keen_private.api_scopes() IS 'Internal: the scopes an API ke
 CREATE OR REPLACE FUNCTION keen_private.require_scope(p_scope text)
 RETURNS void
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_scopes text := pg_catalog.current_setting('keen_private.actor_scopes', true);
@@ -274,6 +274,29 @@ END
 $$;
 REVOKE ALL ON FUNCTION keen_private.require_admin() FROM PUBLIC;
 COMMENT ON FUNCTION keen_private.require_admin() IS 'Internal: the admin actor, or 42501.';
+
+-- keen_private.require_all_tenants: the caller may act on every tenant: the maintenance role,
+-- or an admin actor (whose API key, if any, has no scope list: no scope covers admin work).
+-- p_refusal is the message of the refusal, naming what was refused.
+-- Who: keen's cross-tenant functions (rollups, ledger check, upkeep, reaping, metrics).
+-- Raises 42501 for anyone else.
+CREATE OR REPLACE FUNCTION keen_private.require_all_tenants(p_refusal text)
+RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, keen_private, pg_temp
+AS $$
+BEGIN
+    IF keen.session_is_maintenance() THEN
+        RETURN;
+    END IF;
+    IF NOT keen.actor_is_admin() THEN
+        RAISE EXCEPTION '%', p_refusal USING ERRCODE = '42501';
+    END IF;
+    PERFORM keen_private.require_scope(NULL);
+END
+$$;
+REVOKE ALL ON FUNCTION keen_private.require_all_tenants(text) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.require_all_tenants(text) IS 'Internal: the maintenance role or an admin actor, or 42501.';
 
 -- keen_private.require_read_committed: the ledger and login rules read what other transactions
 -- committed a moment ago (live holds, failure counts written by the login recorder); in a
@@ -391,7 +414,7 @@ GRANT EXECUTE ON FUNCTION keen.set_setting(text, jsonb) TO keen_app;
 COMMENT ON FUNCTION keen.set_setting(text, jsonb) IS 'Admin-only change of a platform setting, bounded per key and audited (old and new value).';
 
 -- keen_private.size_cap: the largest accepted size, in bytes, of each free-form input; the one
--- place the caps are written (docs/security.md lists them). NULL for an unknown kind.
+-- place the caps are written (the README lists them). NULL for an unknown kind.
 -- Who: keen's functions. Raises: nothing. LANGUAGE sql without SET: inlined into its callers.
 CREATE OR REPLACE FUNCTION keen_private.size_cap(p_what text)
 RETURNS integer
@@ -411,7 +434,6 @@ AS $$
         WHEN 'user_agent' THEN 512
         WHEN 'name' THEN 256
         WHEN 'second_factor' THEN 64
-        WHEN 'token' THEN 512
     END
 $$;
 REVOKE ALL ON FUNCTION keen_private.size_cap(text) FROM PUBLIC;

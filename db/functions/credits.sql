@@ -1031,13 +1031,11 @@ COMMENT ON FUNCTION keen.credit_history(uuid, int) IS 'The account''s ledger, ne
 CREATE OR REPLACE FUNCTION keen.verify_ledger()
 RETURNS TABLE (user_id uuid, balance numeric, ledger_sum numeric, ok boolean)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
-    IF NOT (keen.session_is_maintenance() OR keen.actor_is_admin()) THEN
-        RAISE EXCEPTION 'only an admin or the maintenance role may verify the ledger' USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.require_all_tenants('only an admin or the maintenance role may verify the ledger');
     RETURN QUERY
     SELECT a.user_id, a.current_balance::numeric, COALESCE(s.total, 0)::numeric,
            a.current_balance = COALESCE(s.total, 0)
@@ -1222,14 +1220,12 @@ CREATE OR REPLACE FUNCTION keen.resolve_recharge_request(p_request_id uuid, p_st
                                                          p_note text DEFAULT NULL)
 RETURNS keen.credit_recharge_requests
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_request keen.credit_recharge_requests;
 BEGIN
-    IF NOT (keen.session_is_maintenance() OR keen.actor_is_admin()) THEN
-        RAISE EXCEPTION 'only an admin or the maintenance role may resolve recharge requests' USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.require_all_tenants('only an admin or the maintenance role may resolve recharge requests');
     IF p_status IS NULL OR p_status NOT IN ('completed', 'failed', 'cancelled') THEN
         RAISE EXCEPTION 'p_status is one of completed, failed, cancelled' USING ERRCODE = '22023';
     END IF;
@@ -1580,6 +1576,7 @@ $ledger$;
 GRANT EXECUTE ON FUNCTION keen.actor_id(), keen.actor_is_admin(), keen.session_is_maintenance(),
                           keen.setting_numeric(text),
                           keen_private.require_read_committed(), keen_private.require_scope(text),
+                          keen_private.require_all_tenants(text),
                           keen_private.require_size(text, text), keen_private.size_cap(text),
                           keen_private.credit_authorize(uuid), keen_private.credit_check_amount(text, numeric, numeric),
                           keen_private.credit_check_text(text, text), keen_private.credit_check_cost(text, numeric),

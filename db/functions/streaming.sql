@@ -363,9 +363,7 @@ DECLARE
     v_connections text[];
     v_count integer;
 BEGIN
-    IF NOT keen.actor_sees_all_tenants() THEN
-        RAISE EXCEPTION 'only the maintenance role or an admin may reap connections' USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.require_all_tenants('only the maintenance role or an admin may reap connections');
     IF p_older_than IS NULL OR p_older_than < interval '0' THEN
         RAISE EXCEPTION 'p_older_than must be a non-negative interval' USING ERRCODE = '22023';
     END IF;
@@ -756,9 +754,7 @@ DECLARE
     v_day_start timestamptz := pg_catalog.date_trunc('day', pg_catalog.now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
     v_row keen.system_metrics;
 BEGIN
-    IF NOT keen.actor_sees_all_tenants() THEN
-        RAISE EXCEPTION 'only an admin or the maintenance role may take system metrics' USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.require_all_tenants('only an admin or the maintenance role may take system metrics');
     INSERT INTO keen.system_metrics
            (active_users, active_sessions, active_websocket_connections,
             sessions_in_explore, sessions_in_plan, sessions_in_found, sessions_in_summon, sessions_in_complete,
@@ -808,9 +804,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
-    IF NOT keen.actor_sees_all_tenants() THEN
-        RAISE EXCEPTION 'only an admin or the maintenance role may prune history' USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.require_all_tenants('only an admin or the maintenance role may prune history');
     IF p_metrics_keep IS NULL OR p_metrics_keep < interval '1 day'
        OR p_connections_keep IS NULL OR p_connections_keep < interval '1 day' THEN
         RAISE EXCEPTION 'retention periods must be at least 1 day' USING ERRCODE = '22023';
@@ -876,9 +870,7 @@ DECLARE
     v_n bigint;
     v_m bigint;
 BEGIN
-    IF NOT keen.actor_sees_all_tenants() THEN
-        RAISE EXCEPTION 'only the maintenance role or an admin may run upkeep jobs' USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.require_all_tenants('only the maintenance role or an admin may run upkeep jobs');
     CASE p_job_name
         WHEN 'rollup_today' THEN
             PERFORM keen.rollup_daily_analytics(v_today);
@@ -930,9 +922,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
-    IF NOT keen.actor_sees_all_tenants() THEN
-        RAISE EXCEPTION 'only the maintenance role or an admin may register upkeep jobs' USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.require_all_tenants('only the maintenance role or an admin may register upkeep jobs');
     RETURN QUERY
         INSERT INTO keen.maintenance_jobs (job_name)
         SELECT c.job_name FROM keen.maintenance_job_catalog() c
@@ -958,9 +948,7 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
-    IF NOT keen.actor_sees_all_tenants() THEN
-        RAISE EXCEPTION 'only the maintenance role or an admin may read upkeep jobs' USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.require_all_tenants('only the maintenance role or an admin may read upkeep jobs');
     IF p_grace IS NULL OR p_grace < interval '0' THEN
         RAISE EXCEPTION 'p_grace must be a non-negative interval' USING ERRCODE = '22023';
     END IF;

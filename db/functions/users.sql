@@ -203,10 +203,7 @@ DECLARE
     v_prev bytea;
     v_problem text;
 BEGIN
-    IF NOT (keen.actor_is_admin() OR keen.session_is_maintenance()) THEN
-        RAISE EXCEPTION 'only an admin or the maintenance role may verify the audit chain'
-            USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.require_all_tenants('only an admin or the maintenance role may verify the audit chain');
     FOR v_chain IN
         SELECT a.chain_name FROM keen.audit_logs a
         UNION
