@@ -17,9 +17,18 @@ from keen_client.errors import InvalidInput, PermissionDenied
 from keen_db import cluster, config, jobs
 from keen_db.cli import cli
 
+from .conftest import assert_ledger_clean
 from .embedded import new_cluster
 
-JOBS = {"rollup_today", "rollup_yesterday", "event_partitions", "retention", "reap_connections", "metrics_snapshot"}
+JOBS = {
+    "rollup_today",
+    "rollup_yesterday",
+    "event_partitions",
+    "retention",
+    "reap_connections",
+    "metrics_snapshot",
+    "reap_idle_transactions",
+}
 DAILY = {"rollup_yesterday", "event_partitions", "retention"}
 WAIT = 180  # seconds pg_cron may take to run every job once (its schedule has minute steps)
 
@@ -139,17 +148,17 @@ def cron_cluster():
 
 def test_keen_db_up_loads_pg_cron_and_schedules_the_jobs_as_maintenance(cron_cluster):
     e, res = cron_cluster
-    assert "pg_cron runs 6 upkeep jobs in 'keen' as keen_maintenance" in res.stdout
+    assert f"pg_cron runs {len(JOBS)} upkeep jobs in 'keen' as keen_maintenance" in res.stdout
     with e.su("postgres") as conn:
         rows = conn.execute(
             "SELECT jobname, schedule, database, username, active FROM cron.job ORDER BY jobname"
         ).fetchall()
     assert {r[0] for r in rows} == {f"keen:keen:{n}" for n in JOBS}
     assert all(r[2] == "keen" and r[3] == "keen_maintenance" and r[4] for r in rows)
-    again = e.cli("up")  # idempotent: the same six jobs
-    assert "pg_cron runs 6 upkeep jobs" in again.stdout
+    again = e.cli("up")  # idempotent: the same jobs
+    assert f"pg_cron runs {len(JOBS)} upkeep jobs" in again.stdout
     with e.su("postgres") as conn:
-        assert conn.execute("SELECT count(*) FROM cron.job").fetchone()[0] == 6
+        assert conn.execute("SELECT count(*) FROM cron.job").fetchone()[0] == len(JOBS)
 
 
 def test_pg_cron_runs_the_jobs(cron_cluster):
@@ -175,3 +184,45 @@ def test_pg_cron_runs_the_jobs(cron_cluster):
     doctor = e.cli("doctor", check=False)
     line = next(ln for ln in doctor.stdout.splitlines() if "upkeep jobs" in ln)
     assert line.startswith("ok") and "pg_cron succeeded" in line, doctor.stdout
+
+
+def test_the_watchdog_ends_a_keen_app_session_that_turned_its_idle_timeout_off(db, keen, make_user, maintenance):
+    """The attack of issue 16, with the timeout SET away: a keen_app session changes a limit (taking the
+    account lock), turns idle_in_transaction_session_timeout off and sits idle. The watchdog
+    ends it; its transaction rolls back, the lock goes, the user's next deduction proceeds."""
+    user = make_user("idle")
+    attacker = psycopg.connect(db.app_url)
+    attacker.execute("SET idle_in_transaction_session_timeout = 0")
+    attacker.execute("SET lock_timeout = 0")
+    attacker.execute("SELECT keen.act_as(%s)", (user,))
+    attacker.execute("SELECT keen.set_spending_limits(%s, 10, 100)", (user,))  # takes the account lock
+    pid = attacker.info.backend_pid
+    time.sleep(1.2)
+    with maintenance.transaction() as tx:
+        assert tx.scalar("SELECT keen.reap_idle_transactions(interval '1 second')") == 1
+    with db.su() as conn:
+        deadline = time.monotonic() + 10
+        while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]:
+            assert time.monotonic() < deadline, "the idle session was not ended"
+            time.sleep(0.05)
+        entry = conn.execute(
+            "SELECT event_data->>'role' FROM keen.audit_logs WHERE event_subtype = 'session_terminated'"
+        ).fetchone()
+        assert entry == ("keen_app",)
+    with pytest.raises(psycopg.OperationalError):
+        attacker.execute("SELECT 1")
+    attacker.close()
+    with keen.as_user(user) as tx:  # the lock is gone: the owner changes the limits at once
+        tx.execute("SET LOCAL lock_timeout = '2s'")
+        tx.credits.set_spending_limits(user, None, None)
+    assert_ledger_clean(db)
+
+
+def test_the_watchdog_is_for_maintenance_and_admins_and_takes_positive_intervals(keen, make_user, maintenance):
+    user = make_user("nosy")
+    with pytest.raises(PermissionDenied):
+        with keen.as_user(user) as tx:
+            tx.execute("SELECT keen.reap_idle_transactions()")
+    with pytest.raises(InvalidInput):
+        with maintenance.transaction() as tx:
+            tx.execute("SELECT keen.reap_idle_transactions(interval '0')")

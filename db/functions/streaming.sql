@@ -821,6 +821,56 @@ REVOKE ALL ON FUNCTION keen.prune_streaming_history(interval, interval) FROM PUB
 GRANT EXECUTE ON FUNCTION keen.prune_streaming_history(interval, interval) TO keen_app, keen_maintenance;
 COMMENT ON FUNCTION keen.prune_streaming_history(interval, interval) IS 'Retention: system_metrics (90 days) and closed connections (7 days); 42501, 22023.';
 
+-- keen.reap_idle_transactions: the watchdog of the login roles' timeouts. keen_app's and
+-- keen_recorder's statement, idle-in-transaction and lock timeouts are role defaults (0010) that
+-- a session may change with SET, so a leaked connection could hold the locks its calls took
+-- (an account, a user's event order, the audit chain) for as long as it likes. This ends (with
+-- pg_terminate_backend: its transaction rolls back, its locks go) every session of those roles
+-- in this database that has sat idle in a transaction for longer than p_idle, or whose
+-- transaction has run longer than p_transaction. A job every minute (keen.maintenance_job_catalog):
+-- so no caller holds a lock much past p_idle plus a minute, whatever it SET. Returns how many
+-- sessions it ended; each is audited (high).
+-- Who: the maintenance role (pg_cron, keen-db jobs) or an admin actor.
+-- Raises 42501 for anyone else; 22023 for a NULL or non-positive interval.
+CREATE OR REPLACE FUNCTION keen.reap_idle_transactions(p_idle interval DEFAULT '60 seconds',
+                                                      p_transaction interval DEFAULT '10 minutes')
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, keen_private, pg_temp
+AS $$
+DECLARE
+    v_backend record;
+    v_ended integer := 0;
+BEGIN
+    PERFORM keen_private.require_all_tenants('only the maintenance role or an admin may end sessions');
+    IF p_idle IS NULL OR p_idle <= interval '0' OR p_transaction IS NULL OR p_transaction <= interval '0' THEN
+        RAISE EXCEPTION 'p_idle and p_transaction must be positive intervals' USING ERRCODE = '22023';
+    END IF;
+    FOR v_backend IN
+        SELECT a.pid, a.usename::text AS role_name, a.state, a.xact_start, a.state_change
+          FROM pg_catalog.pg_stat_activity a
+         WHERE a.datname = pg_catalog.current_database()
+           AND a.usename IN ('keen_app', 'keen_recorder')
+           AND a.pid <> pg_catalog.pg_backend_pid()
+           AND ((a.state IN ('idle in transaction', 'idle in transaction (aborted)')
+                 AND a.state_change < pg_catalog.clock_timestamp() - p_idle)
+                OR a.xact_start < pg_catalog.clock_timestamp() - p_transaction)
+    LOOP
+        IF pg_catalog.pg_terminate_backend(v_backend.pid) THEN
+            v_ended := v_ended + 1;
+            PERFORM keen_private.write_audit('watchdog', 'session_terminated', NULL,
+                pg_catalog.jsonb_build_object('pid', v_backend.pid, 'role', v_backend.role_name,
+                                              'state', v_backend.state, 'transaction_started', v_backend.xact_start,
+                                              'state_since', v_backend.state_change), 'high');
+        END IF;
+    END LOOP;
+    RETURN v_ended;
+END
+$$;
+REVOKE ALL ON FUNCTION keen.reap_idle_transactions(interval, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.reap_idle_transactions(interval, interval) TO keen_app, keen_maintenance;
+COMMENT ON FUNCTION keen.reap_idle_transactions(interval, interval) IS 'Watchdog: ends keen_app/keen_recorder sessions idle in a transaction past p_idle (or in one past p_transaction); 42501, 22023.';
+
 -- Scheduled upkeep. keen.maintenance_job_catalog is the one list of jobs: pg_cron schedules
 -- each as `SELECT keen.run_maintenance_job(name)` in this database as keen_maintenance
 -- (keen-db up, keen_db/jobs.py), and `keen-db jobs` runs the ones that are due where pg_cron is
@@ -846,7 +896,9 @@ AS $$
            ('reap_connections', '* * * * *', interval '1 minute', '2000-01-01 00:00:00+00'::timestamptz,
             'connections not pinged for 2 minutes are closed'),
            ('metrics_snapshot', '* * * * *', interval '1 minute', '2000-01-01 00:00:00+00'::timestamptz,
-            'a system_metrics snapshot')
+            'a system_metrics snapshot'),
+           ('reap_idle_transactions', '* * * * *', interval '1 minute', '2000-01-01 00:00:00+00'::timestamptz,
+            'keen_app and keen_recorder sessions idle in a transaction for 60 s (or in one for 10 minutes) are ended')
 $$;
 REVOKE ALL ON FUNCTION keen.maintenance_job_catalog() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.maintenance_job_catalog() TO keen_app, keen_maintenance;
@@ -892,6 +944,8 @@ BEGIN
         WHEN 'metrics_snapshot' THEN
             PERFORM keen.snapshot_system_metrics();
             v_result := 'snapshot taken';
+        WHEN 'reap_idle_transactions' THEN
+            v_result := keen.reap_idle_transactions() || ' idle transaction(s) ended';
         ELSE
             RAISE EXCEPTION 'unknown maintenance job %', p_job_name USING ERRCODE = '22023';
     END CASE;
