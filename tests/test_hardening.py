@@ -17,7 +17,7 @@ from keen_db import deploy
 from .conftest import assert_ledger_clean
 from .test_credits import balance, grant
 from .test_sessions import complete, create
-from .test_users import email_of, fail_logins, login
+from .test_users import age_login_failures, email_of, fail_logins, login
 
 D = Decimal
 
@@ -227,6 +227,49 @@ def test_attack_guessing_the_password_through_change_password_is_locked_out_like
     with pytest.raises(errors.AuthenticationFailed), keen.as_user(user) as tx:
         tx.users.change_password("correct horse battery", "the attacker's password")  # right, but locked out
     assert login(keen, email_of(db, user), "correct horse battery", "198.51.100.30").user_id  # the owner signs in
+
+
+def test_attack_rotating_the_source_cannot_guess_a_password_without_limit(keen, make_user, db):
+    """Review S4: the lock-out was per (e-mail, source) and per source, and the source is the
+    caller's word (p_ip): a leaked keen_app connection rotating it guessed without limit. Now the
+    e-mail's failures across all sources are capped too (login_max_failures_per_email), refusing
+    then every source that has not signed the e-mail in within the window, with the same 28P01."""
+    email = email_of(db, make_user())
+    with db.su() as conn:
+        assert (
+            conn.execute("SELECT value FROM keen.settings WHERE key = 'login_max_failures_per_email'").fetchone()[0]
+            == 100
+        )
+        conn.execute("UPDATE keen.settings SET value = '20' WHERE key = 'login_max_failures_per_email'")
+    assert login(keen, email, "correct horse battery", "198.51.100.60").user_id  # the owner's source is known
+    for i in range(20):  # one guess per source: no pair or source cap is ever reached
+        with pytest.raises(errors.AuthenticationFailed) as err:
+            login(keen, email, "a guess", f"203.0.{i}.1")
+        assert (err.value.sqlstate, err.value.message) == ("28P01", "invalid e-mail or password")
+    with pytest.raises(errors.AuthenticationFailed) as err:  # even the right password, from a new source
+        login(keen, email, "correct horse battery", "203.0.200.1")
+    assert (err.value.sqlstate, err.value.message) == ("28P01", "invalid e-mail or password")
+    assert login(keen, email, "correct horse battery", "198.51.100.60").user_id  # the owner at its known source
+    age_login_failures(db, email, 16)
+    assert login(keen, email, "correct horse battery", "203.0.200.2").user_id  # the failures aged out
+
+
+def test_attack_wrong_current_passwords_from_the_gateway_do_not_block_another_users_change_password(
+    keen, make_user, db
+):
+    """Review S8: change_password counted its failures per connection address, the gateway's for
+    everyone: 30 wrong current passwords from anyone blocked every user's change_password. Now
+    they are counted per user, and not against the user's sign-ins."""
+    guessers = [make_user("guesser") for _ in range(3)]
+    for guesser in guessers:
+        for _ in range(11):
+            with pytest.raises(errors.AuthenticationFailed), keen.as_user(guesser) as tx:
+                tx.users.change_password("a wrong guess", "the attacker's password")
+    victim = make_user("victim")
+    with keen.as_user(victim) as tx:
+        tx.users.change_password("correct horse battery", "a new horse battery")
+    assert login(keen, email_of(db, victim), "a new horse battery").user_id
+    assert login(keen, email_of(db, guessers[0]), "correct horse battery").user_id  # its sign-ins are not locked
 
 
 def test_nobody_can_claim_a_sessions_completion_key_and_the_completion_still_charges_once(

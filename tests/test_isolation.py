@@ -277,5 +277,54 @@ def test_objects_shadowing_keens_in_the_callers_search_path_never_run(db, admin_
     assert empty == 0
     with db.su() as conn:
         assert (
-            conn.execute("SELECT count(*) FROM keen.login_attempts WHERE email = 'eve@example.com'").fetchone()[0] == 1
+            conn.execute(
+                "SELECT count(*) FROM keen.login_attempts WHERE email = 'eve@example.com' AND NOT succeeded"
+            ).fetchone()[0]
+            == 1
         )
+
+
+# A function that makes another user the actor for a moment and then restores the caller's
+# actor: each restored the actor with no scope list, so an admin key scoped to credits:read
+# became full admin after it (the review's S1). Each entry: the call, made in the scoped key's
+# transaction (%(email)s / %(token)s filled in per call).
+ACTOR_SWITCHING_CALLS = {
+    "register_user": "SELECT keen.register_user('scoped-new@example.com', 'scoped_new', 'correct horse battery')",
+    "login": "SELECT keen.login(%(email)s, 'correct horse battery', '198.51.100.40')",
+    "verify_email": "SELECT keen.verify_email(%(token)s)",
+    "reset_password": "SELECT keen.reset_password(%(token)s, 'a brand new password')",
+    "request_password_reset": "SELECT keen.request_password_reset(%(email)s)",
+}
+ADMIN_ONLY_CALLS = {
+    "add_credits": "SELECT keen.add_credits(%(user)s, 10, 'escalated')",
+    "set_setting": "SELECT keen.set_setting('markup_multiplier', '1')",
+    "refund_credits": "SELECT keen.refund_credits(%(tx)s, 'escalated')",
+    "list_users": "SELECT keen.list_users()",
+}
+
+
+@pytest.mark.parametrize("switch", sorted(ACTOR_SWITCHING_CALLS))
+def test_attack_a_scoped_admin_key_stays_scoped_after_a_call_that_switches_the_actor(db, keen, make_user, switch):
+    user = make_user("victim")
+    with db.su() as conn:
+        email = conn.execute("SELECT email FROM keen.users WHERE id = %s", (user,)).fetchone()[0]
+    with psycopg.connect(db.app_url) as conn:
+        act_as_admin(conn)
+        scoped = conn.execute("SELECT token FROM keen.create_api_key('read only', '{credits:read}')").fetchone()[0]
+        purchase = conn.execute("SELECT id FROM keen.add_credits(%s, 5, 'seed')", (user,)).fetchone()[0]
+    token = None
+    if switch == "verify_email":
+        with keen.as_user(user) as tx:
+            token = tx.scalar("SELECT keen.request_email_verification()")
+    elif switch == "reset_password":
+        with keen.transaction() as tx:
+            token = tx.scalar("SELECT keen.request_password_reset(%s)", (email,))
+    with psycopg.connect(db.app_url) as conn:
+        conn.execute("SELECT keen.authenticate_api_key(%s)", (scoped,))
+        conn.execute(ACTOR_SWITCHING_CALLS[switch], {"email": email, "token": token})
+        assert conn.execute("SELECT keen.actor_is_admin()").fetchone()[0]  # still the admin...
+        assert conn.execute("SELECT current_balance FROM keen.get_balance(%s)", (user,)).fetchone()  # credits:read
+        for call in ADMIN_ONLY_CALLS.values():  # ...and still limited to its scopes (a savepoint each)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                conn.execute(call, {"user": user, "tx": purchase})
+    assert_ledger_clean(db)

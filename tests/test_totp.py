@@ -174,3 +174,60 @@ def test_disable_totp_needs_a_valid_code_and_turns_the_factor_off(keen, db, make
             )
         ]
     assert audited == ["second_factor_enabled", "second_factor_disabled", "second_factor_enabled"]
+
+
+def wrong_code(secret: bytes) -> str:
+    """A six-digit code that is none of the codes accepted now (one step early to one late)."""
+    accepted = {code_at(secret, now_step() + d) for d in (-2, -1, 0, 1, 2)}
+    return next(c for c in (f"{n:06d}" for n in range(1000000)) if c not in accepted)
+
+
+def age_second_factor_failures(db, email: str, minutes: int) -> None:
+    with db.su() as conn:
+        conn.execute(
+            "UPDATE keen.login_attempts SET attempted_at = attempted_at - make_interval(mins => %s)"
+            " WHERE email = %s AND purpose = 'second_factor'",
+            (minutes, email),
+        )
+
+
+def test_attack_rotating_sources_cannot_guess_second_factor_codes_without_limit(keen, db, make_user):
+    """Review S4: with the password known, each source could try ten TOTP codes before its pair
+    was locked, and the source is the caller's word: unlimited guesses. Now the wrong codes of one
+    user are capped (second_factor_max_failures, 10 in the window) whatever the source, counted by
+    the recorder (the KN006 rolls the sign-in back); past the cap every code is KN006."""
+    user_id = make_user()
+    email = email_of(db, user_id)
+    secret, codes = enroll(keen, user_id)
+    guess = wrong_code(secret)
+
+    def sign_in(code, ip):
+        with psycopg.connect(db.app_url) as conn:
+            return conn.execute(
+                "SELECT aal FROM keen.start_login_session(%s, %s, %s, %s)", (email, PASSWORD, code, ip)
+            ).fetchone()[0]
+
+    for i in range(10):
+        with pytest.raises(psycopg.Error) as err:
+            sign_in(guess, f"203.0.113.{i}")
+        assert err.value.sqlstate == "KN006"
+    for right in (code_at(secret, now_step() + 1), codes[0]):  # a current code, an unused recovery code
+        with pytest.raises(psycopg.Error) as err:
+            sign_in(right, "198.51.100.70")
+        assert err.value.sqlstate == "KN006"
+    with pytest.raises(SecondFactorRequired), keen.as_user(user_id) as tx:  # disable_totp counts alike
+        tx.execute("SELECT keen.disable_totp(%s)", (codes[1],))
+    age_second_factor_failures(db, email, 16)
+    assert sign_in(codes[0], "198.51.100.70") == "aal2"  # the codes were not used up while refused
+
+
+def test_attack_a_stolen_access_token_cannot_guess_codes_through_disable_totp(keen, db, make_user):
+    user_id = make_user()
+    secret, codes = enroll(keen, user_id)
+    for _ in range(10):
+        with pytest.raises(SecondFactorRequired), keen.as_user(user_id) as tx:
+            tx.execute("SELECT keen.disable_totp(%s)", (wrong_code(secret),))
+    with pytest.raises(SecondFactorRequired), keen.as_user(user_id) as tx:
+        tx.execute("SELECT keen.disable_totp(%s)", (codes[0],))
+    with db.su() as conn:
+        assert conn.execute("SELECT mfa_enabled FROM keen.users WHERE id = %s", (user_id,)).fetchone()[0]

@@ -158,7 +158,9 @@ COMMENT ON FUNCTION keen.act_as(uuid) IS 'Sets a non-admin actor for the current
 -- keen_private.set_actor: makes p_user_id (or nobody, for NULL) the actor for the rest of the
 -- transaction with no "active" check and no scope restriction: for keen's own functions that
 -- have already decided who the actor is (register_user writes the new user's rows as that user;
--- a verified credential acts as its owner) or that restore the previous actor.
+-- a verified credential acts as its owner). Never to put back a previous actor: that actor may
+-- have come from a scoped API key, and this would drop its scopes (keen_private.saved_scopes /
+-- keen_private.restore_actor do that).
 -- Who: keen_owner's functions only (never granted to keen_app). Raises: nothing.
 CREATE OR REPLACE FUNCTION keen_private.set_actor(p_user_id uuid)
 RETURNS void
@@ -196,6 +198,37 @@ ALTER FUNCTION keen_private.set_actor_scoped(uuid, text[]) OWNER TO keen_auth;
 REVOKE ALL ON FUNCTION keen_private.set_actor_scoped(uuid, text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen_private.set_actor_scoped(uuid, text[]) TO keen_owner, keen_auth;
 COMMENT ON FUNCTION keen_private.set_actor_scoped(uuid, text[]) IS 'Internal: sets the actor limited to an API key''s scopes.';
+
+-- keen_private.saved_scopes: the actor's scope list as keen_private.restore_actor takes it back
+-- ('' for none). A function that makes someone else the actor for a moment saves
+-- (keen.actor_id(), keen_private.saved_scopes()) first and restores both with restore_actor:
+-- one pair for every such function, so no restore can widen a scoped API key's actor.
+-- Who: keen's functions. Raises: nothing.
+CREATE OR REPLACE FUNCTION keen_private.saved_scopes()
+RETURNS text
+LANGUAGE sql STABLE
+AS $$
+    SELECT COALESCE(pg_catalog.current_setting('keen_private.actor_scopes', true), '')
+$$;
+REVOKE ALL ON FUNCTION keen_private.saved_scopes() FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.saved_scopes() IS 'Internal: the actor''s scope list, saved for keen_private.restore_actor.';
+
+-- keen_private.restore_actor: puts back the actor saved before a function changed it, with the
+-- scopes it had (p_scopes from keen_private.saved_scopes: '' for no restriction, else the
+-- comma-separated list); NULL p_actor clears the actor.
+-- Who: keen_owner's functions (register_user, login, request_password_reset, verify_email,
+-- reset_password, use_account_token). Raises: nothing.
+CREATE OR REPLACE FUNCTION keen_private.restore_actor(p_actor uuid, p_scopes text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, keen, keen_private, pg_temp
+AS $$
+BEGIN
+    PERFORM keen_private.set_actor_scoped(p_actor, pg_catalog.string_to_array(NULLIF(p_scopes, ''), ','));
+END
+$$;
+REVOKE ALL ON FUNCTION keen_private.restore_actor(uuid, text) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.restore_actor(uuid, text) IS 'Internal: restores a saved actor with its saved scopes.';
 
 -- keen_private.api_scopes: the scopes an API key may carry (CONTRACT.md, "Scopes").
 -- Who: keen's functions. Raises: nothing.
@@ -356,6 +389,8 @@ AS $$
                    ('hard_max_session_depth', 1, 100),
                    ('login_max_failures', 3, 100),
                    ('login_max_failures_per_source', 10, 10000),
+                   ('login_max_failures_per_email', 10, 100000),
+                   ('second_factor_max_failures', 3, 100),
                    ('login_failure_window_minutes', 1, 1440),
                    ('access_token_minutes', 1, 60),
                    ('refresh_token_days', 1, 90)) AS b(key, min_value, max_value)
@@ -434,9 +469,16 @@ AS $$
         WHEN 'user_agent' THEN 512
         WHEN 'name' THEN 256
         WHEN 'second_factor' THEN 64
+        WHEN 'email' THEN 255
+        WHEN 'label' THEN 255
+        WHEN 'reason' THEN 1000
+        WHEN 'preferences' THEN 16384
+        WHEN 'token' THEN 512
+        WHEN 'access_token' THEN 1024
     END
 $$;
 REVOKE ALL ON FUNCTION keen_private.size_cap(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen_private.size_cap(text) TO keen_auth;  -- auth_check_access_token's cap
 COMMENT ON FUNCTION keen_private.size_cap(text) IS 'Internal: the size cap in bytes of a kind of free-form input.';
 
 -- keen_private.require_size: refuses a free-form value larger than its kind's cap (NULL passes).

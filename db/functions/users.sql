@@ -14,8 +14,13 @@
 --   * Every sign-in attempt is counted by the recorder BEFORE its password is checked (fail
 --     closed: an attempt that cannot be counted is refused); a success un-counts it.
 --
+--   * A function that makes another user the actor for a moment (register_user, login,
+--     verify_email, reset_password, request_password_reset) saves the caller's actor and its
+--     scopes (keen.actor_id(), keen_private.saved_scopes()) and puts both back with
+--     keen_private.restore_actor: a scoped API key's actor never comes back unscoped.
+--
 -- Advisory locks (two-int form, class id first): 7301 = an audit chain (at commit only),
--- 7302 = the recorder's count of one (e-mail, source) pair (inside the recorder's own short
+-- 7302 = the recorder's count of one e-mail's attempts (inside the recorder's own short
 -- transaction only).
 
 -- ---------------------------------------------------------------------------------------------
@@ -110,7 +115,10 @@ COMMENT ON FUNCTION keen_private.write_audit(text, text, uuid, jsonb, text, inet
 -- predecessor committed, the sequence has no gaps, and no entry links to one that rolled back.
 -- The wait is bounded (lock_timeout 5 s: the COMMIT then fails and the transaction is rolled
 -- back). A caller that runs SET CONSTRAINTS ALL IMMEDIATE links at once and holds the chain until
--- it ends; the role's idle_in_transaction_session_timeout bounds that (docs/security.md).
+-- it ends. The role's idle_in_transaction_session_timeout does not bound that (a keen_app
+-- session may change its own timeouts); the watchdog does: keen.reap_idle_transactions (in
+-- streaming.sql's job catalog) terminates login-role backends idle in a transaction over 60 s
+-- (docs/security.md).
 -- Who: the trigger. Raises 55P03 when the chain's lock is not granted in time.
 CREATE OR REPLACE FUNCTION keen_private.audit_link()
 RETURNS trigger
@@ -379,16 +387,28 @@ GRANT EXECUTE ON FUNCTION keen.login_recorder_status() TO keen_maintenance;
 COMMENT ON FUNCTION keen.login_recorder_status() IS 'NULL when the failed-login recorder can connect, else the reason.';
 
 -- keen.record_login_attempt: runs in the loopback session (as keen_recorder, no actor) and
--- commits there: counts one sign-in attempt of p_email from source p_ip (NULL is a source too)
--- as a failure, before its password is checked, and says whether it may be checked: 'refused'
--- when the (e-mail, source) pair already had login_max_failures failures in the window, or the
--- source login_max_failures_per_source (any e-mail), else 'ok'. A success then deletes the
--- attempt and the pair's failures in the sign-in's own transaction. The owner signing in from
--- another source is never refused (the admin included: it cannot be locked from one place),
--- and a refused attempt gets the 28P01 of a wrong password, so a lock-out is not told apart.
--- One count per pair at a time (advisory lock 7302, inside this short transaction only).
--- Who: keen_recorder only. Raises: nothing of its own.
-CREATE OR REPLACE FUNCTION keen.record_login_attempt(p_email text, p_ip inet, p_attempt_id uuid)
+-- commits there: counts one attempt of p_email from source p_ip (NULL is a source too) as a
+-- failure, before its password or code is checked, and says whether it may be checked ('ok')
+-- or not ('refused'). p_purpose:
+--   'sign_in' (login, start_login_session): refused when, within login_failure_window_minutes,
+--     the (e-mail, source) pair already had login_max_failures failures, or the source
+--     login_max_failures_per_source (any e-mail), or the e-mail login_max_failures_per_email
+--     across all sources and this source has had no successful sign-in of the e-mail in the
+--     window (p_ip is the caller's word: a guesser rotating it meets the per-e-mail cap, while
+--     the owner at a source it signed in from passes);
+--   'change_password': refused after login_max_failures failures of the e-mail (the user) in
+--     the window, whatever the source (the connection's address is the gateway's for all);
+--   'second_factor' (start_login_session, disable_totp): refused after
+--     second_factor_max_failures failed codes of the e-mail (the user) in the window, whatever
+--     the source: every code is then KN006 until they age out.
+-- A success marks its attempt succeeded and deletes the earlier failures it clears, in the
+-- checking function's own transaction. A refused attempt gets the answer of a wrong password
+-- (or code), so a lock-out is not told apart. The attempts of one e-mail are counted one at a
+-- time (advisory lock 7302, inside this short transaction only), so parallel guesses cannot
+-- outrun a cap.
+-- Who: keen_recorder only. Raises 22023 for an unknown purpose.
+DROP FUNCTION IF EXISTS keen.record_login_attempt(text, inet, uuid);
+CREATE OR REPLACE FUNCTION keen.record_login_attempt(p_email text, p_ip inet, p_attempt_id uuid, p_purpose text)
 RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, keen_private, pg_temp
@@ -396,37 +416,51 @@ SET lock_timeout = '2s'
 AS $$
 DECLARE
     v_email text := pg_catalog.left(pg_catalog.lower(COALESCE(p_email, '')), 255);
-    v_window interval := pg_catalog.make_interval(mins => keen.setting_numeric('login_failure_window_minutes')::int);
+    v_since timestamptz := pg_catalog.clock_timestamp()
+                           - pg_catalog.make_interval(mins => keen.setting_numeric('login_failure_window_minutes')::int);
     v_pair bigint;
-    v_source bigint;
+    v_email_failures bigint;
+    v_source bigint := 0;
+    v_known boolean;
+    v_refused boolean;
 BEGIN
-    PERFORM pg_catalog.pg_advisory_xact_lock(7302, pg_catalog.hashtext(v_email || '|' || COALESCE(p_ip::text, '')));
+    IF p_purpose IS NULL OR p_purpose NOT IN ('sign_in', 'change_password', 'second_factor') THEN
+        RAISE EXCEPTION 'unknown login attempt purpose %', p_purpose USING ERRCODE = '22023';
+    END IF;
+    PERFORM pg_catalog.pg_advisory_xact_lock(7302, pg_catalog.hashtext(v_email));
+    SELECT pg_catalog.count(*) FILTER (WHERE NOT a.succeeded AND a.ip_address IS NOT DISTINCT FROM p_ip),
+           pg_catalog.count(*) FILTER (WHERE NOT a.succeeded),
+           COALESCE(pg_catalog.bool_or(a.succeeded AND a.ip_address IS NOT DISTINCT FROM p_ip), false)
+      INTO v_pair, v_email_failures, v_known
+      FROM keen.login_attempts a
+     WHERE a.email = v_email AND a.purpose = p_purpose AND a.attempted_at > v_since;
     -- A NULL source (the caller did not say) is its own pair per e-mail, never a shared source:
     -- 30 failures without p_ip must not refuse every sign-in that comes without one.
-    SELECT pg_catalog.count(*) FILTER (WHERE a.email = v_email),
-           CASE WHEN p_ip IS NULL THEN 0 ELSE pg_catalog.count(*) END
-      INTO v_pair, v_source
-      FROM keen.login_attempts a
-     WHERE a.ip_address IS NOT DISTINCT FROM p_ip
-       AND NOT a.succeeded
-       AND a.attempted_at > pg_catalog.clock_timestamp() - v_window;
-    INSERT INTO keen.login_attempts (email, ip_address, attempt_id) VALUES (v_email, p_ip, p_attempt_id);
+    IF p_purpose = 'sign_in' AND p_ip IS NOT NULL THEN
+        SELECT pg_catalog.count(*) INTO v_source
+          FROM keen.login_attempts a
+         WHERE a.ip_address = p_ip AND a.purpose = 'sign_in' AND NOT a.succeeded AND a.attempted_at > v_since;
+    END IF;
+    INSERT INTO keen.login_attempts (email, ip_address, attempt_id, purpose) VALUES (v_email, p_ip, p_attempt_id, p_purpose);
     DELETE FROM keen.login_attempts a
      WHERE a.id IN (SELECT b.id FROM keen.login_attempts b
-                     WHERE b.attempted_at < pg_catalog.clock_timestamp() - v_window
+                     WHERE b.attempted_at < v_since
                      ORDER BY b.attempted_at LIMIT 100
                        FOR UPDATE SKIP LOCKED);
-    IF v_pair >= keen.setting_numeric('login_max_failures')
-       OR v_source >= keen.setting_numeric('login_max_failures_per_source') THEN
-        RETURN 'refused';
-    END IF;
-    RETURN 'ok';
+    v_refused := CASE p_purpose
+        WHEN 'sign_in' THEN v_pair >= keen.setting_numeric('login_max_failures')
+                            OR v_source >= keen.setting_numeric('login_max_failures_per_source')
+                            OR (v_email_failures >= keen.setting_numeric('login_max_failures_per_email') AND NOT v_known)
+        WHEN 'change_password' THEN v_email_failures >= keen.setting_numeric('login_max_failures')
+        ELSE v_email_failures >= keen.setting_numeric('second_factor_max_failures')
+    END;
+    RETURN CASE WHEN v_refused THEN 'refused' ELSE 'ok' END;
 END
 $$;
-REVOKE ALL ON FUNCTION keen.record_login_attempt(text, inet, uuid) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION keen.record_login_attempt(text, inet, uuid) TO keen_recorder;
-COMMENT ON FUNCTION keen.record_login_attempt(text, inet, uuid) IS
-    'Loopback only (keen_recorder): counts a sign-in attempt before its check; ''refused'' when locked out.';
+REVOKE ALL ON FUNCTION keen.record_login_attempt(text, inet, uuid, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen.record_login_attempt(text, inet, uuid, text) TO keen_recorder;
+COMMENT ON FUNCTION keen.record_login_attempt(text, inet, uuid, text) IS
+    'Loopback only (keen_recorder): counts a sign-in, change_password or second-factor attempt before its check; ''refused'' when locked out.';
 
 -- keen.record_login_failure: runs in the loopback session (as keen_recorder) and commits there:
 -- the audit entry of a refused sign-in (record_login_attempt counted it). Reasons:
@@ -569,10 +603,12 @@ COMMENT ON FUNCTION keen_private.auth_find_api_key(text) IS 'Internal (authentic
 -- keen.register_user: creates a user (role 'user') and its credit account (balance 0), and
 -- audits it (in the caller's name: no actor for a sign-up, the admin when an admin registers
 -- someone).
--- Who: anyone with EXECUTE (keen_app); no actor needed, and the caller's actor is unchanged.
--- Raises: 22023 for an invalid e-mail, username (3-64 of letters, digits, '_', '.', '-',
--- starting with a letter or digit) or password (8 characters to 72 bytes); 23505 when the
--- e-mail (any case) or the username (any case) is taken.
+-- Who: anyone with EXECUTE (keen_app); no actor needed, and the caller's actor is unchanged
+-- (scopes included: keen_private.restore_actor).
+-- Raises: 22023 for an invalid e-mail (over 255 bytes too), username (3-64 of letters, digits,
+-- '_', '.', '-', starting with a letter or digit), password (8 characters to 72 bytes) or a
+-- display name over 255 bytes; 23505 when the e-mail (any case) or the username (any case) is
+-- taken.
 CREATE OR REPLACE FUNCTION keen.register_user(p_email text, p_username text, p_password text,
                                               p_display_name text DEFAULT NULL)
 RETURNS TABLE (id uuid, email text, username text, role text, is_admin boolean,
@@ -584,9 +620,11 @@ DECLARE
     v_email text := pg_catalog.lower(pg_catalog.btrim(p_email));
     v_id uuid := pg_catalog.gen_random_uuid();
     v_previous_actor uuid := keen.actor_id();
+    v_previous_scopes text := keen_private.saved_scopes();
     v_user keen.users;
 BEGIN
-    IF v_email IS NULL OR pg_catalog.length(v_email) > 255
+    PERFORM keen_private.require_size('email', v_email);
+    IF v_email IS NULL
        OR v_email !~ '^[a-z0-9.!#$%&''*+/=?^_`{|}~-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$' THEN
         RAISE EXCEPTION 'invalid e-mail address' USING ERRCODE = '22023';
     END IF;
@@ -595,9 +633,7 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     PERFORM keen_private.users_check_password(p_password);
-    IF p_display_name IS NOT NULL AND pg_catalog.length(p_display_name) > 255 THEN
-        RAISE EXCEPTION 'display name longer than 255 characters' USING ERRCODE = '22023';
-    END IF;
+    PERFORM keen_private.require_size('label', p_display_name);
 
     -- The new user is the actor just long enough to write its own rows under RLS.
     PERFORM keen_private.set_actor(v_id);
@@ -611,7 +647,7 @@ BEGIN
         RAISE EXCEPTION 'e-mail or username already registered' USING ERRCODE = '23505';
     END;
     INSERT INTO keen.credit_accounts (user_id) VALUES (v_id);
-    PERFORM keen_private.set_actor(v_previous_actor);
+    PERFORM keen_private.restore_actor(v_previous_actor, v_previous_scopes);
 
     PERFORM keen_private.write_audit('user', 'registered', v_id,
                              pg_catalog.jsonb_build_object('email', v_email, 'username', p_username));
@@ -624,23 +660,28 @@ GRANT EXECUTE ON FUNCTION keen.register_user(text, text, text, text) TO keen_app
 COMMENT ON FUNCTION keen.register_user(text, text, text, text) IS 'Registers a user and its credit account; 22023 invalid input, 23505 duplicate.';
 
 -- keen_private.login_check: the one password check of every sign-in (keen.login,
--- keen.start_login_session, keen.change_password). In order:
+-- keen.start_login_session) and of keen.change_password. In order:
 --   1. the attempt is counted, as a failure, by the recorder's own committed transaction
---      (keen.record_login_attempt) BEFORE the password is looked at; when it cannot be counted
---      (the recorder cannot connect) the attempt is refused: no guess is ever checked uncounted;
---   2. a refused (locked-out) pair or source gets 28P01, with one bcrypt spent as for any other
+--      (keen.record_login_attempt, with p_purpose: 'sign_in' or 'change_password') BEFORE the
+--      password is looked at; when it cannot be counted (the recorder cannot connect) the
+--      attempt is refused: no guess is ever checked uncounted;
+--   2. a refused (locked-out) attempt gets 28P01, with one bcrypt spent as for any other
 --      attempt, so neither the code nor the time tells a lock-out from a wrong password;
 --   3. a wrong password or an unknown e-mail is 28P01 (audited through the recorder), the right
 --      password of a suspended or banned account 28000;
---   4. on success the attempt and the pair's earlier failures are deleted (this transaction).
--- Who: keen_owner's sign-in functions. Raises 25000 outside READ COMMITTED, 28P01, 28000.
-CREATE OR REPLACE FUNCTION keen_private.login_check(p_email text, p_password text, p_ip inet)
+--   4. on success (this transaction) the attempt is kept as a success (for sign-ins: the source
+--      is then known for the e-mail, record_login_attempt's per-e-mail cap spares it) and the
+--      earlier failures of its (e-mail, source, purpose) are deleted.
+-- Who: keen_owner's sign-in functions. Raises 25000 outside READ COMMITTED, 22023 for an
+-- e-mail over 255 bytes (keen_private.require_size), 28P01, 28000.
+DROP FUNCTION IF EXISTS keen_private.login_check(text, text, inet);
+CREATE OR REPLACE FUNCTION keen_private.login_check(p_email text, p_password text, p_ip inet, p_purpose text)
 RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
-    v_email text := pg_catalog.left(pg_catalog.lower(pg_catalog.btrim(COALESCE(p_email, ''))), 255);
+    v_email text := pg_catalog.lower(pg_catalog.btrim(COALESCE(p_email, '')));
     v_attempt uuid := pg_catalog.gen_random_uuid();
     v_verdict text;
     v_user_id uuid;
@@ -650,9 +691,9 @@ BEGIN
     -- The counts are committed by the recorder's own connection: a REPEATABLE READ snapshot
     -- would never see them (and so never lock out).
     PERFORM keen_private.require_read_committed();
-    PERFORM keen_private.require_size('name', v_email);
+    PERFORM keen_private.require_size('email', v_email);
     v_verdict := keen_private.auth_recorder_query(pg_catalog.format(
-        'SELECT keen.record_login_attempt(%L, %L::inet, %L::uuid)', v_email, p_ip, v_attempt));
+        'SELECT keen.record_login_attempt(%L, %L::inet, %L::uuid, %L)', v_email, p_ip, v_attempt, p_purpose));
     IF v_verdict IS NULL OR v_verdict <> 'ok' THEN
         PERFORM keen_ext.crypt(COALESCE(p_password, ''), keen_ext.gen_salt('bf', keen.setting_numeric('bcrypt_cost')::int));
         IF v_verdict IS NOT NULL THEN
@@ -671,22 +712,25 @@ BEGIN
         PERFORM keen_private.auth_record_login_failure(v_email, v_user_id, p_ip, 'bad_credentials', true);
         RAISE EXCEPTION 'invalid e-mail or password' USING ERRCODE = '28P01';
     END IF;
+    UPDATE keen.login_attempts a SET succeeded = true WHERE a.email = v_email AND a.attempt_id = v_attempt;
     DELETE FROM keen.login_attempts a
-     WHERE a.attempt_id = v_attempt
-        OR (a.email = v_email AND a.ip_address IS NOT DISTINCT FROM p_ip);
+     WHERE a.email = v_email AND a.purpose = p_purpose AND a.ip_address IS NOT DISTINCT FROM p_ip
+       AND NOT a.succeeded;
     RETURN v_user_id;
 END
 $$;
-REVOKE ALL ON FUNCTION keen_private.login_check(text, text, inet) FROM PUBLIC;
-COMMENT ON FUNCTION keen_private.login_check(text, text, inet) IS
-    'Internal: counted-first password check of every sign-in; 28P01 / 28000.';
+REVOKE ALL ON FUNCTION keen_private.login_check(text, text, inet, text) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.login_check(text, text, inet, text) IS
+    'Internal: counted-first password check of every sign-in and change_password; 28P01 / 28000.';
 
 -- keen.login: checks an e-mail and password with bcrypt in the database (keen_private.login_check:
--- counted first, lock-out per e-mail and source and per source, 28P01 for a wrong password, an
--- unknown e-mail and a lock-out alike, 28000 for the right password of a suspended or banned
--- account). On success: records last_login_at / last_login_ip, audits, and returns the user; it
--- does not change the caller's actor (start_login_session signs in for real).
--- Who: keen_app, no actor needed. Raises 25000, 28P01, 28000.
+-- counted first, lock-out per e-mail and source, per source and per e-mail across sources,
+-- 28P01 for a wrong password, an unknown e-mail and a lock-out alike, 28000 for the right
+-- password of a suspended or banned account). On success: records last_login_at /
+-- last_login_ip, audits, and returns the user; it does not change the caller's actor (its
+-- scopes included: keen_private.restore_actor; start_login_session signs in for real).
+-- Who: keen_app, no actor needed. Raises 25000 outside READ COMMITTED, 22023 for an e-mail over
+-- 255 bytes, 28P01, 28000.
 CREATE OR REPLACE FUNCTION keen.login(p_email text, p_password text, p_ip inet DEFAULT NULL)
 RETURNS TABLE (user_id uuid, is_admin boolean, role text, admin_privileges jsonb)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -694,8 +738,8 @@ SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_previous_actor uuid := keen.actor_id();
-    v_previous_scopes text := COALESCE(pg_catalog.current_setting('keen_private.actor_scopes', true), '');
-    v_user_id uuid := keen_private.login_check(p_email, p_password, p_ip);
+    v_previous_scopes text := keen_private.saved_scopes();
+    v_user_id uuid := keen_private.login_check(p_email, p_password, p_ip, 'sign_in');
     v_user keen.users;
 BEGIN
     PERFORM keen_private.set_actor(v_user_id);
@@ -705,7 +749,7 @@ BEGIN
     RETURNING * INTO v_user;
     PERFORM keen_private.write_audit('auth', 'login_succeeded', v_user_id,
                              pg_catalog.jsonb_build_object('email', v_user.email), 'low', p_ip);
-    PERFORM keen_private.set_actor_scoped(v_previous_actor, pg_catalog.string_to_array(NULLIF(v_previous_scopes, ''), ','));
+    PERFORM keen_private.restore_actor(v_previous_actor, v_previous_scopes);
     RETURN QUERY SELECT v_user.id, v_user.is_admin, v_user.role::text, v_user.admin_privileges;
 END
 $$;
@@ -750,7 +794,7 @@ COMMENT ON FUNCTION keen.list_users(int, int) IS 'Admin only (42501): a page of 
 -- already in p_to (nothing done).
 -- Who: suspend_user / reactivate_user. Raises 42501 (not an admin; the target is a super-admin,
 -- or an admin and the actor is not a super-admin), P0002 (no such user), 22023 (the actor
--- itself, or an account in neither state).
+-- itself, an account in neither state, or a reason over 1000 bytes).
 CREATE OR REPLACE FUNCTION keen_private.set_account_status(p_user_id uuid, p_from text, p_to text, p_reason text)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
@@ -760,9 +804,7 @@ DECLARE
     v_actor uuid := keen_private.require_admin();
     v_user keen.users;
 BEGIN
-    IF p_reason IS NOT NULL AND pg_catalog.length(p_reason) > 1000 THEN
-        RAISE EXCEPTION 'reason longer than 1000 characters' USING ERRCODE = '22023';
-    END IF;
+    PERFORM keen_private.require_size('reason', p_reason);
     SELECT * INTO v_user FROM keen.users u WHERE u.id = p_user_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'user not found' USING ERRCODE = 'P0002';
@@ -799,7 +841,7 @@ COMMENT ON FUNCTION keen_private.set_account_status(uuid, text, text, text) IS '
 -- (act_as 28000) or use its API keys. Suspending a suspended user does nothing.
 -- Who: an admin actor (42501 otherwise; a super-admin to suspend an admin; nobody suspends a
 -- super-admin). Raises P0002 for an unknown user, 22023 for oneself, a banned or deleted
--- account, or a reason over 1000 characters.
+-- account, or a reason over 1000 bytes.
 CREATE OR REPLACE FUNCTION keen.suspend_user(p_user_id uuid, p_reason text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
@@ -831,11 +873,15 @@ COMMENT ON FUNCTION keen.reactivate_user(uuid) IS 'Admin: lifts a suspension.';
 
 -- keen.change_password: the actor changes its own password; the current one is required and is
 -- checked like a sign-in (keen_private.login_check: counted first, so a stolen API key or access
--- token cannot guess it faster than a login could; the source is the connection's address).
+-- token cannot guess it faster than a login could). Its failures are counted per user (the
+-- pair (e-mail, purpose 'change_password'), no source): the connection's address is the
+-- gateway's for everyone, so counting per source would let 30 wrong guesses from anyone block
+-- every user's change_password. They do not count against the user's sign-ins either.
 -- Every login session of the user is revoked (sign in again with the new password). Audited.
--- Who: keen_app with an actor (not a scoped key). Raises 28000 without an actor (or when the
--- account is inactive), 42501 for a scoped key, 28P01 for a wrong current password (or a
--- locked-out pair), 22023 for an invalid new password or one equal to the current.
+-- Who: keen_app with an actor (not a scoped key). Raises 25000 outside READ COMMITTED (through
+-- login_check), 28000 without an actor (or when the account is inactive), 42501 for a scoped
+-- key, 28P01 for a wrong current password (or after login_max_failures of them within the
+-- window), 22023 for an invalid new password or one equal to the current.
 CREATE OR REPLACE FUNCTION keen.change_password(p_old_password text, p_new_password text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
@@ -852,10 +898,9 @@ BEGIN
     IF p_new_password = p_old_password THEN
         RAISE EXCEPTION 'the new password must differ from the current one' USING ERRCODE = '22023';
     END IF;
-    IF keen_private.login_check(v_user.email, p_old_password, pg_catalog.inet_client_addr()) IS DISTINCT FROM v_actor THEN
+    IF keen_private.login_check(v_user.email, p_old_password, NULL, 'change_password') IS DISTINCT FROM v_actor THEN
         RAISE EXCEPTION 'the current password is wrong' USING ERRCODE = '28P01';
     END IF;
-    PERFORM keen_private.set_actor(v_actor);
     UPDATE keen.users u
        SET password_hash = keen_ext.crypt(p_new_password, keen_ext.gen_salt('bf', keen.setting_numeric('bcrypt_cost')::int)),
            updated_at = pg_catalog.now()
@@ -873,7 +918,8 @@ COMMENT ON FUNCTION keen.change_password(text, text) IS 'The actor changes its p
 -- argument leaves that field as it is. The display name is trimmed (1-255 characters), the
 -- time zone must be one of pg_timezone_names, preferences a JSON object of 16 kB at most (it
 -- replaces the previous one).
--- Who: keen_app with an actor. Raises 28000 without an actor, 22023 for invalid input.
+-- Who: keen_app with an actor (not a scoped key). Raises 28000 without an actor, 42501 for a
+-- scoped key, 22023 for invalid input.
 CREATE OR REPLACE FUNCTION keen.update_profile(p_display_name text DEFAULT NULL, p_timezone text DEFAULT NULL,
                                                p_preferences jsonb DEFAULT NULL)
 RETURNS TABLE (id uuid, email text, username text, display_name text, timezone text,
@@ -886,18 +932,18 @@ DECLARE
     v_user keen.users;
 BEGIN
     PERFORM keen_private.require_scope(NULL);
-    IF p_display_name IS NOT NULL
-       AND (pg_catalog.btrim(p_display_name) = '' OR pg_catalog.length(pg_catalog.btrim(p_display_name)) > 255) THEN
-        RAISE EXCEPTION 'display name: 1 to 255 characters' USING ERRCODE = '22023';
+    IF p_display_name IS NOT NULL AND pg_catalog.btrim(p_display_name) = '' THEN
+        RAISE EXCEPTION 'display name: 1 to 255 bytes' USING ERRCODE = '22023';
     END IF;
+    PERFORM keen_private.require_size('label', pg_catalog.btrim(p_display_name));
     IF p_timezone IS NOT NULL
        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_timezone_names z WHERE z.name = p_timezone) THEN
         RAISE EXCEPTION 'unknown time zone %', p_timezone USING ERRCODE = '22023';
     END IF;
-    IF p_preferences IS NOT NULL
-       AND (pg_catalog.jsonb_typeof(p_preferences) <> 'object' OR pg_catalog.octet_length(p_preferences::text) > 16384) THEN
-        RAISE EXCEPTION 'preferences must be a JSON object of 16 kB at most' USING ERRCODE = '22023';
+    IF p_preferences IS NOT NULL AND pg_catalog.jsonb_typeof(p_preferences) <> 'object' THEN
+        RAISE EXCEPTION 'preferences must be a JSON object' USING ERRCODE = '22023';
     END IF;
+    PERFORM keen_private.require_size('preferences', p_preferences);
     UPDATE keen.users u
        SET display_name = COALESCE(pg_catalog.btrim(p_display_name), u.display_name),
            timezone = COALESCE(p_timezone, u.timezone),
@@ -947,9 +993,10 @@ DECLARE
     v_bypass boolean;
 BEGIN
     PERFORM keen_private.require_scope('keys:manage');
-    IF p_name IS NULL OR pg_catalog.btrim(p_name) = '' OR pg_catalog.length(p_name) > 255 THEN
-        RAISE EXCEPTION 'API key name: 1 to 255 characters' USING ERRCODE = '22023';
+    IF p_name IS NULL OR pg_catalog.btrim(p_name) = '' THEN
+        RAISE EXCEPTION 'API key name: 1 to 255 bytes' USING ERRCODE = '22023';
     END IF;
+    PERFORM keen_private.require_size('label', p_name);
     IF p_scopes IS NULL OR pg_catalog.array_ndims(p_scopes) > 1
        OR EXISTS (SELECT 1 FROM pg_catalog.unnest(p_scopes) s WHERE s IS NULL OR NOT (s = ANY (keen_private.api_scopes()))) THEN
         RAISE EXCEPTION 'scopes: only %', pg_catalog.array_to_string(keen_private.api_scopes(), ', ') USING ERRCODE = '22023';
@@ -993,12 +1040,17 @@ COMMENT ON FUNCTION keen.create_api_key(text, text[], timestamptz, int) IS 'A ne
 -- last_used_at and last_used_ip (p_ip) are recorded. Unknown, malformed, revoked and expired
 -- keys, and keys of an inactive user, all fail alike (28000).
 -- Rate limit (keys without bypass_limits): each call is one request; more than
--- rate_limit_per_hour calls in any rolling hour is KN007. Exact: the key's row is locked (so
--- calls of one key take turns: a bounded wait, lock_timeout) and the key keeps a ring of
+-- rate_limit_per_hour calls in any rolling hour is KN007. Exact: the key's row is locked until
+-- the caller's transaction ends (so calls of one key take turns; each wait is bounded by
+-- lock_timeout, and a holder idling in its transaction is ended by the watchdog,
+-- keen.reap_idle_transactions in streaming.sql's job catalog, after 60 s: the role's own
+-- idle timeout does not bound it, a keen_app session may change it) and the key keeps a ring of
 -- rate_limit_per_hour request times (keen.api_key_request_slots); a call is allowed when the
 -- slot it would overwrite, the request rate_limit_per_hour calls back, is an hour old. KN007's
 -- DETAIL says when the next request is allowed (that slot's time plus an hour). A refused call
--- is not counted; a call whose transaction rolls back is not counted either (it did nothing).
+-- is not counted. Known limitation (docs/security.md, "API key rate limit"): the slot is
+-- written in the caller's transaction, so a call whose transaction rolls back (any error after
+-- the authentication) is not counted: the limit counts requests that committed, not every call.
 -- Keys with bypass_limits (the admin's) are never limited nor queued: their usage is recorded
 -- only when no other transaction holds the row (SKIP LOCKED).
 -- Who: keen_app, no actor needed. Raises 28000, KN007.
@@ -1058,7 +1110,7 @@ COMMENT ON FUNCTION keen.authenticate_api_key(text, inet) IS
     'API key -> scoped actor for the transaction, recording the caller''s IP; 28000 not valid, KN007 rate limit.';
 -- keen.authenticate_api_key(p_token): as above, with last_used_ip the address of the
 -- connection (inet_client_addr(): the API server's, for a gateway; pass p_ip to record the
--- end user's). Who: keen_app, no actor needed. Raises 28000.
+-- end user's). Who: keen_app, no actor needed. Raises 28000, KN007 (as above).
 CREATE OR REPLACE FUNCTION keen.authenticate_api_key(p_token text)
 RETURNS TABLE (user_id uuid, token_id uuid, scopes text[], is_admin boolean, bypass_limits boolean)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -1070,7 +1122,7 @@ END
 $$;
 REVOKE ALL ON FUNCTION keen.authenticate_api_key(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.authenticate_api_key(text) TO keen_app;
-COMMENT ON FUNCTION keen.authenticate_api_key(text) IS 'API key -> actor for the transaction; 28000 for an unknown, revoked or expired key.';
+COMMENT ON FUNCTION keen.authenticate_api_key(text) IS 'API key -> actor for the transaction; 28000 for an unknown, revoked or expired key, KN007 rate limit.';
 
 -- keen.revoke_api_key: revokes one of the actor's API keys (an admin: anyone's). Revoking a
 -- revoked key does nothing more.
@@ -1181,16 +1233,17 @@ DECLARE
     v_body text;
     v_claims jsonb;
 BEGIN
-    -- One pass of cheap checks, then one HMAC; everything inline (this runs on every request).
-    IF p_token IS NULL OR pg_catalog.octet_length(p_token) > 1024
+    -- One pass of cheap checks, then one HMAC (this runs on every request). size_cap and
+    -- base64url are SQL functions without a SET clause: inlined, so they cost nothing more.
+    IF p_token IS NULL OR pg_catalog.octet_length(p_token) > keen_private.size_cap('access_token')
        OR p_token !~ '^eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{43}$' THEN
         RETURN;
     END IF;
     v_dot := pg_catalog.length(p_token) - 44;  -- the last '.': the signature is 43 characters
-    IF pg_catalog.substr(p_token, v_dot + 2) IS DISTINCT FROM pg_catalog.rtrim(pg_catalog.translate(pg_catalog.encode(
+    IF pg_catalog.substr(p_token, v_dot + 2) IS DISTINCT FROM keen_private.base64url(
            keen_ext.hmac(pg_catalog.convert_to(pg_catalog.substr(p_token, 1, v_dot), 'UTF8'),
                          (SELECT pg_catalog.decode(k.value, 'hex') FROM keen.auth_secrets k WHERE k.name = 'jwt_hmac_key'),
-                         'sha256'), 'base64'), E'+/\n', '-_'), '=') THEN
+                         'sha256')) THEN
         RETURN;
     END IF;
     v_body := pg_catalog.translate(pg_catalog.substr(p_token, 38, v_dot - 37), '-_', '+/');
@@ -1271,11 +1324,13 @@ COMMENT ON FUNCTION keen_private.issue_login_tokens(keen.login_sessions) IS 'Int
 -- keen.start_login_session: signs a person in. The password check and lock-out of keen.login
 -- (keen_private.login_check: 28P01 / 28000 alike); when the user has a second factor on,
 -- p_second_factor must be a current TOTP code or an unused recovery code, else KN006 and nothing
--- is issued (the attempt stays counted as a failure). Opens a login session (aal1: password,
--- aal2: password and second factor) and returns its refresh token (30 days) and access token
--- (15 minutes), each only here; the user becomes the actor; audited.
+-- is issued (the attempt stays counted as a failure). The code is counted first, per user
+-- (keen_private.counted_second_factor): after second_factor_max_failures wrong codes in the
+-- window every code is KN006, from any source, until they age out. Opens a login session
+-- (aal1: password, aal2: password and second factor) and returns its refresh token (30 days)
+-- and access token (15 minutes), each only here; the user becomes the actor; audited.
 -- Who: keen_app, no actor needed. Raises 25000, 28P01, 28000, KN006, 22023 (a user agent over
--- 512 bytes, a second factor over 64).
+-- 512 bytes, a second factor over 64, an e-mail over 255).
 CREATE OR REPLACE FUNCTION keen.start_login_session(p_email text, p_password text, p_second_factor text DEFAULT NULL,
                                                     p_ip inet DEFAULT NULL, p_user_agent text DEFAULT NULL)
 RETURNS TABLE (user_id uuid, login_session_id uuid, refresh_token text, refresh_expires_at timestamptz,
@@ -1291,11 +1346,11 @@ DECLARE
 BEGIN
     PERFORM keen_private.require_size('user_agent', p_user_agent);
     PERFORM keen_private.require_size('second_factor', p_second_factor);
-    v_user_id := keen_private.login_check(p_email, p_password, p_ip);
+    v_user_id := keen_private.login_check(p_email, p_password, p_ip, 'sign_in');
     PERFORM keen_private.set_actor(v_user_id);
     SELECT * INTO v_user FROM keen.users u WHERE u.id = v_user_id;
     IF v_user.mfa_enabled THEN
-        IF NOT keen_private.check_second_factor(v_user_id, p_second_factor) THEN
+        IF NOT keen_private.counted_second_factor(v_user_id, v_user.email, p_second_factor, p_ip) THEN
             PERFORM keen_private.auth_record_login_failure(v_user.email, v_user_id, p_ip, 'second_factor', true);
             RAISE EXCEPTION 'a second factor is required: a current TOTP code or an unused recovery code'
                 USING ERRCODE = 'KN006';
@@ -1706,6 +1761,37 @@ $$;
 REVOKE ALL ON FUNCTION keen_private.check_second_factor(uuid, text) FROM PUBLIC;
 COMMENT ON FUNCTION keen_private.check_second_factor(uuid, text) IS 'Internal: a TOTP code (once) or an unused recovery code.';
 
+-- keen_private.counted_second_factor: keen_private.check_second_factor, counted first like a
+-- password: the recorder commits the attempt as a failure (keen.record_login_attempt, purpose
+-- 'second_factor', per user: the e-mail, any source) before the code is looked at, so the
+-- count survives the KN006 that rolls the caller back. After second_factor_max_failures
+-- failures in the window the code is not checked at all (false: KN006 for every code until
+-- they age out); an attempt that cannot be counted is refused too (fail closed). A match
+-- deletes the user's second-factor failures (this transaction).
+-- Who: start_login_session, disable_totp. Raises: nothing.
+CREATE OR REPLACE FUNCTION keen_private.counted_second_factor(p_user_id uuid, p_email text, p_code text, p_ip inet)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, keen_private, pg_temp
+AS $$
+DECLARE
+    v_email text := pg_catalog.lower(COALESCE(p_email, ''));
+    v_verdict text;
+BEGIN
+    v_verdict := keen_private.auth_recorder_query(pg_catalog.format(
+        'SELECT keen.record_login_attempt(%L, %L::inet, %L::uuid, %L)', v_email, p_ip, pg_catalog.gen_random_uuid(),
+        'second_factor'));
+    IF v_verdict IS DISTINCT FROM 'ok' OR NOT keen_private.check_second_factor(p_user_id, p_code) THEN
+        RETURN false;
+    END IF;
+    DELETE FROM keen.login_attempts a WHERE a.email = v_email AND a.purpose = 'second_factor';
+    RETURN true;
+END
+$$;
+REVOKE ALL ON FUNCTION keen_private.counted_second_factor(uuid, text, text, inet) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.counted_second_factor(uuid, text, text, inet) IS
+    'Internal: a second-factor check counted first per user; false past second_factor_max_failures.';
+
 -- keen.enroll_totp: a new 160-bit TOTP secret for the actor, pending until confirm_totp; it
 -- replaces an earlier pending one. Stored sealed (auth_totp_encrypt); the secret is shown only here.
 -- Who: keen_app with an actor (not a scoped API key). Raises 28000 without an actor, 42501 for a
@@ -1781,9 +1867,12 @@ GRANT EXECUTE ON FUNCTION keen.confirm_totp(text) TO keen_app;
 COMMENT ON FUNCTION keen.confirm_totp(text) IS 'Turns TOTP on (KN006 for a wrong code); ten recovery codes, shown once.';
 
 -- keen.disable_totp: turns the actor's second factor off; needs a current code (not used before)
--- or an unused recovery code. The secret and the recovery codes are deleted. Audited.
+-- or an unused recovery code, counted like a sign-in's (keen_private.counted_second_factor: a
+-- stolen access token cannot guess codes without limit). The secret and the recovery codes
+-- are deleted. Audited.
 -- Who: keen_app with an actor (not a scoped key). Raises 28000 without an actor, 42501 for a
--- scoped key, KN006 for a wrong or used code (or no second factor on).
+-- scoped key, 22023 for a code over 64 bytes, KN006 for a wrong or used code (or no second
+-- factor on, or past second_factor_max_failures).
 CREATE OR REPLACE FUNCTION keen.disable_totp(p_code text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
@@ -1794,7 +1883,8 @@ DECLARE
 BEGIN
     PERFORM keen_private.require_scope(NULL);
     PERFORM keen_private.require_size('second_factor', p_code);
-    IF NOT keen_private.check_second_factor(v_actor, p_code) THEN
+    IF NOT keen_private.counted_second_factor(v_actor, (SELECT u.email FROM keen.users u WHERE u.id = v_actor),
+                                              p_code, NULL) THEN
         RAISE EXCEPTION 'a current TOTP code or an unused recovery code is required' USING ERRCODE = 'KN006';
     END IF;
     DELETE FROM keen.totp_factors f WHERE f.user_id = v_actor;
@@ -1828,8 +1918,10 @@ GRANT EXECUTE ON FUNCTION keen_private.auth_find_account_token(text) TO keen_own
 COMMENT ON FUNCTION keen_private.auth_find_account_token(text) IS 'Internal (keen_auth): who holds an account token.';
 
 -- keen_private.use_account_token: locks the live token of p_purpose with this text, marks it used
--- and returns its row; the token's user is then the actor. NULL row (and no actor change) for
--- an unknown, used, expired or other-purpose token. p_use false: checked and locked, not used.
+-- and returns its row; the token's user is then the actor (the caller saves its own actor and
+-- scopes first and restores them: keen_private.restore_actor). NULL row (and no actor change,
+-- scopes included) for an unknown, used, expired, over-long (size_cap 'token') or
+-- other-purpose token. p_use false: checked and locked, not used.
 -- Who: verify_email, reset_password. Raises: nothing.
 CREATE OR REPLACE FUNCTION keen_private.use_account_token(p_token text, p_purpose text, p_use boolean)
 RETURNS keen.account_tokens
@@ -1841,8 +1933,11 @@ DECLARE
     v_found record;
     v_row keen.account_tokens;
     v_previous uuid := keen.actor_id();
+    v_previous_scopes text := keen_private.saved_scopes();
 BEGIN
-    IF p_token IS NULL OR pg_catalog.octet_length(p_token) > 512 THEN
+    -- Over the cap is an invalid token (28000 for the caller), not 22023: a credential check
+    -- tells nothing about why a token is refused.
+    IF p_token IS NULL OR pg_catalog.octet_length(p_token) > keen_private.size_cap('token') THEN
         RETURN NULL;
     END IF;
     SELECT * INTO v_found FROM keen_private.auth_find_account_token(v_hash);
@@ -1854,7 +1949,7 @@ BEGIN
     IF v_row.used_at IS NOT NULL OR v_row.expires_at <= pg_catalog.clock_timestamp()
        OR NOT EXISTS (SELECT 1 FROM keen.users u WHERE u.id = v_row.user_id AND u.email = v_row.email
                                                   AND u.account_status = 'active') THEN
-        PERFORM keen_private.set_actor(v_previous);
+        PERFORM keen_private.restore_actor(v_previous, v_previous_scopes);
         RETURN NULL;
     END IF;
     IF p_use THEN
@@ -1890,7 +1985,8 @@ GRANT EXECUTE ON FUNCTION keen.request_email_verification() TO keen_app;
 COMMENT ON FUNCTION keen.request_email_verification() IS 'A single-use e-mail verification token (24 h) for the actor.';
 
 -- keen.verify_email: marks the token's e-mail verified (the token is used up) and returns the
--- user id; the caller's actor is unchanged. Audited.
+-- user id; the caller's actor is unchanged (its scopes included: keen_private.restore_actor).
+-- Audited.
 -- Who: keen_app, no actor needed. Raises 28000 for an unknown, used or expired token (or one
 -- for an e-mail the user no longer has).
 CREATE OR REPLACE FUNCTION keen.verify_email(p_token text)
@@ -1900,6 +1996,7 @@ SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_previous uuid := keen.actor_id();
+    v_previous_scopes text := keen_private.saved_scopes();
     v_row keen.account_tokens;
 BEGIN
     v_row := keen_private.use_account_token(p_token, 'email_verification', true);
@@ -1909,7 +2006,7 @@ BEGIN
     UPDATE keen.users u SET email_verified = true, updated_at = pg_catalog.now() WHERE u.id = v_row.user_id;
     PERFORM keen_private.write_audit('user', 'email_verified', v_row.user_id,
                                      pg_catalog.jsonb_build_object('email', v_row.email));
-    PERFORM keen_private.set_actor(v_previous);
+    PERFORM keen_private.restore_actor(v_previous, v_previous_scopes);
     RETURN v_row.user_id;
 END
 $$;
@@ -1921,7 +2018,8 @@ COMMENT ON FUNCTION keen.verify_email(text) IS 'Uses an e-mail verification toke
 -- hour, single use; NULL for an unknown or inactive e-mail. Both paths do the same work but one
 -- small insert (a random token, its hash, one index look-up; no bcrypt on either), so the time
 -- does not tell them apart (tests/test_login_sessions.py compares the two).
--- Who: keen_app, no actor needed. Raises 22023 for an e-mail over 256 bytes.
+-- The caller's actor is unchanged (its scopes included: keen_private.restore_actor).
+-- Who: keen_app, no actor needed. Raises 22023 for an e-mail over 255 bytes.
 CREATE OR REPLACE FUNCTION keen.request_password_reset(p_email text)
 RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER
@@ -1930,12 +2028,12 @@ AS $$
 DECLARE
     v_email text := pg_catalog.lower(pg_catalog.btrim(COALESCE(p_email, '')));
     v_previous uuid := keen.actor_id();
-    v_previous_scopes text := COALESCE(pg_catalog.current_setting('keen_private.actor_scopes', true), '');
+    v_previous_scopes text := keen_private.saved_scopes();
     v_token text := keen_private.random_token('keenp_');
     v_user_id uuid;
     v_status text;
 BEGIN
-    PERFORM keen_private.require_size('name', v_email);
+    PERFORM keen_private.require_size('email', v_email);
     SELECT f.user_id, f.account_status INTO v_user_id, v_status FROM keen_private.auth_find_email(v_email) f;
     IF v_user_id IS NULL OR v_status <> 'active' THEN
         PERFORM keen_private.token_hash(v_token);
@@ -1944,7 +2042,7 @@ BEGIN
     PERFORM keen_private.set_actor(v_user_id);
     INSERT INTO keen.account_tokens (token_hash, user_id, purpose, email, expires_at)
     VALUES (keen_private.token_hash(v_token), v_user_id, 'password_reset', v_email, pg_catalog.now() + interval '1 hour');
-    PERFORM keen_private.set_actor_scoped(v_previous, pg_catalog.string_to_array(NULLIF(v_previous_scopes, ''), ','));
+    PERFORM keen_private.restore_actor(v_previous, v_previous_scopes);
     RETURN v_token;
 END
 $$;
@@ -1955,8 +2053,9 @@ COMMENT ON FUNCTION keen.request_password_reset(text) IS 'A single-use password 
 -- keen.reset_password: sets a new password with a reset token: the password rules of
 -- register_user first (22023, and the token stays usable), then the token is used up, every login
 -- session of the user is revoked, the e-mail's failed sign-ins are cleared; returns the user id.
--- The caller's actor is unchanged. Audited.
--- Who: keen_app, no actor needed. Raises 22023, 28000 for an unknown, used or expired token.
+-- The caller's actor is unchanged (its scopes included: keen_private.restore_actor). Audited.
+-- Who: keen_app, no actor needed. Raises 22023 for an invalid new password, 28000 for an
+-- unknown, used or expired token.
 CREATE OR REPLACE FUNCTION keen.reset_password(p_token text, p_new_password text)
 RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER
@@ -1964,6 +2063,7 @@ SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_previous uuid := keen.actor_id();
+    v_previous_scopes text := keen_private.saved_scopes();
     v_row keen.account_tokens;
     v_revoked integer;
 BEGIN
@@ -1978,10 +2078,10 @@ BEGIN
            updated_at = pg_catalog.now()
      WHERE u.id = v_row.user_id;
     v_revoked := keen_private.revoke_login_sessions(v_row.user_id, NULL, 'password_reset');
-    DELETE FROM keen.login_attempts a WHERE a.email = v_row.email;
+    DELETE FROM keen.login_attempts a WHERE a.email = v_row.email AND a.purpose IN ('sign_in', 'change_password');
     PERFORM keen_private.write_audit('user', 'password_reset', v_row.user_id,
                                      pg_catalog.jsonb_build_object('login_sessions_revoked', v_revoked), 'high');
-    PERFORM keen_private.set_actor(v_previous);
+    PERFORM keen_private.restore_actor(v_previous, v_previous_scopes);
     RETURN v_row.user_id;
 END
 $$;

@@ -8,7 +8,10 @@
 --   keen.api_key_request_slots   per API key, a ring of rate_limit_per_hour request times: the
 --                                request `limit` calls back must be an hour old (exact rolling hour).
 --   keen.login_attempts gains the attempt's outcome, so that a failure is counted before the
---                                password is even checked (fail closed) and a success clears it.
+--                                password is even checked (fail closed) and a success clears it
+--                                (and makes its source known for the e-mail), and its purpose:
+--                                a sign-in, a change_password check or a second-factor code,
+--                                each counted on its own.
 --   keen.audit_pending           audit entries of an uncommitted transaction: they are linked into
 --                                the chain at commit by a deferred trigger, so no caller holds the
 --                                chain's lock while it idles.
@@ -30,6 +33,8 @@ ON CONFLICT (name) DO NOTHING;
 
 INSERT INTO keen.settings (key, value, description) VALUES
     ('login_max_failures_per_source', '30', 'failed logins from one source (any e-mail) within the window that refuse the source'),
+    ('login_max_failures_per_email', '100', 'failed logins of one e-mail from all sources within the window that refuse it from every source it has not signed in from in the window'),
+    ('second_factor_max_failures', '10', 'wrong second-factor codes of one user within the window after which every code is refused'),
     ('access_token_minutes', '15', 'minutes an access token is valid'),
     ('refresh_token_days', '30', 'days a refresh token (and its login session) lives without use')
 ON CONFLICT (key) DO NOTHING;
@@ -97,6 +102,10 @@ CREATE TABLE keen.api_key_request_slots (
 
 ALTER TABLE keen.login_attempts ADD COLUMN IF NOT EXISTS attempt_id uuid;
 ALTER TABLE keen.login_attempts ADD COLUMN IF NOT EXISTS succeeded boolean NOT NULL DEFAULT false;
+ALTER TABLE keen.login_attempts ADD COLUMN IF NOT EXISTS purpose text NOT NULL DEFAULT 'sign_in';
+ALTER TABLE keen.login_attempts ADD CONSTRAINT login_attempts_purpose_check
+    CHECK (purpose IN ('sign_in', 'change_password', 'second_factor'))
+    NOT VALID;  -- every existing row has the default 'sign_in': the check holds for every new one
 
 -- Audit entries wait here until their transaction commits; a deferred constraint trigger then
 -- links them into keen.audit_logs (keen_private.audit_link) and deletes them from here.

@@ -1,6 +1,6 @@
 -- 00_core: the actor functions, settings, roles and the structure every area stands on.
 BEGIN;
-SELECT plan(23);
+SELECT plan(26);
 
 SELECT has_schema('keen');
 SELECT has_role('keen_owner');
@@ -37,6 +37,17 @@ SELECT lives_ok($$SELECT keen_private.require_scope('credits:read')$$, 'a scoped
 SELECT throws_ok($$SELECT keen_private.require_scope('credits:write')$$, '42501', NULL, 'and no other (42501)');
 SELECT set_config('keen_private.actor_scopes', '', true);
 SELECT is(keen.actor_id(), NULL, 'dropping the scope list by hand leaves no actor');
+
+-- saved_scopes / restore_actor: the one way a function puts back the actor it replaced.
+SELECT keen_private.set_actor_scoped(current_setting('tests.carol')::uuid, ARRAY['credits:read', 'sessions:read']);
+SELECT set_config('tests.saved_scopes', keen_private.saved_scopes(), false);
+SELECT keen_private.set_actor(NULL);
+SELECT keen_private.restore_actor(current_setting('tests.carol')::uuid, current_setting('tests.saved_scopes'));
+SELECT is(keen.actor_id(), current_setting('tests.carol')::uuid, 'restore_actor puts the saved actor back');
+SELECT throws_ok($$SELECT keen_private.require_scope('credits:write')$$, '42501', NULL,
+                 'with its saved scopes: a scoped actor restored is still scoped');
+SELECT keen_private.restore_actor(NULL, '');
+SELECT is(keen.actor_id(), NULL, 'restore_actor(NULL) leaves no actor');
 
 SELECT is(keen.setting_numeric('markup_multiplier'), 5.0, 'markup multiplier defaults to 5.0');
 SELECT throws_ok($$SELECT keen.setting_numeric('no_such_setting')$$, '22023', NULL, 'unknown setting is 22023');

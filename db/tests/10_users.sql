@@ -3,7 +3,7 @@
 -- Failed logins are recorded by the autonomous loopback, which sees only committed rows: the
 -- lock-out tests therefore use an e-mail of their own.
 BEGIN;
-SELECT plan(116);
+SELECT plan(123);
 -- Audit entries are linked into keen.audit_logs at COMMIT; this file reads them before its ROLLBACK.
 SET CONSTRAINTS keen.audit_link IMMEDIATE;
 
@@ -77,14 +77,14 @@ SELECT is((SELECT count(*) FROM keen.login_attempts WHERE email = 'dave@example.
           'the failures are committed by the recorder although each login rolled back');
 SELECT is((SELECT user_id FROM keen.login('dave@example.com', 'dave password')), current_setting('tests.dave')::uuid,
           'after nine failures the right password still works');
-SELECT is((SELECT count(*) FROM keen.login_attempts WHERE email = 'dave@example.com'), 0::bigint,
-          'a successful login clears the failures');
+SELECT is((SELECT count(*) FROM keen.login_attempts WHERE email = 'dave@example.com' AND NOT succeeded), 0::bigint,
+          'a successful login clears the failures (and keeps itself, as a success: its source is now known)');
 SELECT is(pg_temp.fail_logins('dave@example.com', 10), 10, 'ten more wrong passwords');
 SELECT throws_ok($$SELECT keen.login('dave@example.com', 'dave password')$$, '28P01', 'invalid e-mail or password',
                  'after ten failures from one source even the right password is refused, as a wrong one (28P01)');
 SELECT throws_ok($$SELECT keen.login('dave@example.com', 'not the password')$$, '28P01', 'invalid e-mail or password',
                  'and so is a wrong one');
-SELECT is((SELECT count(*) FROM keen.login_attempts WHERE email = 'dave@example.com'), 12::bigint,
+SELECT is((SELECT count(*) FROM keen.login_attempts WHERE email = 'dave@example.com' AND NOT succeeded), 12::bigint,
           'refused attempts are counted too: a guesser never waits the lock out');
 SELECT is((SELECT user_id FROM keen.login('dave@example.com', 'dave password', '198.51.100.99')), current_setting('tests.dave')::uuid,
           'the owner from another source is not locked out');
@@ -236,6 +236,20 @@ SELECT keen_private.set_actor(current_setting('tests.admin')::uuid);
 SELECT throws_ok($$SELECT keen.set_setting('markup_multiplier', '0.0001')$$, '22023', NULL, 'a markup below its bound is 22023');
 SELECT throws_ok($$SELECT keen.set_setting('bcrypt_cost', '32')$$, '22023', NULL, 'a bcrypt cost above its bound is 22023');
 SELECT lives_ok($$SELECT keen.set_setting('markup_multiplier', '5.0')$$, 'a markup within its bounds is accepted');
+-- The caps of review S4 (rotating p_ip) and the size caps now written once (core.sql's size_cap).
+SELECT is(keen.setting_numeric('login_max_failures_per_email'), 100::numeric,
+          'one e-mail''s failed sign-ins from all sources are capped at 100 in the window by default');
+SELECT is(keen.setting_numeric('second_factor_max_failures'), 10::numeric, 'one user''s wrong second-factor codes at 10');
+SELECT throws_ok($$SELECT keen.set_setting('login_max_failures_per_email', '5')$$, '22023', NULL,
+                 'the per-e-mail cap has bounds like the others');
+SELECT throws_ok($$SELECT keen.record_login_attempt('x@example.com', NULL, gen_random_uuid(), 'guessing')$$, '22023', NULL,
+                 'an attempt of an unknown purpose is 22023');
+SELECT throws_ok($$SELECT * FROM keen.register_user('erin@example.com', 'erin', 'erin password', repeat('x', 256))$$,
+                 '22023', 'label is 256 bytes; at most 255 are accepted', 'a display name over 255 bytes is 22023 (require_size)');
+SELECT throws_ok(format('SELECT keen.suspend_user(%L, %L)', current_setting('tests.bob'), repeat('x', 1001)),
+                 '22023', 'reason is 1001 bytes; at most 1000 are accepted', 'a suspension reason over 1000 bytes is 22023');
+SELECT throws_ok(format('SELECT * FROM keen.login(%L, %L)', repeat('x', 250) || '@example.com', 'whatever password'),
+                 '22023', NULL, 'a sign-in e-mail over 255 bytes is 22023 (require_size), before the recorder counts it');
 SELECT is((SELECT event_data ->> 'old_value' FROM keen.audit_logs WHERE event_subtype = 'setting_changed' ORDER BY chain_seq DESC LIMIT 1),
           '5.0', 'the change is audited with its old value');
 

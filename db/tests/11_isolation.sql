@@ -7,7 +7,7 @@
 --   5. search_path hijack: shadowing objects never run inside an API function.
 -- Rows of the other areas' tables are seeded directly by the superuser running this file.
 BEGIN;
-SELECT plan(98);
+SELECT plan(103);
 -- Audit entries are linked into keen.audit_logs at COMMIT; this file reads them before its ROLLBACK.
 SET CONSTRAINTS keen.audit_link IMMEDIATE;
 
@@ -273,6 +273,17 @@ SELECT is((SELECT count(*) FROM hijack.users WHERE email = 'mallory@example.com'
           'the shadowing users table was not written');
 SELECT is((SELECT account_status::text FROM keen.users WHERE email = 'mallory@example.com'), 'active',
           'the calls reached keen''s own tables');
+
+-- 6. A scoped admin key stays scoped after a call that switches the actor (review S1: the
+-- previous actor came back with no scope list, so {credits:read} became full admin).
+SELECT keen_private.set_actor_scoped(current_setting('tests.admin')::uuid, ARRAY['credits:read']);
+SELECT lives_ok($$SELECT keen.register_user('scoped-new@example.com', 'scoped_new', 'scoped password')$$,
+                'register_user under a credits:read admin key');
+SELECT is(current_setting('keen_private.actor_scopes'), 'credits:read', 'register_user gives the actor back with its scopes');
+SELECT throws_ok($$SELECT * FROM keen.list_users()$$, '42501', NULL, 'so the key still cannot list users (42501)');
+SELECT lives_ok($$SELECT keen.request_password_reset('alice@example.com')$$, 'request_password_reset under the same key');
+SELECT throws_ok($$SELECT keen.set_setting('markup_multiplier', '5')$$, '42501', NULL, 'nor then change a setting (42501)');
+SELECT keen_private.set_actor(NULL);
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -2,7 +2,7 @@
 -- table, each role's table and function privileges, definers and owners, the append-only
 -- audit trigger, and data-driven rules that stay true as other areas add functions.
 BEGIN;
-SELECT plan(182);
+SELECT plan(188);
 
 -- Policies: one per tenant table, named as sentences; audit and bookkeeping tables as designed.
 SELECT policies_are('keen', 'users', ARRAY['Users are visible to themselves and to admins']);
@@ -115,7 +115,10 @@ SELECT function_privs_are(n, f, a, 'keen_app', ARRAY[]::text[], 'keen_app may no
                ('keen_private', 'auth_jwt_sign', ARRAY['jsonb']),
                ('keen_private', 'auth_totp_decrypt', ARRAY['bytea']),
                ('keen_private', 'check_second_factor', ARRAY['uuid', 'text']),
-               ('keen', 'record_login_attempt', ARRAY['text', 'inet', 'uuid']),
+               ('keen', 'record_login_attempt', ARRAY['text', 'inet', 'uuid', 'text']),
+               ('keen_private', 'counted_second_factor', ARRAY['uuid', 'text', 'text', 'inet']),
+               ('keen_private', 'restore_actor', ARRAY['uuid', 'text']),
+               ('keen_private', 'saved_scopes', ARRAY[]::text[]),
                ('keen', 'record_refresh_reuse', ARRAY['uuid', 'uuid', 'inet']),
                ('keen_private', 'auth_record_login_failure', ARRAY['text', 'uuid', 'inet', 'text', 'boolean']),
                ('keen', 'record_login_failure', ARRAY['text', 'uuid', 'inet', 'text', 'boolean']),
@@ -131,7 +134,7 @@ SELECT function_privs_are('keen', 'login_recorder_status', ARRAY[]::text[], 'kee
                           'the maintenance role may check the login recorder');
 SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY p.oid::regprocedure::text) FROM pg_proc p
             WHERE p.pronamespace = 'keen'::regnamespace AND has_function_privilege('keen_recorder', p.oid, 'EXECUTE')),
-          ARRAY['keen.record_login_attempt(text,inet,uuid)', 'keen.record_login_failure(text,uuid,inet,text,boolean)',
+          ARRAY['keen.record_login_attempt(text,inet,uuid,text)', 'keen.record_login_failure(text,uuid,inet,text,boolean)',
                 'keen.record_refresh_reuse(uuid,uuid,inet)'],
           'keen_recorder may call the three recorder functions and nothing else');
 SELECT is((SELECT array_agg(c.relname::text ORDER BY 1) FROM pg_class c
@@ -212,6 +215,10 @@ SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
 -- The identity tables of this area.
 SELECT has_table('keen', t, 'keen.' || t || ' exists') FROM unnest(ARRAY['login_attempts', 'audit_chain_heads', 'auth_secrets']) t;
 SELECT has_role('keen_recorder');
+SELECT has_column('keen', 'login_attempts', 'purpose', 'a login attempt says what it was for (sign-in, change_password, second factor)');
+SELECT function_privs_are('keen', 'record_login_attempt', ARRAY['text', 'inet', 'uuid', 'text'], 'keen_recorder', ARRAY['EXECUTE'],
+                          'the recorder counts the attempts of every purpose');
+SELECT hasnt_function('keen_private', 'login_check', ARRAY['text', 'text', 'inet'], 'the login_check without a purpose is gone');
 
 SELECT * FROM finish();
 ROLLBACK;
