@@ -15,8 +15,10 @@
 --     domain's: each rule is the writing function's (the balance never below 0: the charge's
 --     condition or KN001; amounts, signs and types by construction).
 --   Dropping a constraint takes an ACCESS EXCLUSIVE lock for a catalog change only: bounded by
---   lock_timeout, nothing is scanned. 0017 swaps the created_at btree for BRIN, concurrently, and drops the
---   domain's CHECK (in its own transaction: ALTER DOMAIN leaves invalidations that yoyo's next
+--   lock_timeout, nothing is scanned. Nothing else here scans either: 0011's session cost CHECK
+--   is validated by 0018, in a transaction of its own, so that the scan of agent_sessions is not
+--   made while this transaction holds the ledger tables' ACCESS EXCLUSIVE locks. 0017 swaps the
+--   created_at btree for BRIN, concurrently, and drops the domain's CHECK (in its own transaction: ALTER DOMAIN leaves invalidations that yoyo's next
 --   savepoint trips over).
 SET lock_timeout = '5s';
 SET statement_timeout = '60s';
@@ -68,7 +70,3 @@ BEGIN
     END LOOP;
 END
 $checks$;
-
--- 0011's session cost CHECK, added NOT VALID there: validated here, in another transaction
--- (SHARE UPDATE EXCLUSIVE: writes go on).
-ALTER TABLE keen.agent_sessions VALIDATE CONSTRAINT agent_sessions_claude_cost_usd_check;
