@@ -563,11 +563,18 @@ def test_rollup_is_for_admins_and_the_maintenance_role_only(db, keen, admin_id, 
     assert platform_row(db, datetime.now(UTC).date()) is not None
 
 
-def test_rollup_refuses_a_null_or_future_day(keen, admin_id):
-    for bad in (None, datetime.now(UTC).date() + timedelta(days=2)):
-        with pytest.raises(errors.InvalidInput):
-            with keen.as_user(admin_id) as tx:
-                tx.execute("SELECT keen.rollup_daily_analytics(%s::date)", (bad,))
+def test_rollup_refuses_a_future_day(keen, admin_id):
+    with pytest.raises(errors.InvalidInput):
+        with keen.as_user(admin_id) as tx:
+            tx.execute("SELECT keen.rollup_daily_analytics(%s::date)", (datetime.now(UTC).date() + timedelta(days=2),))
+
+
+def test_a_null_day_is_todays_accounting_day_like_an_omitted_one(db, keen, admin_id):
+    """The default is NULL, read as keen_private.accounting_day(now()) (UTC): a default expression
+    would run with keen_app's privileges, which cannot call keen_private."""
+    with keen.as_user(admin_id) as tx:
+        tx.execute("SELECT keen.rollup_daily_analytics(NULL)")
+    assert platform_row(db, datetime.now(UTC).date()) is not None
 
 
 def test_platform_metrics_is_admin_only(db, keen, admin_id, make_user):
@@ -799,3 +806,15 @@ def test_demo_step_rolls_up_today_and_prints_the_platform_metrics(db, keen, sett
     assert "platform_metrics" in out and "markup effectiveness" in out
     assert ctx.state["admin_id"]
     assert platform_row(db, datetime.now(UTC).date()) is not None
+
+
+def test_user_usage_through_a_scoped_key_needs_credits_read(db, keen, make_user):
+    """user_usage reports the account's usage and spend, like usage_by_model: credits:read."""
+    user = make_user()
+    with keen.as_user(user) as tx:
+        read_sessions = tx.scalar("SELECT token FROM keen.create_api_key('s', '{sessions:read}')")
+        read_credits = tx.scalar("SELECT token FROM keen.create_api_key('c', '{credits:read}')")
+    with pytest.raises(errors.PermissionDenied), keen.with_api_key(read_sessions) as tx:
+        tx.analytics.user_usage(user, BEFORE, AFTER)
+    with keen.with_api_key(read_credits) as tx:
+        assert tx.analytics.user_usage(user, BEFORE, AFTER) == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -849,3 +850,75 @@ def test_keen_app_cannot_become_the_ledgers_owner(db):
             0
         ]
     assert members == 0
+
+
+# --- scopes (CONTRACT.md "Scopes": a scoped key may do only what its scopes cover) ------------
+
+
+def api_key(keen, user_id, scopes) -> str:
+    """A new API key of user_id with these scopes (made by the user, unscoped)."""
+    with keen.as_user(user_id) as tx:
+        return tx.scalar("SELECT token FROM keen.create_api_key('scope test', %s)", (list(scopes),))
+
+
+@pytest.mark.parametrize("scopes", [["sessions:read"], ["credits:read"], ["credits:write", "credits:read"]])
+def test_no_scoped_key_may_change_the_spending_limits_or_auto_recharge(db, keen, make_user, scopes):
+    """No scope covers them: the limits bound what the spending keys spend, so no key lifts them."""
+    user = make_user()
+    with keen.as_user(user) as tx:
+        tx.credits.set_spending_limits(user, D(10), D(100))
+    token = api_key(keen, user, scopes)
+    for call in (
+        "SELECT keen.set_spending_limits(%s, NULL, NULL)",
+        "SELECT keen.set_auto_recharge(%s, true, 5, 50)",
+    ):
+        with pytest.raises(errors.PermissionDenied), keen.with_api_key(token) as tx:
+            tx.execute(call, (user,))
+    after = balance(keen, user)
+    assert (after.daily_limit, after.monthly_limit) == (D(10), D(100))
+    with db.su() as conn:
+        assert conn.execute(
+            "SELECT auto_recharge_enabled FROM keen.credit_accounts WHERE user_id = %s", (user,)
+        ).fetchone() == (False,)
+    with keen.with_api_key(api_key(keen, user, [])) as tx:  # an unscoped key still may
+        tx.execute("SELECT keen.set_spending_limits(%s, NULL, NULL)", (user,))
+    assert balance(keen, user).daily_limit is None
+
+
+def test_an_admin_key_with_a_scope_list_cannot_change_anyones_limits(keen, admin_id, make_user):
+    user = make_user()
+    token = api_key(keen, admin_id, ["credits:write"])
+    for call in (
+        "SELECT keen.set_spending_limits(%s, 1, 1)",
+        "SELECT keen.set_auto_recharge(%s, false)",
+    ):
+        with pytest.raises(errors.PermissionDenied), keen.with_api_key(token) as tx:
+            tx.execute(call, (user,))
+    assert balance(keen, user).daily_limit is None
+
+
+def test_the_recharge_queue_needs_credits_read(keen, funded):
+    with pytest.raises(errors.PermissionDenied), keen.with_api_key(api_key(keen, funded, ["sessions:read"])) as tx:
+        tx.credits.recharge_requests()
+    with keen.with_api_key(api_key(keen, funded, ["credits:read"])) as tx:
+        assert tx.credits.recharge_requests() == []
+
+
+def test_a_validate_constraint_runs_in_a_migration_of_its_own():
+    """A VALIDATE scans its table; a migration that also takes ACCESS EXCLUSIVE locks (a DROP
+    CONSTRAINT, as 0015 did) would hold them for the whole scan. From 0009 on, a file that
+    validates does nothing else but SET its timeouts."""
+    schema = Path(__file__).resolve().parent.parent / "db" / "schema"
+    validating = []
+    for path in sorted(schema.glob("[0-9][0-9][0-9][0-9]_*.sql")):
+        if path.name.endswith(".rollback.sql") or int(path.name[:4]) < 9:
+            continue
+        text = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("--"))
+        statements = [s.strip() for s in text.split(";") if s.strip()]
+        if any("VALIDATE CONSTRAINT" in s.upper() for s in statements):
+            validating.append(path.name)
+            others = [
+                s for s in statements if not s.upper().startswith("SET ") and "VALIDATE CONSTRAINT" not in s.upper()
+            ]
+            assert others == [], f"{path.name} validates a constraint and also runs {others}"
+    assert "0018_validate_session_cost.sql" in validating

@@ -398,3 +398,48 @@ def test_the_rollup_and_platform_metrics_count_cost_and_credits_per_model(db, ke
     assert metrics["claude-opus-4-5"]["credits"] == 25 and metrics["claude-haiku-4-5"]["calls"] == 1
     assert dash[0]["claude-opus-4-5"]["claude_cost_usd"] == 5
     assert_ledger_clean(db)
+
+
+def test_one_markup_rate_prices_both_the_sessions_credits_and_the_charge(db, keen, admin_id, make_user):
+    """record_llm_usage reads the owner's rate once. A markup change that becomes visible between
+    the session's cost update and the charge (a trigger on agent_sessions stands in for a
+    set_setting that commits in between) cannot make keen_cost_credits and the ledger disagree."""
+    user = make_user()
+    grant(keen, admin_id, user, 100)
+    sid = make_session(db, user)
+    with db.su() as conn:
+        conn.execute(
+            "CREATE FUNCTION public.bump_markup() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$"
+            " BEGIN UPDATE keen.settings SET value = '7' WHERE key = 'markup_multiplier'; RETURN NULL; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER bump_markup AFTER UPDATE OF claude_cost_usd ON keen.agent_sessions"
+            " FOR EACH ROW EXECUTE FUNCTION public.bump_markup()"
+        )
+    usage = record(keen, user, sid, "claude-sonnet-4-5", 1000, 1000)  # 0.018 USD
+    assert usage.charged_credits == D("0.09")  # 5x: the rate in force when the call was priced
+    assert session_costs(db, sid) == (D("0.018"), D("0.09"))
+    with db.su() as conn:
+        assert conn.execute(
+            "SELECT amount, markup_multiplier FROM keen.credit_transactions WHERE id = %s", (usage.transaction_id,)
+        ).fetchone() == (D("-0.09"), D("5.0"))
+    assert_ledger_clean(db)
+
+
+@pytest.mark.parametrize("stop", ["complete", "cancel"])
+def test_usage_reported_after_the_session_stopped_is_still_charged(db, keen, admin_id, make_user, stop):
+    """A call the agent reports late was made, and paid for, while the session ran: stopping a
+    run never undoes what it used, so record_llm_usage charges it (no state check)."""
+    user = make_user()
+    grant(keen, admin_id, user, 100)
+    sid = make_session(db, user)
+    with keen.as_user(user) as tx:
+        if stop == "complete":
+            tx.execute("SELECT keen.complete_session(%s, true)", (sid,))
+        else:
+            tx.execute("SELECT keen.cancel_session(%s, 'stopped')", (sid,))
+    usage = record(keen, user, sid, "claude-sonnet-4-5", 1000, 1000, request_id="late-1")
+    assert (usage.claude_cost_usd, usage.charged_credits) == (D("0.018"), D("0.09"))
+    assert balance(keen, user).current_balance == D("99.91")
+    assert session_costs(db, sid) == (D("0.018"), D("0.09"))
+    assert_ledger_clean(db)

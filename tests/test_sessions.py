@@ -904,3 +904,33 @@ def test_completion_reports_errors_and_cancel_reasons_have_size_caps(keen, make_
         with pytest.raises(errors.InvalidInput):
             tx.sessions.cancel_session(s.id, "r" * 2000)
     assert session(keen, u, s.id).execution_status == "running"
+
+
+# --- scopes (CONTRACT.md "Scopes") -----------------------------------------------------------
+
+
+def api_key(keen, user_id, scopes) -> str:
+    """A new API key of user_id with these scopes (made by the user, unscoped)."""
+    with keen.as_user(user_id) as tx:
+        return tx.scalar("SELECT token FROM keen.create_api_key('scope test', %s)", (list(scopes),))
+
+
+def test_a_phase_transition_needs_sessions_write(keen, make_user):
+    user = make_user()
+    root = create(keen, user)
+    with pytest.raises(errors.PermissionDenied), keen.with_api_key(api_key(keen, user, ["sessions:read"])) as tx:
+        tx.execute("SELECT keen.record_phase_transition(%s, 'PLAN')", (root.id,))
+    assert session(keen, user, root.id).current_phase == root.current_phase
+    with keen.with_api_key(api_key(keen, user, ["sessions:write"])) as tx:
+        tx.execute("SELECT keen.record_phase_transition(%s, 'PLAN')", (root.id,))
+    assert session(keen, user, root.id).current_phase == "PLAN"
+
+
+def test_the_tree_summary_needs_sessions_read(keen, make_user):
+    user = make_user()
+    root = create(keen, user)
+    create(keen, user, parent=root.id)
+    with pytest.raises(errors.PermissionDenied), keen.with_api_key(api_key(keen, user, ["credits:read"])) as tx:
+        tx.execute("SELECT * FROM keen.session_tree_summary(%s)", (root.id,))
+    with keen.with_api_key(api_key(keen, user, ["sessions:read"])) as tx:
+        assert tx.scalar("SELECT session_count FROM keen.session_tree_summary(%s)", (root.id,)) == 2

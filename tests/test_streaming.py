@@ -935,3 +935,30 @@ def test_an_admin_listens_to_any_tenants_session_through_its_api_key(db, keen, a
     ids = emit(keen, alice, session, 3)
     got = [e.event_id for e in keen.listen(session, api_key=admin_key, max_events=3, timeout=WAIT)]
     assert got == ids
+
+
+def test_an_admin_key_with_a_scope_list_cannot_prepare_or_drop_event_partitions(db, keen, admin_id):
+    """Upkeep is no scope's: keen_private.may_manage_event_partitions goes through
+    keen_private.require_all_tenants, which refuses an admin's scoped key (the unscoped key may)."""
+    with keen.as_user(admin_id) as tx:
+        token = tx.scalar("SELECT token FROM keen.create_api_key('scoped admin', '{sessions:read,sessions:write}')")
+    with pytest.raises(PermissionDenied), keen.with_api_key(token) as tx:
+        tx.streaming.drop_old_event_partitions(timedelta(days=365))
+    with pytest.raises(PermissionDenied), keen.with_api_key(token) as tx:
+        tx.streaming.prepare_event_partitions(0, month_ahead(21, 2))
+    with keen.as_user(admin_id) as tx:
+        assert tx.streaming.drop_old_event_partitions(timedelta(days=3650)) == []
+
+
+def test_a_connection_id_and_an_event_type_are_capped_by_their_size_cap_kinds(db, keen, alice):
+    session = new_session(db, keen, alice)
+    with keen.as_user(alice) as tx:
+        tx.execute("SELECT keen.register_connection(%s, '127.0.0.1', 'cli')", ("c" * 255,))
+    for connection_id in ("", "c" * 256, "é" * 128):  # 256 bytes: the cap is in bytes
+        with pytest.raises(InvalidInput), keen.as_user(alice) as tx:
+            tx.execute("SELECT keen.register_connection(%s, '127.0.0.1', 'cli')", (connection_id,))
+    with keen.as_user(alice) as tx:
+        assert tx.streaming.emit_event(session, "t" * 50, {}) > 0
+    for event_type in ("", "t" * 51):
+        with pytest.raises(InvalidInput), keen.as_user(alice) as tx:
+            tx.streaming.emit_event(session, event_type, {})

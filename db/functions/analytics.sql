@@ -2,8 +2,9 @@
 -- and the last-24-hours dashboard (a materialized view, see db/schema/0007).
 --
 -- Days are UTC days: day D is the range [D 00:00 UTC, D+1 00:00 UTC). Every range below is
--- built with `AT TIME ZONE 'UTC'`, never by casting a timestamp to date, so the session's
--- TimeZone setting changes nothing. Definitions (docs/analytics.md explains them):
+-- built with keen_private.accounting_day_start and today is keen_private.accounting_day (both
+-- in credits.sql, the ledger's accounting day), never by casting a timestamp to date, so the
+-- session's TimeZone setting changes nothing. Definitions (docs/analytics.md explains them):
 --   active user     a user with any row on the day: a session started or ended, a phase
 --                   transition, a tool execution, a git operation or a credit transaction
 --   credits used    usage charges (minus the negative amounts of `usage` rows)
@@ -45,28 +46,31 @@ COMMENT ON FUNCTION keen_private.analytics_check_range(date, date) IS 'Validates
 -- Idempotent: rows are upserted and only rewritten when a figure changed (so a second run
 -- leaves them byte for byte, updated_at included); per-user rows of the day for users no
 -- longer active are deleted. Concurrent rollups of one day serialize on an advisory lock.
--- The default day is today in UTC (not current_date, which follows the session time zone).
+-- An omitted (or NULL) day is today's accounting day, keen_private.accounting_day(now()): UTC,
+-- not current_date, which follows the session time zone. (The default is NULL rather than that
+-- expression because a default is evaluated with the caller's privileges, and keen_app may not
+-- execute keen_private's functions.)
 -- The per-model rollup of the day (keen.daily_model_usage) is upserted the same way.
--- Who: an admin actor or the maintenance role (42501 otherwise).
--- Raises 22023 for a NULL day or a day after today (UTC).
-CREATE OR REPLACE FUNCTION keen.rollup_daily_analytics(p_day date DEFAULT ((pg_catalog.now() AT TIME ZONE 'UTC')::date))
+-- Who: an admin actor or the maintenance role (42501 otherwise; an admin's API key with a scope
+-- list too, keen_private.require_all_tenants).
+-- Raises 22023 for a day after today (UTC).
+CREATE OR REPLACE FUNCTION keen.rollup_daily_analytics(p_day date DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
+    v_today date := keen_private.accounting_day(pg_catalog.now());
     v_start timestamptz;
     v_end timestamptz;
 BEGIN
     PERFORM keen_private.require_all_tenants('only an admin or the maintenance role may run the rollup');
-    IF p_day IS NULL THEN
-        RAISE EXCEPTION 'p_day must not be NULL' USING ERRCODE = '22023';
-    END IF;
-    IF p_day > keen_private.accounting_day(pg_catalog.now()) THEN
+    p_day := COALESCE(p_day, v_today);
+    IF p_day > v_today THEN
         RAISE EXCEPTION 'cannot roll up %: it is after today (UTC)', p_day USING ERRCODE = '22023';
     END IF;
-    v_start := p_day::timestamp AT TIME ZONE 'UTC';
-    v_end := (p_day + 1)::timestamp AT TIME ZONE 'UTC';
+    v_start := keen_private.accounting_day_start(p_day);
+    v_end := keen_private.accounting_day_start(p_day + 1);
 
     -- One rollup of a day at a time: two concurrent runs would otherwise race on the delete.
     PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('keen.rollup_daily_analytics'),
@@ -308,7 +312,7 @@ $$;
 REVOKE ALL ON FUNCTION keen.rollup_daily_analytics(date) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.rollup_daily_analytics(date) TO keen_app, keen_maintenance;
 COMMENT ON FUNCTION keen.rollup_daily_analytics(date) IS
-    'Idempotent rollup of one UTC day into daily_usage_stats and daily_analytics; admin or maintenance (42501); 22023 for a NULL or future day.';
+    'Idempotent rollup of one UTC day into daily_usage_stats and daily_analytics; admin or maintenance (42501); NULL is today (UTC); 22023 for a future day.';
 
 -- keen.platform_metrics: the platform's figures over the UTC days p_from..p_to (inclusive),
 -- read from keen.daily_analytics only (one row per day: the cost is flat in the ledger size).
@@ -423,15 +427,19 @@ COMMENT ON FUNCTION keen.platform_metrics(date, date) IS
     'Platform figures over UTC days p_from..p_to from daily_analytics only; admin only (42501); 22023 for a bad range.';
 
 -- keen.user_usage: one user's daily_usage_stats rows for the UTC days p_from..p_to, oldest first.
--- Who: the user itself, an admin actor (any user) or the maintenance role.
+-- Who: the user itself, an admin actor (any user) or the maintenance role; through an API key
+-- with a scope list, only with credits:read: the rows are the account's usage and spend, what
+-- usage_by_model (credits:read in CONTRACT.md "Scopes") reports per model.
 -- Raises 22023 for a NULL user or a NULL, reversed or over-long range; P0002 when the user
--- does not exist or belongs to another tenant (row-level security hides it: never told apart).
+-- does not exist or belongs to another tenant (row-level security hides it: never told apart);
+-- 42501 for an API key whose scopes do not cover it.
 CREATE OR REPLACE FUNCTION keen.user_usage(p_user_id uuid, p_from date, p_to date)
 RETURNS SETOF keen.daily_usage_stats
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
+    PERFORM keen_private.require_scope('credits:read');
     IF p_user_id IS NULL THEN
         RAISE EXCEPTION 'p_user_id must not be NULL' USING ERRCODE = '22023';
     END IF;
@@ -449,7 +457,7 @@ $$;
 REVOKE ALL ON FUNCTION keen.user_usage(uuid, date, date) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.user_usage(uuid, date, date) TO keen_app, keen_maintenance;
 COMMENT ON FUNCTION keen.user_usage(uuid, date, date) IS
-    'A user''s daily usage rows over UTC days p_from..p_to; own or admin; P0002 for another tenant; 22023 bad input.';
+    'A user''s daily usage rows over UTC days p_from..p_to; own or admin; P0002 for another tenant; 22023 bad input; 42501 (scoped key without credits:read).';
 
 -- keen.refresh_dashboard_metrics: recomputes keen.admin_dashboard_metrics (the last 24 UTC
 -- hours) with REFRESH MATERIALIZED VIEW CONCURRENTLY, so readers are never blocked, and

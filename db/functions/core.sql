@@ -469,6 +469,8 @@ AS $$
         WHEN 'user_agent' THEN 512
         WHEN 'name' THEN 256
         WHEN 'second_factor' THEN 64
+        WHEN 'connection_id' THEN 255
+        WHEN 'event_type' THEN 50
         WHEN 'email' THEN 255
         WHEN 'label' THEN 255
         WHEN 'reason' THEN 1000

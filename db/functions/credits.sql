@@ -71,6 +71,19 @@ $$;
 REVOKE ALL ON FUNCTION keen_private.accounting_day(timestamptz) FROM PUBLIC;
 COMMENT ON FUNCTION keen_private.accounting_day(timestamptz) IS 'Internal: the UTC day of a moment (the accounting day).';
 
+-- keen_private.accounting_day_start: the first moment of the accounting day p_day: 00:00 UTC, so
+-- day D is [accounting_day_start(D), accounting_day_start(D + 1)), whatever the session's
+-- TimeZone. Who: the ledger, analytics and streaming functions (day ranges). Raises nothing.
+-- SQL without SET: inlined (an index range on a timestamptz column stays one).
+CREATE OR REPLACE FUNCTION keen_private.accounting_day_start(p_day date)
+RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT p_day::timestamp AT TIME ZONE 'UTC'
+$$;
+REVOKE ALL ON FUNCTION keen_private.accounting_day_start(date) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.accounting_day_start(date) IS 'Internal: 00:00 UTC of an accounting day (the start of its range).';
+
 -- keen_private.accounting_month: the accounting month of a moment: the first day of its UTC
 -- month. Who: the ledger functions. Raises nothing. SQL without SET: inlined.
 CREATE OR REPLACE FUNCTION keen_private.accounting_month(p_at timestamptz)
@@ -95,24 +108,40 @@ $$;
 REVOKE ALL ON FUNCTION keen_private.period_total(date, numeric, date) FROM PUBLIC;
 COMMENT ON FUNCTION keen_private.period_total(date, numeric, date) IS 'Internal: a day/month usage counter''s total in the current period (0 if older).';
 
--- keen_private.credit_check_cost: refuses a USD cost that is not a plain positive number: NULL,
--- NaN, +-Infinity, zero or negative, above 1,000,000, or more than 12 decimal places (a cost
--- is an input kept exactly; only the credits charged are rounded). Who: the ledger and session
--- functions. Raises 22023.
+-- keen_private.credit_cost_ok: the rule of a USD cost: a plain positive number of at most
+-- 1,000,000 with at most 12 decimal places (a cost is an input kept exactly; only the credits
+-- charged are rounded). NaN sorts above every number and -Infinity below, so the range refuses
+-- them; NULL gives NULL. The one place the rule is written: credit_check_cost raises by it, and
+-- deduct_credits' hot path tests it inline. Who: the ledger functions. Raises nothing.
+-- SQL without SET: inlined into its callers.
+CREATE OR REPLACE FUNCTION keen_private.credit_cost_ok(p_value numeric)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT p_value > 0 AND p_value <= 1000000 AND p_value = pg_catalog.round(p_value, 12)
+$$;
+REVOKE ALL ON FUNCTION keen_private.credit_cost_ok(numeric) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_cost_ok(numeric) IS 'Internal: is a USD cost positive, <= 1000000, with at most 12 decimals (NULL: NULL)?';
+
+-- keen_private.credit_check_cost: refuses a USD cost that breaks keen_private.credit_cost_ok:
+-- NULL, NaN, +-Infinity, zero or negative, above 1,000,000, or more than 12 decimal places.
+-- Who: the ledger and session functions. Raises 22023.
 CREATE OR REPLACE FUNCTION keen_private.credit_check_cost(p_what text, p_value numeric)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
 BEGIN
-    -- NaN sorts above every number and -Infinity below, so the first test catches them.
-    IF p_value IS NULL OR p_value > 1000000 OR p_value <= 0 THEN
-        RAISE EXCEPTION '% must be a number above 0 and at most 1000000, got %', p_what, COALESCE(p_value::text, 'NULL')
-            USING ERRCODE = '22023';
+    IF COALESCE(keen_private.credit_cost_ok(p_value), false) THEN
+        RETURN;
     END IF;
-    IF p_value <> pg_catalog.round(p_value, 12) THEN
+    -- Which part failed, for the message: when rounding to 12 places would make it a cost, only
+    -- its decimals are wrong.
+    IF keen_private.credit_cost_ok(pg_catalog.round(p_value, 12)) THEN
         RAISE EXCEPTION '% has more than 12 decimal places: %', p_what, p_value
             USING ERRCODE = '22023', HINT = 'costs are refused, not rounded';
     END IF;
+    RAISE EXCEPTION '% must be a number above 0 and at most 1000000, got %', p_what, COALESCE(p_value::text, 'NULL')
+        USING ERRCODE = '22023';
 END
 $$;
 REVOKE ALL ON FUNCTION keen_private.credit_check_cost(text, numeric) FROM PUBLIC;
@@ -141,21 +170,48 @@ $$;
 REVOKE ALL ON FUNCTION keen_private.credit_check_amount(text, numeric, numeric) FROM PUBLIC;
 COMMENT ON FUNCTION keen_private.credit_check_amount(text, numeric, numeric) IS 'Internal: 22023 unless the value is a positive number <= max with at most 6 decimals.';
 
--- keen_private.credit_check_text: refuses a missing or oversized description or idempotency key.
+-- keen_private.credit_description_ok: the rule of a ledger description: not blank, within its
+-- size cap (keen_private.size_cap('description')); NULL gives NULL. Written once: credit_check_text
+-- raises by it, deduct_credits' hot path tests it inline. Who: the ledger functions. Raises
+-- nothing. SQL without SET: inlined into its callers.
+CREATE OR REPLACE FUNCTION keen_private.credit_description_ok(p_description text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT pg_catalog.btrim(p_description) <> ''
+       AND pg_catalog.octet_length(p_description) <= keen_private.size_cap('description')
+$$;
+REVOKE ALL ON FUNCTION keen_private.credit_description_ok(text) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_description_ok(text) IS 'Internal: is a ledger description non-blank and within its cap (NULL: NULL)?';
+
+-- keen_private.credit_key_ok: the rule of an idempotency key: absent (NULL), or 1 to 255
+-- characters. Written once, like credit_description_ok. Who: the ledger functions. Raises
+-- nothing. SQL without SET: inlined into its callers.
+CREATE OR REPLACE FUNCTION keen_private.credit_key_ok(p_idempotency_key text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT p_idempotency_key IS NULL OR pg_catalog.length(p_idempotency_key) BETWEEN 1 AND 255
+$$;
+REVOKE ALL ON FUNCTION keen_private.credit_key_ok(text) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_key_ok(text) IS 'Internal: is an idempotency key absent or 1 to 255 characters?';
+
+-- keen_private.credit_check_text: refuses a description or idempotency key that breaks
+-- keen_private.credit_description_ok or keen_private.credit_key_ok.
 -- Who: the ledger functions. Raises 22023 for a NULL/blank description or one over its size
--- cap (keen_private.size_cap('description')), and for an idempotency key that is empty or over
--- 255 characters.
+-- cap (keen_private.require_size names the sizes), and for an idempotency key that is empty or
+-- over 255 characters.
 CREATE OR REPLACE FUNCTION keen_private.credit_check_text(p_description text, p_idempotency_key text)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
 SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
-    IF p_description IS NULL OR pg_catalog.btrim(p_description) = '' THEN
+    IF NOT COALESCE(keen_private.credit_description_ok(p_description), false) THEN
+        PERFORM keen_private.require_size('description', p_description);  -- raises when over the cap
         RAISE EXCEPTION 'a description is required' USING ERRCODE = '22023';
     END IF;
-    PERFORM keen_private.require_size('description', p_description);
-    IF p_idempotency_key IS NOT NULL AND pg_catalog.length(p_idempotency_key) NOT BETWEEN 1 AND 255 THEN
+    IF NOT keen_private.credit_key_ok(p_idempotency_key) THEN
         RAISE EXCEPTION 'an idempotency key has 1 to 255 characters' USING ERRCODE = '22023';
     END IF;
 END
@@ -163,21 +219,43 @@ $$;
 REVOKE ALL ON FUNCTION keen_private.credit_check_text(text, text) FROM PUBLIC;
 COMMENT ON FUNCTION keen_private.credit_check_text(text, text) IS 'Internal: 22023 for a bad description or idempotency key.';
 
--- keen_private.credit_authorize: the actor may act on p_user_id's account: it is that user or an admin.
--- Who: the ledger functions. Raises 22023 for a NULL user id, 42501 otherwise (for any other
--- id, existing or not, so the answer tells nothing about other tenants).
-CREATE OR REPLACE FUNCTION keen_private.credit_authorize(p_user_id uuid)
-RETURNS void
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+-- keen_private.actor_acts_for: the one test of "the actor is p_user_id, or an admin": true when
+-- there is an actor and it is that user or an active admin (keen.actor_is_admin, asked only
+-- when the actor is someone else). Its callers decide the answer: 42501 on an account
+-- (credit_authorize), P0002 on a hold or a session whose owner the caller read past row
+-- policies (capture_reservation, release_reservation, record_llm_usage).
+-- Who: the ledger functions. Raises nothing.
+CREATE OR REPLACE FUNCTION keen_private.actor_acts_for(p_user_id uuid)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, keen, pg_temp
 AS $$
 DECLARE
     v_actor uuid := keen.actor_id();
 BEGIN
+    IF v_actor IS NULL OR p_user_id IS NULL THEN
+        RETURN false;
+    END IF;
+    RETURN v_actor = p_user_id OR keen.actor_is_admin();
+END
+$$;
+REVOKE ALL ON FUNCTION keen_private.actor_acts_for(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.actor_acts_for(uuid) IS 'Internal: is the actor p_user_id or an admin?';
+
+-- keen_private.credit_authorize: the actor may act on p_user_id's account: it is that user or an
+-- admin (keen_private.actor_acts_for).
+-- Who: the ledger functions. Raises 22023 for a NULL user id, 42501 otherwise (for any other
+-- id, existing or not, so the answer tells nothing about other tenants).
+CREATE OR REPLACE FUNCTION keen_private.credit_authorize(p_user_id uuid)
+RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, keen, keen_private, pg_temp
+AS $$
+BEGIN
     IF p_user_id IS NULL THEN
         RAISE EXCEPTION 'p_user_id is required' USING ERRCODE = '22023';
     END IF;
-    IF v_actor IS NULL OR (v_actor <> p_user_id AND NOT keen.actor_is_admin()) THEN
+    IF NOT keen_private.actor_acts_for(p_user_id) THEN
         RAISE EXCEPTION 'only the account''s owner or an admin may do this' USING ERRCODE = '42501';
     END IF;
 END
@@ -191,15 +269,24 @@ COMMENT ON FUNCTION keen_private.credit_authorize(uuid) IS 'Internal: 42501 unle
 -- lock is resumed through EvalPlanQual, which evaluates every row-level-security InitPlan of the
 -- statement (the admin and maintenance checks too) while holding the row; queued here, the next
 -- statement starts with a fresh snapshot and the row lock is never contended. A hash collision
--- between two users only makes them share a queue. Who: the ledger functions. Raises 25000
--- outside READ COMMITTED (keen_private.require_read_committed).
+-- between two users only makes them share a queue.
+-- The one definition of the lock, the fast path of a charge included (keen_private.credit_charge
+-- used to write it out, for speed). It is kept nearly as cheap as that copy: one plain call more
+-- (not measured), PL/pgSQL with neither SET nor SECURITY DEFINER (its plan is cached for the
+-- session and no setting is saved and restored per call; it runs as its caller, keen_ledger or keen_owner, both of which may take
+-- keen's advisory locks, 0008), and keen_private.require_read_committed, whose SET clause is the
+-- costly part, is called only when the isolation level is not READ COMMITTED, to raise.
+-- Everything in it is schema-qualified, so the caller's search_path does not matter.
+-- Who: the ledger functions. Raises 25000 outside READ COMMITTED
+-- (keen_private.require_read_committed).
 CREATE OR REPLACE FUNCTION keen_private.credit_lock(p_user_id uuid)
 RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, keen_private, pg_temp
+LANGUAGE plpgsql
 AS $$
 BEGIN
-    PERFORM keen_private.require_read_committed();
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM keen_private.require_read_committed();
+    END IF;
     PERFORM pg_catalog.pg_advisory_xact_lock(1263420242, pg_catalog.hashtext(p_user_id::text));
 END
 $$;
@@ -373,12 +460,9 @@ DECLARE
     v_month date := keen_private.accounting_month(pg_catalog.now());
 BEGIN
     IF p_reservation_id IS NULL THEN
-        -- Fast path: the account lock (keen_private.credit_lock, written out), then one statement that
-        -- moves the balance only when it and the limits cover the charge and no hold can be live.
-        IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
-            PERFORM keen_private.require_read_committed();
-        END IF;
-        PERFORM pg_catalog.pg_advisory_xact_lock(1263420242, pg_catalog.hashtext(p_user_id::text));
+        -- Fast path: the account lock, then one statement that moves the balance only when it and
+        -- the limits cover the charge and no hold can be live.
+        PERFORM keen_private.credit_lock(p_user_id);
         WITH charged AS (
             UPDATE keen.credit_accounts a
                SET current_balance = a.current_balance - p_charge,
@@ -634,7 +718,7 @@ COMMENT ON FUNCTION keen.add_credits(uuid, numeric, text, text) IS 'Admin: a pur
 -- "session-complete:" space), 42501 (another user's account), P0002 (no account, or a
 -- session that is not this user's), KN001 (available balance short), KN002 (a daily or monthly
 -- limit would be passed), KN005 (the idempotency key was used for another request), 25000
--- (a transaction that is not READ COMMITTED).
+-- (a transaction that is not READ COMMITTED); 42501 for an API key whose scopes do not cover it (credits:write).
 CREATE OR REPLACE FUNCTION keen.deduct_credits(p_user_id uuid, p_claude_cost_usd numeric,
                                                p_session_id uuid DEFAULT NULL,
                                                p_description text DEFAULT 'Agent execution',
@@ -654,22 +738,17 @@ BEGIN
         RAISE EXCEPTION 'idempotency keys beginning with "session-complete:" are reserved for keen.complete_session'
             USING ERRCODE = '22023';
     END IF;
-    -- The checks of credit_check_amount/credit_check_text, written out: this is the hot path.
-    -- NaN sorts above every number, so "<= 1000000" also refuses it and +Infinity.
-    IF p_claude_cost_usd IS NULL OR NOT (p_claude_cost_usd > 0 AND p_claude_cost_usd <= 1000000)
-       OR p_claude_cost_usd <> pg_catalog.round(p_claude_cost_usd, 12)
-       OR p_description IS NULL OR p_description = ''
-       OR pg_catalog.octet_length(p_description) > keen_private.size_cap('description')
-       OR pg_catalog.length(p_idempotency_key) NOT BETWEEN 1 AND 255 OR p_user_id IS NULL THEN
+    -- The input rules of credit_check_cost and credit_check_text, tested through their predicates
+    -- (inlined SQL: no call on the hot path); the checks themselves run, and raise, only when one
+    -- fails.
+    IF NOT (COALESCE(keen_private.credit_cost_ok(p_claude_cost_usd), false)
+            AND COALESCE(keen_private.credit_description_ok(p_description), false)
+            AND keen_private.credit_key_ok(p_idempotency_key)) THEN
         PERFORM keen_private.credit_check_cost('p_claude_cost_usd', p_claude_cost_usd);
         PERFORM keen_private.credit_check_text(p_description, p_idempotency_key);
-        PERFORM keen_private.credit_authorize(p_user_id);
     END IF;
-    IF pg_catalog.btrim(p_description) = '' THEN
-        PERFORM keen_private.credit_check_text(p_description, p_idempotency_key);
-    END IF;
-    -- The owner, or else an admin (42501): before any lock, so that nobody can hold another
-    -- user's account lock.
+    -- The owner, or else an admin (42501; 22023 for a NULL user): before any lock, so that nobody
+    -- can hold another user's account lock.
     IF p_user_id IS DISTINCT FROM keen.actor_id() THEN
         PERFORM keen_private.credit_authorize(p_user_id);
     END IF;
@@ -708,7 +787,8 @@ COMMENT ON FUNCTION keen.deduct_credits(uuid, numeric, uuid, text, text) IS 'Cha
 -- Who: the account's owner or an admin.
 -- Raises 22023 (bad cost as for deduct_credits, a TTL not above 0 or over 7 days, a bad key),
 -- 42501, P0002 (no account, or not this user's session), KN001 (available balance short),
--- KN002 (a limit would be passed), KN005 (key used for another request).
+-- KN002 (a limit would be passed), KN005 (key used for another request), 42501 for an API key whose scopes do not cover it
+-- (credits:write).
 -- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock).
 CREATE OR REPLACE FUNCTION keen.reserve_credits(p_user_id uuid, p_estimated_claude_cost_usd numeric,
                                                 p_session_id uuid DEFAULT NULL,
@@ -798,7 +878,8 @@ COMMENT ON FUNCTION keen.reserve_credits(uuid, numeric, uuid, interval, text) IS
 -- Who: the hold's owner or an admin (another tenant's hold is P0002).
 -- Raises 22023 (bad cost or description), P0002 (no such hold), KN003 (captured, released or
 -- expired), KN001 (the balance, less the other live holds, cannot cover the cost: the hold
--- stays live), KN002 (a limit would be passed).
+-- stays live), KN002 (a limit would be passed), 42501 for an API key whose scopes do not cover
+-- it (credits:write).
 -- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock).
 CREATE OR REPLACE FUNCTION keen.capture_reservation(p_reservation_id uuid, p_claude_cost_usd numeric,
                                                     p_description text DEFAULT 'Agent execution')
@@ -817,10 +898,9 @@ BEGIN
     -- Another tenant's hold is P0002, like a missing one (the ledger's owner reads past row
     -- policies, so the check is here).
     SELECT r.* INTO v_res FROM keen.credit_reservations r WHERE r.id = p_reservation_id;
-    IF NOT FOUND OR (v_res.user_id IS DISTINCT FROM keen.actor_id() AND NOT keen.actor_is_admin()) THEN
+    IF NOT FOUND OR NOT keen_private.actor_acts_for(v_res.user_id) THEN
         RAISE EXCEPTION 'reservation % not found', p_reservation_id USING ERRCODE = 'P0002';
     END IF;
-    PERFORM keen_private.credit_authorize(v_res.user_id);
     v_charge := keen_private.usage_charge(p_claude_cost_usd, v_res.markup_multiplier);
     IF v_charge <= 0 THEN
         RAISE EXCEPTION 'a cost of % USD rounds to a charge of 0 credits; release the hold instead', p_claude_cost_usd
@@ -854,7 +934,8 @@ COMMENT ON FUNCTION keen.capture_reservation(uuid, numeric, text) IS 'Charges th
 
 -- keen.release_reservation: ends a live hold with no charge.
 -- Who: the hold's owner or an admin (another tenant's hold is P0002).
--- Raises P0002 (no such hold), KN003 (captured, released or expired).
+-- Raises P0002 (no such hold), KN003 (captured, released or expired), 42501 for an API key
+-- whose scopes do not cover it (credits:write).
 -- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock).
 CREATE OR REPLACE FUNCTION keen.release_reservation(p_reservation_id uuid)
 RETURNS void
@@ -868,10 +949,9 @@ BEGIN
     -- Another tenant's hold is P0002, like a missing one (the ledger's owner reads past row
     -- policies, so the check is here).
     SELECT r.* INTO v_res FROM keen.credit_reservations r WHERE r.id = p_reservation_id;
-    IF NOT FOUND OR (v_res.user_id IS DISTINCT FROM keen.actor_id() AND NOT keen.actor_is_admin()) THEN
+    IF NOT FOUND OR NOT keen_private.actor_acts_for(v_res.user_id) THEN
         RAISE EXCEPTION 'reservation % not found', p_reservation_id USING ERRCODE = 'P0002';
     END IF;
-    PERFORM keen_private.credit_authorize(v_res.user_id);
     -- Account first, then the hold: the one lock order of the ledger.
     PERFORM keen_private.credit_lock(v_res.user_id);
     PERFORM 1 FROM keen.credit_accounts a WHERE a.id = v_res.account_id FOR UPDATE;
@@ -894,7 +974,8 @@ COMMENT ON FUNCTION keen.release_reservation(uuid) IS 'Ends a live hold with no 
 
 -- keen.get_balance: the account as the ledger sees it now: balance, available balance
 -- (balance minus live holds), lifetime totals, limits and the usage of the current UTC day and
--- month. Who: the account's owner or an admin. Raises 22023 (NULL id), 42501, P0002.
+-- month. Who: the account's owner or an admin. Raises 22023 (NULL id), 42501 (another user's
+-- account; 42501 for an API key whose scopes do not cover it: credits:read), P0002.
 CREATE OR REPLACE FUNCTION keen.get_balance(p_user_id uuid)
 RETURNS TABLE (user_id uuid, current_balance numeric, available_balance numeric, lifetime_purchased numeric,
                lifetime_spent numeric, unlimited_credits boolean, daily_limit numeric, monthly_limit numeric,
@@ -931,8 +1012,11 @@ COMMENT ON FUNCTION keen.get_balance(uuid) IS 'Balance, available balance, lifet
 -- keen.set_spending_limits: sets the daily and monthly limits, in credits; NULL means no limit,
 -- 0 means no usage at all. Limits count the usage charges of the current UTC day and month plus
 -- live holds; lowering one below what is already spent only blocks further usage.
--- Who: the account's owner or an admin. Raises 22023 (a limit that is negative, NaN, infinite,
--- over 1,000,000,000,000 or has more than 6 decimals), 42501, P0002.
+-- Who: the account's owner or an admin, not through an API key with a scope list: no scope
+-- covers it (CONTRACT.md "Scopes" lists none for it), and the limits exist to bound what the
+-- spending keys (credits:write) can spend, so no such key may lift them.
+-- Raises 22023 (a limit that is negative, NaN, infinite, over 1,000,000,000,000 or has more
+-- than 6 decimals), 42501 (another user's account; an API key with a scope list), P0002.
 -- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock).
 CREATE OR REPLACE FUNCTION keen.set_spending_limits(p_user_id uuid, p_daily_limit numeric, p_monthly_limit numeric)
 RETURNS void
@@ -940,6 +1024,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
+    PERFORM keen_private.require_scope(NULL);
     IF p_daily_limit IS DISTINCT FROM 0 AND p_daily_limit IS NOT NULL THEN
         PERFORM keen_private.credit_check_amount('p_daily_limit', p_daily_limit, 1000000000000);
     END IF;
@@ -958,13 +1043,14 @@ END
 $$;
 REVOKE ALL ON FUNCTION keen.set_spending_limits(uuid, numeric, numeric) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.set_spending_limits(uuid, numeric, numeric) TO keen_app;
-COMMENT ON FUNCTION keen.set_spending_limits(uuid, numeric, numeric) IS 'Daily and monthly limits in credits (NULL: none); 22023, 42501, P0002.';
+COMMENT ON FUNCTION keen.set_spending_limits(uuid, numeric, numeric) IS 'Daily and monthly limits in credits (NULL: none); not through a scoped API key; 22023, 42501, P0002.';
 
 -- keen.validate_credits: would a usage of p_claude_cost_usd be covered now? No write, no lock.
 -- required is the charge at the current multiplier (also for an unlimited account, which is
 -- always sufficient with no shortfall); sufficiency is judged on the available balance
 -- (balance minus live holds), limits aside. current_balance is the balance itself.
--- Who: the account's owner or an admin. Raises 22023 (bad cost as for deduct_credits), 42501, P0002.
+-- Who: the account's owner or an admin. Raises 22023 (bad cost as for deduct_credits), 42501
+-- (another user's account; 42501 for an API key whose scopes do not cover it: credits:read), P0002.
 CREATE OR REPLACE FUNCTION keen.validate_credits(p_user_id uuid, p_claude_cost_usd numeric)
 RETURNS TABLE (sufficient boolean, current_balance numeric, required numeric, shortfall numeric, unlimited boolean)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -998,8 +1084,8 @@ GRANT EXECUTE ON FUNCTION keen.validate_credits(uuid, numeric) TO keen_app;
 COMMENT ON FUNCTION keen.validate_credits(uuid, numeric) IS 'Would this cost be covered now? No write; 22023, 42501, P0002.';
 
 -- keen.credit_history: the account's ledger rows, newest first.
--- Who: the account's owner or an admin. Raises 22023 (p_limit not between 1 and 1000), 42501,
--- P0002 (no account).
+-- Who: the account's owner or an admin. Raises 22023 (p_limit not between 1 and 1000), 42501
+-- (another user's account; 42501 for an API key whose scopes do not cover it: credits:read), P0002 (no account).
 CREATE OR REPLACE FUNCTION keen.credit_history(p_user_id uuid, p_limit int DEFAULT 100)
 RETURNS SETOF keen.credit_transactions
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -1145,9 +1231,12 @@ COMMENT ON FUNCTION keen.refund_credits(uuid, text, numeric) IS 'Admin: a refund
 -- ---------------------------------------------------------------------------------------------
 
 -- keen.set_auto_recharge: switches auto-recharge on or off; p_threshold and p_amount (credits)
--- replace the current values when given. Who: the account's owner or an admin.
+-- replace the current values when given. Who: the account's owner or an admin, not through an
+-- API key with a scope list (no scope covers it: it decides what the account buys, like the
+-- limits of set_spending_limits).
 -- Raises 22023 (NULL p_enabled, a threshold that is negative or malformed, an amount that is
--- not a positive 6-decimal number of at most 1,000,000,000), 42501, P0002.
+-- not a positive 6-decimal number of at most 1,000,000,000), 42501 (another user's account; an
+-- API key with a scope list), P0002.
 -- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock).
 CREATE OR REPLACE FUNCTION keen.set_auto_recharge(p_user_id uuid, p_enabled boolean,
                                                   p_threshold numeric DEFAULT NULL, p_amount numeric DEFAULT NULL)
@@ -1156,6 +1245,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
+    PERFORM keen_private.require_scope(NULL);
     IF p_enabled IS NULL THEN
         RAISE EXCEPTION 'p_enabled is required' USING ERRCODE = '22023';
     END IF;
@@ -1180,18 +1270,21 @@ END
 $$;
 REVOKE ALL ON FUNCTION keen.set_auto_recharge(uuid, boolean, numeric, numeric) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.set_auto_recharge(uuid, boolean, numeric, numeric) TO keen_app;
-COMMENT ON FUNCTION keen.set_auto_recharge(uuid, boolean, numeric, numeric) IS 'Auto-recharge on/off, threshold and amount; 22023, 42501, P0002.';
+COMMENT ON FUNCTION keen.set_auto_recharge(uuid, boolean, numeric, numeric) IS 'Auto-recharge on/off, threshold and amount; not through a scoped API key; 22023, 42501, P0002.';
 
 -- keen.recharge_requests: auto-recharge requests with the given status, oldest first: the
 -- payment side's queue. A user sees its own; an admin or the maintenance role sees all.
--- Who: keen_app (under the row policies) and keen_maintenance. Raises 22023 (unknown status,
--- p_limit not between 1 and 1000).
+-- Who: keen_app (under the row policies) and keen_maintenance; through an API key with a scope
+-- list, only with credits:read (it reads the account's credit records, like credit_history).
+-- Raises 22023 (unknown status, p_limit not between 1 and 1000), 42501 for an API key whose
+-- scopes do not cover it.
 CREATE OR REPLACE FUNCTION keen.recharge_requests(p_status text DEFAULT 'pending', p_limit int DEFAULT 100)
 RETURNS SETOF keen.credit_recharge_requests
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
+    PERFORM keen_private.require_scope('credits:read');
     IF p_status IS NULL OR p_status NOT IN ('pending', 'completed', 'failed', 'cancelled') THEN
         RAISE EXCEPTION 'p_status is one of pending, completed, failed, cancelled' USING ERRCODE = '22023';
     END IF;
@@ -1207,7 +1300,7 @@ END
 $$;
 REVOKE ALL ON FUNCTION keen.recharge_requests(text, int) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.recharge_requests(text, int) TO keen_app, keen_maintenance;
-COMMENT ON FUNCTION keen.recharge_requests(text, int) IS 'Auto-recharge requests by status, oldest first (own, or all for admin/maintenance); 22023.';
+COMMENT ON FUNCTION keen.recharge_requests(text, int) IS 'Auto-recharge requests by status, oldest first (own, or all for admin/maintenance); 22023, 42501.';
 
 -- keen.resolve_recharge_request: the payment side closes a pending request: completed (with
 -- the purchase it made through add_credits), failed or cancelled. After that, the account's
@@ -1381,12 +1474,18 @@ COMMENT ON FUNCTION keen_private.llm_usage_replay(uuid, text, text, bigint, bigi
 -- same p_request_id on the session returns the first result and charges nothing more. Calls of
 -- one session serialize on the session row, taken (by the cost's UPDATE) before the account,
 -- complete_session's order; a retry racing the first call waits there and then answers with
--- the first call's result.
+-- the first call's result. The owner's markup rate is read once (keen_private.markup_rate) and
+-- that one rate prices both the session's keen_cost_credits and the ledger charge.
+-- A session that has stopped (completed, failed or cancelled) is still charged: a call reported
+-- after the stop was made, and paid to the model's provider, while the session ran; refusing it
+-- would lose real cost, and stopping a run never undoes what it used. So there is no state
+-- check here (docs/credits.md, "Metering").
 -- Who: the session's owner or an admin (who charges the owner); another tenant's session is
 -- P0002. Raises 22023 (an unknown model, a NULL or negative count, a count over 10^12, a
 -- negative latency, an oversized request id, a cost over 1,000,000 USD), 28000 (no actor),
--- P0002, KN001, KN002, KN005 (the request id was recorded with other counts), 25000 (not READ
--- COMMITTED, from the account lock).
+-- 42501 for an API key whose scopes do not cover it (credits:write), P0002, KN001, KN002, KN005
+-- (the request id was recorded with other counts), 25000 (not READ COMMITTED, from the account
+-- lock).
 CREATE OR REPLACE FUNCTION keen.record_llm_usage(p_session_id uuid, p_model text, p_input_tokens bigint,
                                                  p_output_tokens bigint, p_cache_write_tokens bigint DEFAULT 0,
                                                  p_cache_read_tokens bigint DEFAULT 0,
@@ -1397,7 +1496,6 @@ SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_actor uuid;
     v_user uuid;
     v_usage keen.llm_usage;
     v_price keen.model_prices;
@@ -1418,7 +1516,7 @@ BEGIN
     IF p_request_id IS NOT NULL THEN
         PERFORM keen_private.require_size('name', p_request_id);
     END IF;
-    v_actor := keen_private.require_actor();
+    PERFORM keen_private.require_actor();
     -- A retry answers from the usage row, without any lock.
     IF p_request_id IS NOT NULL THEN
         v_usage := keen_private.llm_usage_replay(p_session_id, p_request_id, p_model, p_input_tokens, p_output_tokens,
@@ -1445,24 +1543,26 @@ BEGIN
         RAISE EXCEPTION 'a call of % USD is refused (at most 1000000)', v_cost USING ERRCODE = '22023';
     END IF;
 
-    -- The session row first (complete_session's lock order: session, then account), and the
-    -- cost added in the same statement: the credits are what credit_charge will take (0 for an
-    -- unlimited account); if it refuses, the whole call rolls back. Another tenant's session is
-    -- invisible (row-level security): no row, no lock, P0002.
-    UPDATE keen.agent_sessions s
-       SET claude_cost_usd = s.claude_cost_usd + v_cost,
-           keen_cost_credits = s.keen_cost_credits
-                               + CASE WHEN a.unlimited_credits THEN 0
-                                      ELSE keen_private.usage_charge(v_cost, keen_private.markup_rate(s.user_id)) END,
-           last_activity_at = pg_catalog.clock_timestamp()
-      FROM keen.credit_accounts a
-     WHERE s.id = p_session_id AND a.user_id = s.user_id
-    RETURNING s.user_id INTO v_user;
-    IF NOT FOUND OR (v_user <> v_actor AND NOT keen.actor_is_admin()) THEN
+    -- The session's owner, whose rate prices the call: read once, here. Another tenant's session
+    -- is invisible (row-level security): no row, P0002, and no lock taken.
+    SELECT s.user_id INTO v_user FROM keen.agent_sessions s WHERE s.id = p_session_id;
+    IF NOT FOUND OR NOT keen_private.actor_acts_for(v_user) THEN
         RAISE EXCEPTION 'session % not found', p_session_id USING ERRCODE = 'P0002';
     END IF;
     v_multiplier := keen_private.markup_rate(v_user);
     v_charge := keen_private.usage_charge(v_cost, v_multiplier);
+    -- The session row first (complete_session's lock order: session, then account), and the
+    -- cost added in the same statement: the credits are what credit_charge will take (0 for an
+    -- unlimited account); if it refuses, the whole call rolls back.
+    UPDATE keen.agent_sessions s
+       SET claude_cost_usd = s.claude_cost_usd + v_cost,
+           keen_cost_credits = s.keen_cost_credits + CASE WHEN a.unlimited_credits THEN 0 ELSE v_charge END,
+           last_activity_at = pg_catalog.clock_timestamp()
+      FROM keen.credit_accounts a
+     WHERE s.id = p_session_id AND a.user_id = s.user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'session % not found', p_session_id USING ERRCODE = 'P0002';
+    END IF;
     -- Under the session lock: a retry of the same request id that committed meanwhile is
     -- visible; its answer stands and this call's addition is taken back.
     IF p_request_id IS NOT NULL THEN
@@ -1500,13 +1600,14 @@ $$;
 REVOKE ALL ON FUNCTION keen.record_llm_usage(uuid, text, bigint, bigint, bigint, bigint, text, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.record_llm_usage(uuid, text, bigint, bigint, bigint, bigint, text, integer) TO keen_app;
 COMMENT ON FUNCTION keen.record_llm_usage(uuid, text, bigint, bigint, bigint, bigint, text, integer) IS
-    'Prices one LLM call exactly and charges it at once (idempotent by request id per session); 22023, 28000, P0002, KN001, KN002, KN005.';
+    'Prices one LLM call exactly and charges it at once, a stopped session too (idempotent by request id per session); 22023, 28000, 42501, P0002, KN001, KN002, KN005, 25000.';
 
 -- keen.usage_by_model: p_user_id's LLM calls over the UTC days p_from..p_to (inclusive), per
 -- model: calls, tokens of each kind, the exact USD cost and the credits charged. Read from the
 -- usage rows themselves (one index range of the user's), so today counts before any rollup.
 -- Who: the user's own, or any for an admin. Raises 22023 (NULL user, a NULL, reversed or
--- over-long range), 42501 (another user's, for a non-admin).
+-- over-long range), 42501 (another user's, for a non-admin; 42501 for an API key whose scopes do not cover it:
+-- credits:read).
 CREATE OR REPLACE FUNCTION keen.usage_by_model(p_user_id uuid, p_from date, p_to date)
 RETURNS TABLE (model text, calls bigint, input_tokens bigint, output_tokens bigint, cache_write_tokens bigint,
                cache_read_tokens bigint, claude_cost_usd numeric, credits numeric)
@@ -1524,8 +1625,8 @@ BEGIN
            pg_catalog.sum(u.claude_cost_usd), pg_catalog.sum(u.charged_credits)
       FROM keen.llm_usage u
      WHERE u.user_id = p_user_id
-       AND u.created_at >= p_from::timestamp AT TIME ZONE 'UTC'
-       AND u.created_at < (p_to + 1)::timestamp AT TIME ZONE 'UTC'
+       AND u.created_at >= keen_private.accounting_day_start(p_from)
+       AND u.created_at < keen_private.accounting_day_start(p_to + 1)
      GROUP BY u.model
      ORDER BY u.model;
 END
@@ -1582,7 +1683,9 @@ GRANT EXECUTE ON FUNCTION keen.actor_id(), keen.actor_is_admin(), keen.session_i
                           keen_private.credit_check_text(text, text), keen_private.credit_check_cost(text, numeric),
                           keen_private.markup_rate(uuid), keen_private.usage_charge(numeric, numeric),
                           keen_private.accounting_day(timestamptz), keen_private.accounting_month(timestamptz),
-                          keen_private.period_total(date, numeric, date)
+                          keen_private.period_total(date, numeric, date),
+                          keen_private.credit_cost_ok(numeric), keen_private.credit_description_ok(text),
+                          keen_private.credit_key_ok(text), keen_private.actor_acts_for(uuid)
     TO keen_ledger;
 GRANT EXECUTE ON FUNCTION keen_private.credit_charge(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb),
                           keen_private.credit_replay(uuid, text, text, numeric, uuid),

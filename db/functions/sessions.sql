@@ -102,7 +102,8 @@ COMMENT ON FUNCTION keen_private.lock_session(uuid, boolean) IS 'Internal: locks
 -- default_max_session_depth setting when none gives one. A parent whose agent_options say
 -- "execution_mode": "sequential" runs one child at a time. The parent row is locked first, so
 -- concurrent creations under one parent see each other.
--- Who: the actor for itself, an admin for anyone (42501 otherwise).
+-- Who: the actor for itself, an admin for anyone (42501 otherwise; also 42501 for an API key whose scopes do not cover it:
+-- sessions:write).
 -- Raises: 22023 for a blank session id, branch, vision or working directory, a vision,
 -- working directory or agent_options over its size cap (keen_private.size_cap), agent_options that
 -- are not an object, a max_depth that is not an integer between 0 and the hard maximum, an
@@ -229,7 +230,8 @@ COMMENT ON FUNCTION keen.create_session(uuid, text, text, text, text, uuid, json
     'Starts an agent session (root or child); 42501, 22023, P0002, KN004 (parent state, depth, sequential), 23505.';
 
 -- keen.get_session: one session.
--- Who: its owner, or an admin. Raises: P0002 when absent or another tenant's.
+-- Who: its owner, or an admin. Raises: P0002 when absent or another tenant's; 42501 for an API key whose scopes do not cover it
+-- (sessions:read).
 CREATE OR REPLACE FUNCTION keen.get_session(p_id uuid)
 RETURNS keen.agent_sessions
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -253,12 +255,14 @@ COMMENT ON FUNCTION keen.get_session(uuid) IS 'One session of the actor (any for
 -- keen.record_phase_transition: moves a running session to another phase and records the phase
 -- report: a keen.phase_transitions row whose duration_ms is the time spent in the phase left.
 -- phase_started_at and last_activity_at become now (clock time, not transaction start).
--- Who: the session's owner, or an admin.
+-- Who: the session's owner, or an admin; through an API key with a scope list, only with
+-- sessions:write (it changes the session, like update_session_progress).
 -- Emits phase_change {transition_id, from_phase, to_phase, duration_ms} in the same transaction.
 -- Raises: 22023 for a phase outside EXPLORE, PLAN, FOUND, SUMMON, COMPLETE, a confidence outside
 -- 0..1, a metadata value that is not an object, an estimate over 255 characters, metadata or a
 -- report (summary, findings, next actions) over the metadata cap; P0002 for an
--- absent or foreign session; KN004 when the session is not running or already in that phase.
+-- absent or foreign session; KN004 when the session is not running or already in that phase;
+-- 42501 for an API key whose scopes do not cover it.
 CREATE OR REPLACE FUNCTION keen.record_phase_transition(p_id uuid, p_to_phase text,
                                                         p_summary text DEFAULT '',
                                                         p_key_findings text[] DEFAULT '{}',
@@ -275,6 +279,7 @@ DECLARE
     v_session keen.agent_sessions;
     v_transition keen.phase_transitions;
 BEGIN
+    PERFORM keen_private.require_scope('sessions:write');
     IF p_to_phase IS NULL OR p_to_phase NOT IN ('EXPLORE', 'PLAN', 'FOUND', 'SUMMON', 'COMPLETE') THEN
         RAISE EXCEPTION 'unknown phase %: one of EXPLORE, PLAN, FOUND, SUMMON, COMPLETE', p_to_phase
             USING ERRCODE = '22023';
@@ -319,7 +324,7 @@ $$;
 REVOKE ALL ON FUNCTION keen.record_phase_transition(uuid, text, text, text[], text[], numeric, text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.record_phase_transition(uuid, text, text, text[], text[], numeric, text, jsonb) TO keen_app;
 COMMENT ON FUNCTION keen.record_phase_transition(uuid, text, text, text[], text[], numeric, text, jsonb) IS
-    'Moves a running session to another phase with its report; 22023, P0002, KN004.';
+    'Moves a running session to another phase with its report; 22023, 42501, P0002, KN004.';
 
 -- keen.update_session_progress: the agent reports progress. A phase different from the current
 -- one is a phase change (keen.record_phase_transition, with an empty report); the counters,
@@ -327,7 +332,7 @@ COMMENT ON FUNCTION keen.record_phase_transition(uuid, text, text, text[], text[
 -- phase_change (keen.record_phase_transition).
 -- Who: the session's owner, or an admin.
 -- Raises: 22023 for an unknown phase or a negative counter; P0002 for an absent or foreign
--- session; KN004 when the session is not running.
+-- session; KN004 when the session is not running; 42501 for an API key whose scopes do not cover it (sessions:write).
 CREATE OR REPLACE FUNCTION keen.update_session_progress(p_id uuid, p_current_phase text DEFAULT NULL,
                                                         p_iteration_count integer DEFAULT NULL,
                                                         p_tool_calls_count integer DEFAULT NULL,
@@ -389,7 +394,8 @@ COMMENT ON FUNCTION keen.update_session_progress(uuid, text, integer, integer, b
 -- Emits session_completed or session_failed {session_id, success, claude_cost_usd,
 -- keen_cost_credits, transaction_id, files_created/modified/deleted counts} (and, for a charge,
 -- credits_charged) in the same transaction. 22023 also for an error message, report or file
--- lists over their size caps.
+-- lists over their size caps; 42501 for an API key whose scopes do not cover it (sessions:write); 25000 outside READ
+-- COMMITTED when there is a cost to charge (the account lock, keen_private.credit_lock).
 CREATE OR REPLACE FUNCTION keen.complete_session(p_id uuid, p_success boolean,
                                                  p_claude_cost_usd numeric DEFAULT 0,
                                                  p_files_created text[] DEFAULT '{}',
@@ -482,7 +488,7 @@ COMMENT ON FUNCTION keen.complete_session(uuid, boolean, numeric, text[], text[]
 -- Each cancelled session emits session_cancelled {reason, cancelled_with: p_id}.
 -- Who: the session's owner, or an admin.
 -- Raises: P0002 for an absent or foreign session; KN004 when it is not running; 22023 for a
--- reason over the description cap.
+-- reason over the description cap; 42501 for an API key whose scopes do not cover it (sessions:write).
 CREATE OR REPLACE FUNCTION keen.cancel_session(p_id uuid, p_reason text DEFAULT NULL)
 RETURNS SETOF keen.agent_sessions
 LANGUAGE plpgsql SECURITY DEFINER
@@ -544,7 +550,8 @@ COMMENT ON FUNCTION keen.cancel_session(uuid, text) IS
 -- keen.list_sessions: the actor's sessions (every user's for an admin), newest first,
 -- optionally only those of one status.
 -- Who: any actor (row-level security decides what it sees; no actor sees nothing).
--- Raises: 22023 for a limit outside 1..1000, a negative offset or an unknown status.
+-- Raises: 22023 for a limit outside 1..1000, a negative offset or an unknown status; 42501 for an API key whose scopes do not cover it
+-- (sessions:read).
 CREATE OR REPLACE FUNCTION keen.list_sessions(p_limit integer DEFAULT 100, p_offset integer DEFAULT 0,
                                               p_status text DEFAULT NULL)
 RETURNS SETOF keen.agent_sessions
@@ -586,7 +593,7 @@ COMMENT ON FUNCTION keen.list_sessions(integer, integer, text) IS
 -- disabled sort's cost (and a big tree's) passes jit_above_cost, and compiling a query costs
 -- 100 ms or more where running it takes under one.
 -- Who: the session's owner, or an admin.
--- Raises: P0002 for an absent or foreign session.
+-- Raises: P0002 for an absent or foreign session; 42501 for an API key whose scopes do not cover it (sessions:read).
 CREATE OR REPLACE FUNCTION keen.session_tree(p_id uuid)
 RETURNS TABLE (id uuid, session_id text, parent_session_id uuid, session_depth integer, git_branch text,
                current_phase text, execution_status text, claude_cost_usd numeric,
@@ -632,20 +639,22 @@ COMMENT ON FUNCTION keen.session_tree(uuid) IS 'The session and all its descenda
 -- session_depth and the number of levels, the session's own cost and tokens against the whole
 -- subtree's, and how many sessions are in each status.
 -- jit is off: a big tree's cost passes jit_above_cost, and compiling costs more than running.
--- Who: the session's owner, or an admin.
--- Raises: P0002 for an absent or foreign session.
+-- Who: the session's owner, or an admin; through an API key with a scope list, only with
+-- sessions:read (a read of the tree, like session_tree).
+-- Raises: P0002 for an absent or foreign session; 42501 for an API key whose scopes do not cover it.
 CREATE OR REPLACE FUNCTION keen.session_tree_summary(p_id uuid)
 RETURNS TABLE (root_id uuid, session_count bigint, max_depth integer, levels integer,
                own_claude_cost_usd numeric, own_keen_cost_credits numeric, own_tokens_used bigint,
                subtree_claude_cost_usd numeric, subtree_keen_cost_credits numeric, subtree_tokens_used bigint,
                running_count bigint, completed_count bigint, failed_count bigint, cancelled_count bigint)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+SET search_path = pg_catalog, keen, keen_private, pg_temp
 SET jit = off
 AS $$
 DECLARE
     v_root keen.agent_sessions;
 BEGIN
+    PERFORM keen_private.require_scope('sessions:read');
     SELECT * INTO v_root FROM keen.agent_sessions s WHERE s.id = p_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'session % not found', p_id USING ERRCODE = 'P0002';
@@ -667,7 +676,7 @@ $$;
 REVOKE ALL ON FUNCTION keen.session_tree_summary(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.session_tree_summary(uuid) TO keen_app;
 COMMENT ON FUNCTION keen.session_tree_summary(uuid) IS
-    'Own versus subtree cost and tokens, counts by status, depth of a session''s subtree; P0002.';
+    'Own versus subtree cost and tokens, counts by status, depth of a session''s subtree; 42501, P0002.';
 
 -- keen.record_tool_execution: records one tool call of a running session (reference 004's
 -- tool_executions), adds one to the session's tool_calls_count and touches last_activity_at.
@@ -675,7 +684,8 @@ COMMENT ON FUNCTION keen.session_tree_summary(uuid) IS
 -- Raises: 22023 for a blank tool name (or over 100 characters), a NULL success, a negative or
 -- NULL execution time, negative tokens, a cost that is negative, NaN or infinite, parameters or
 -- context that are not JSON objects, parameters, result, error or context over their size caps;
--- P0002 for an absent or foreign session; KN004 when the session is not running.
+-- P0002 for an absent or foreign session; KN004 when the session is not running; 42501 for an API key whose scopes do not cover it
+-- (sessions:write).
 -- Emits tool_execution {tool_execution_id, tool_name, success, execution_time_ms,
 -- tokens_consumed} (never the parameters or result) in the same transaction.
 CREATE OR REPLACE FUNCTION keen.record_tool_execution(p_session_id uuid, p_tool_name text,
@@ -748,7 +758,7 @@ COMMENT ON FUNCTION keen.record_tool_execution(uuid, text, integer, boolean, jso
 -- checkout, rebase, a blank branch (or over 255 characters), a commit hash that is not 7 to 64
 -- hex digits, negative line counts, a NULL success, a commit message, file list and conflicts
 -- (together) over the git_details cap or an error over its cap; P0002 for an absent or foreign
--- session; KN004 when the session is not running.
+-- session; KN004 when the session is not running; 42501 for an API key whose scopes do not cover it (sessions:write).
 -- Emits git_operation {git_operation_id, operation_type, branch_name, commit_hash, success,
 -- lines_added, lines_deleted} in the same transaction.
 CREATE OR REPLACE FUNCTION keen.record_git_operation(p_session_id uuid, p_operation_type text,

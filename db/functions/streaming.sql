@@ -1,7 +1,8 @@
 -- streaming.sql: live connections, the event stream and its retention.
 -- The partition machinery began in migration 0006 (which called it before this file existed);
--- keen_private.secure_event_partition and keen_private.may_manage_event_partitions stay defined
--- there (moved to keen_private by 0009), keen.prepare_event_partitions is maintained here.
+-- keen_private.secure_event_partition stays defined there (moved to keen_private by 0009);
+-- keen_private.may_manage_event_partitions (0006, moved by 0009) and keen.prepare_event_partitions
+-- are maintained here.
 --
 -- Ordering guarantee of the stream: for one user, an event with a higher event_id is never
 -- visible (committed) before an event with a lower one; so also for one session. The one
@@ -62,6 +63,32 @@ $$;
 REVOKE ALL ON FUNCTION keen_private.partition_ddl(text, timestamptz, timestamptz) FROM PUBLIC;
 COMMENT ON FUNCTION keen_private.partition_ddl(text, timestamptz, timestamptz) IS 'Internal: partition DDL under a 1 s lock_timeout, 5 tries; 55P03.';
 
+-- keen_private.may_manage_event_partitions: may the session create or drop event partitions?
+-- A superuser session with no actor (migrations, an operator's psql: partitions are DDL, so
+-- unlike data a superuser counts here; a superuser acting as a user is judged as that user), or
+-- whoever keen_private.require_all_tenants lets act on every tenant: the maintenance role, or an
+-- admin actor whose API key, if any, has no scope list (no scope covers upkeep). Same signature as
+-- 0006's: returns true, or raises.
+-- Who: prepare_event_partitions, drop_old_event_partitions. Raises 42501 for anyone else.
+CREATE OR REPLACE FUNCTION keen_private.may_manage_event_partitions()
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, keen, keen_private, pg_temp
+AS $$
+BEGIN
+    -- Checked first and apart: a migration may run before db/functions (the actor functions)
+    -- exists, and must not evaluate them.
+    IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = session_user)
+       AND COALESCE(pg_catalog.current_setting('keen.actor_id', true), '') = '' THEN
+        RETURN true;
+    END IF;
+    PERFORM keen_private.require_all_tenants('only the maintenance role or an admin may manage event partitions');
+    RETURN true;
+END
+$$;
+REVOKE ALL ON FUNCTION keen_private.may_manage_event_partitions() FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.may_manage_event_partitions() IS 'Internal: superuser session without an actor, maintenance role or unscoped admin actor; else 42501.';
+
 -- keen.prepare_event_partitions: creates the monthly partitions (UTC months) of
 -- keen.streaming_events for the month of p_from and the p_months_ahead months after it, each
 -- named streaming_events_yYYYYmMM and secured like its parent. Rows of such a month that were
@@ -72,8 +99,9 @@ COMMENT ON FUNCTION keen_private.partition_ddl(text, timestamptz, timestamptz) I
 -- most 1 s for its lock, 5 tries (keen_private.partition_ddl).
 -- Who: the maintenance role, an admin actor, or a superuser session (migrations, operators);
 -- the daily job event_partitions runs it (keen.run_maintenance_job).
--- Raises 42501 for anyone else; 22023 for p_months_ahead outside 0..24, a NULL or infinite
--- p_from, or a last month past 24 months ahead; 55P03 when a lock could not be had.
+-- Raises 42501 for anyone else (an admin's API key with a scope list included,
+-- keen_private.may_manage_event_partitions); 22023 for p_months_ahead outside 0..24, a NULL or
+-- infinite p_from, or a last month past 24 months ahead; 55P03 when a lock could not be had.
 CREATE OR REPLACE FUNCTION keen.prepare_event_partitions(p_months_ahead integer DEFAULT 2,
                                                         p_from timestamptz DEFAULT pg_catalog.now())
 RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, rows_moved bigint)
@@ -87,10 +115,7 @@ DECLARE
     v_moved bigint;
     v_created text[] := '{}';
 BEGIN
-    IF NOT keen_private.may_manage_event_partitions() THEN
-        RAISE EXCEPTION 'only the maintenance role or an admin may prepare event partitions'
-            USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.may_manage_event_partitions();
     IF p_months_ahead IS NULL OR p_months_ahead < 0 OR p_months_ahead > 24 THEN
         RAISE EXCEPTION 'p_months_ahead must be between 0 and 24' USING ERRCODE = '22023';
     END IF;
@@ -197,10 +222,11 @@ COMMENT ON FUNCTION keen_private.session_connection_detach(uuid[], text[]) IS 'I
 -- key binds session_id to the connection's own user) and not listed on that session.
 -- Who: keen_app acting as a user (admins included: the connection is the admin's own, and is
 -- flagged admin_connection).
--- Raises 28000 with no actor; 22023 for an empty or over-long connection id, a NULL ip, an
--- unknown client type (dashboard, cli, mobile, api), a NULL event list or a user agent over its
--- cap (512 bytes); P0002 when the session is not one the actor may see; 23505 when the actor
--- already has a live connection with this id.
+-- Raises 28000 with no actor; 22023 for an empty connection id or one over its cap
+-- (keen_private.size_cap('connection_id'), 255 bytes), a NULL ip, an unknown client type
+-- (dashboard, cli, mobile, api), a NULL event list or a user agent over its cap (512 bytes);
+-- P0002 when the session is not one the actor may see; 23505 when the actor already has a live
+-- connection with this id; 42501 for an API key whose scopes do not cover it (sessions:write).
 CREATE OR REPLACE FUNCTION keen.register_connection(p_connection_id text, p_client_ip inet, p_client_type text,
                                                     p_session_id uuid DEFAULT NULL,
                                                     p_user_agent text DEFAULT NULL,
@@ -219,9 +245,10 @@ DECLARE
     v_filters uuid[];
 BEGIN
     PERFORM keen_private.require_scope('sessions:write');
-    IF p_connection_id IS NULL OR pg_catalog.length(p_connection_id) NOT BETWEEN 1 AND 255 THEN
-        RAISE EXCEPTION 'connection id must be 1 to 255 characters' USING ERRCODE = '22023';
+    IF p_connection_id IS NULL OR p_connection_id = '' THEN
+        RAISE EXCEPTION 'a connection id is required' USING ERRCODE = '22023';
     END IF;
+    PERFORM keen_private.require_size('connection_id', p_connection_id);
     IF p_client_ip IS NULL THEN
         RAISE EXCEPTION 'client ip is required' USING ERRCODE = '22023';
     END IF;
@@ -291,7 +318,8 @@ COMMENT ON FUNCTION keen.register_connection(text, inet, text, uuid, text, text[
 -- keen.ping_connection: the actor's live connection is still there (last_ping_at = now).
 -- Who: keen_app acting as the connection's owner (an admin too pings only its own).
 -- Raises 28000 with no actor; P0002 when the actor has no live connection with this id
--- (another user's, a closed or reaped one: register it again).
+-- (another user's, a closed or reaped one: register it again); 42501 for an API key whose scopes do not cover it
+-- (sessions:write).
 CREATE OR REPLACE FUNCTION keen.ping_connection(p_connection_id text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
@@ -318,7 +346,8 @@ COMMENT ON FUNCTION keen.ping_connection(text) IS 'Marks the actor''s live conne
 -- websocket_connections. Closing an already closed connection changes nothing.
 -- Who: keen_app acting as the connection's owner (an admin too closes only its own; stale
 -- connections of anyone are closed by keen.reap_stale_connections).
--- Raises 28000 with no actor; P0002 when the actor has no connection with this id.
+-- Raises 28000 with no actor; P0002 when the actor has no connection with this id; 42501 for an API key whose scopes do not cover it
+-- (sessions:write).
 CREATE OR REPLACE FUNCTION keen.close_connection(p_connection_id text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
@@ -428,8 +457,9 @@ COMMENT ON FUNCTION keen_private.emit_session_event(uuid, uuid, text, jsonb, tex
 -- Who: keen_app acting as the session's owner, or an admin (any session; the event belongs to
 -- the session's owner); the maintenance role.
 -- Raises P0002 when the session does not exist or is another user's; 22023 for a NULL
--- session, an empty or over-long (50) event type, NULL data, data over the event_data cap
--- (64 KiB), or a source other than agent, git, tool, system.
+-- session, an empty event type or one over its cap (keen_private.size_cap('event_type'), 50
+-- bytes), NULL data, data over the event_data cap (64 KiB), or a source other than agent, git,
+-- tool, system; 42501 for an API key whose scopes do not cover it (sessions:write).
 CREATE OR REPLACE FUNCTION keen.emit_event(p_session_id uuid, p_event_type text,
                                            p_event_data jsonb DEFAULT '{}',
                                            p_event_source text DEFAULT 'agent')
@@ -444,9 +474,10 @@ BEGIN
     IF p_session_id IS NULL THEN
         RAISE EXCEPTION 'session id is required' USING ERRCODE = '22023';
     END IF;
-    IF p_event_type IS NULL OR pg_catalog.length(p_event_type) NOT BETWEEN 1 AND 50 THEN
-        RAISE EXCEPTION 'event type must be 1 to 50 characters' USING ERRCODE = '22023';
+    IF p_event_type IS NULL OR p_event_type = '' THEN
+        RAISE EXCEPTION 'an event type is required' USING ERRCODE = '22023';
     END IF;
+    PERFORM keen_private.require_size('event_type', p_event_type);
     IF p_event_data IS NULL THEN
         RAISE EXCEPTION 'event data must not be NULL (use {})' USING ERRCODE = '22023';
     END IF;
@@ -510,7 +541,8 @@ CREATE TRIGGER credit_transactions_emit_charged
 -- p_limit; what a listener reads after each notification and after a reconnect.
 -- Who: keen_app acting as the session's owner or an admin; the maintenance role.
 -- Raises P0002 when the session does not exist or is another user's; 22023 for a NULL
--- session, a NULL or negative p_after_event_id, or p_limit outside 1..10000.
+-- session, a NULL or negative p_after_event_id, or p_limit outside 1..10000; 42501 for an API key whose scopes do not cover it
+-- (sessions:read).
 CREATE OR REPLACE FUNCTION keen.events_since(p_session_id uuid, p_after_event_id bigint DEFAULT 0,
                                              p_limit integer DEFAULT 1000)
 RETURNS TABLE (event_id bigint, session_id uuid, event_type text, event_data jsonb,
@@ -554,8 +586,9 @@ COMMENT ON FUNCTION keen.events_since(uuid, bigint, integer) IS 'Replays a sessi
 -- 5 tries (keen_private.partition_ddl), so an idle reader cannot make every tenant's reads
 -- queue behind the upkeep.
 -- Who: the maintenance role, an admin actor, or a superuser session; the daily job retention.
--- Raises 42501 for anyone else; 22023 for a NULL p_keep or one under 30 days; 55P03 when the
--- lock could not be had.
+-- Raises 42501 for anyone else (an admin's API key with a scope list included,
+-- keen_private.may_manage_event_partitions); 22023 for a NULL p_keep or one under 30 days;
+-- 55P03 when the lock could not be had.
 CREATE OR REPLACE FUNCTION keen.drop_old_event_partitions(p_keep interval)
 RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -565,10 +598,7 @@ DECLARE
     v_partition record;
     v_dropped text[] := '{}';
 BEGIN
-    IF NOT keen_private.may_manage_event_partitions() THEN
-        RAISE EXCEPTION 'only the maintenance role or an admin may drop event partitions'
-            USING ERRCODE = '42501';
-    END IF;
+    PERFORM keen_private.may_manage_event_partitions();
     IF p_keep IS NULL OR p_keep < interval '30 days' THEN
         RAISE EXCEPTION 'p_keep must be at least 30 days' USING ERRCODE = '22023';
     END IF;
@@ -610,7 +640,7 @@ COMMENT ON FUNCTION keen.drop_old_event_partitions(interval) IS 'Retention: drop
 -- user; an admin's all-tenant feed is gap-free per tenant.
 -- Who: keen_app acting as a user.
 -- Raises 28000 with no actor; 22023 for a NULL or negative p_after_event_id, or p_limit
--- outside 1..10000.
+-- outside 1..10000; 42501 for an API key whose scopes do not cover it (sessions:read).
 CREATE OR REPLACE FUNCTION keen.events_for_user(p_after_event_id bigint DEFAULT 0, p_limit integer DEFAULT 1000)
 RETURNS TABLE (event_id bigint, session_id uuid, event_type text, event_data jsonb,
                event_source text, created_at timestamptz)
@@ -660,7 +690,8 @@ COMMENT ON FUNCTION keen.events_for_user(bigint, integer) IS 'The actor''s feed 
 -- (FOR NO KEY UPDATE): two readers of one connection take turns.
 -- Who: keen_app acting as the connection's owner (an admin reads only its own connections).
 -- Raises 28000 with no actor; 22023 for p_limit outside 1..1000; P0002 when the actor has no
--- live connection with this id (another tenant's, a closed or reaped one).
+-- live connection with this id (another tenant's, a closed or reaped one); 42501 for an API key whose scopes do not cover it
+-- (sessions:read).
 CREATE OR REPLACE FUNCTION keen.next_events(p_connection_id text, p_limit integer DEFAULT 100)
 RETURNS TABLE (event_id bigint, session_id uuid, event_type text, event_data jsonb,
                event_source text, created_at timestamptz)
@@ -751,7 +782,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
-    v_day_start timestamptz := pg_catalog.date_trunc('day', pg_catalog.now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    v_day_start timestamptz := keen_private.accounting_day_start(keen_private.accounting_day(pg_catalog.now()));
     v_row keen.system_metrics;
 BEGIN
     PERFORM keen_private.require_all_tenants('only an admin or the maintenance role may take system metrics');
@@ -917,7 +948,7 @@ SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_started timestamptz := pg_catalog.clock_timestamp();
-    v_today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
+    v_today date := keen_private.accounting_day(pg_catalog.now());
     v_result text;
     v_n bigint;
     v_m bigint;

@@ -1,7 +1,7 @@
 -- 20_credits: the ledger functions, each with its success path and each error code; the
 -- append-only trigger; the recharge requests table, its policy and the privileges.
 BEGIN;
-SELECT plan(100);
+SELECT plan(104);
 
 -- Actors and their ids, kept in a temporary table (pgTAP files use no psql variables).
 CREATE TEMPORARY TABLE ids (name text PRIMARY KEY, id uuid);
@@ -298,6 +298,23 @@ SELECT is((SELECT array_agg(c.relname::text ORDER BY 1) FROM pg_class c
                    OR (c.relname IN ('agent_sessions', 'settings') AND (has_table_privilege('keen_ledger', c.oid, 'INSERT')
                                                                        OR has_table_privilege('keen_ledger', c.oid, 'UPDATE'))))),
           NULL, 'keen_ledger deletes nothing and only reads settings and sessions');
+
+-- Scopes: no scope covers the account's limits and auto-recharge (a spending key must not lift
+-- the limits that bound it); the recharge queue is credits:read.
+SELECT keen_private.set_actor_scoped(pg_temp.id('bob'), ARRAY['sessions:read']);
+SELECT throws_ok($$SELECT keen.set_spending_limits(pg_temp.id('bob'), NULL, NULL)$$, '42501', NULL,
+                 'set_spending_limits_needs_an_unscoped_actor: a sessions:read key cannot lift the limits');
+SELECT throws_ok($$SELECT keen.set_auto_recharge(pg_temp.id('bob'), true, 1, 10)$$, '42501', NULL,
+                 'set_auto_recharge_needs_an_unscoped_actor: a sessions:read key cannot switch auto-recharge');
+SELECT throws_ok($$SELECT * FROM keen.recharge_requests()$$, '42501', NULL,
+                 'recharge_requests_needs_credits_read: a sessions:read key cannot read the recharge queue');
+SELECT keen_private.set_actor(NULL);
+
+-- 0018 validated 0011's session cost CHECK (0015, which holds the ledger's ACCESS EXCLUSIVE
+-- locks, no longer scans agent_sessions for it).
+SELECT ok((SELECT c.convalidated FROM pg_catalog.pg_constraint c
+            WHERE c.conrelid = 'keen.agent_sessions'::regclass AND c.conname = 'agent_sessions_claude_cost_usd_check'),
+          'session_cost_check_is_validated_by_its_own_migration (0018)');
 
 SELECT * FROM finish();
 ROLLBACK;

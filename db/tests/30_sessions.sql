@@ -3,7 +3,7 @@
 -- admin bypass, KN001 leaving the session unchanged).
 -- Runs as the superuser postgres; after keen.act_as RLS applies as for that actor.
 BEGIN;
-SELECT plan(117);
+SELECT plan(119);
 
 SELECT set_config('tests.admin', (SELECT id FROM keen.users WHERE role = 'super_admin')::text, false);
 SELECT set_config('tests.alice', (SELECT id FROM keen.register_user('alice@sessions.test', 'alice_s', 'alice password'))::text, false);
@@ -286,6 +286,15 @@ SELECT throws_ok($$SELECT keen.complete_session(current_setting('tests.bob_s3'):
                  '22023', NULL, 'a completion report over 256 KiB is 22023');
 SELECT is((SELECT count(*) FROM keen.events_since(current_setting('tests.bob_s3')::uuid)), 0::bigint,
           'refused calls emitted nothing');
+
+-- Scopes ---------------------------------------------------------------------------------------
+SELECT keen_private.set_actor_scoped(current_setting('tests.bob')::uuid, ARRAY['sessions:read']);
+SELECT throws_ok($$SELECT keen.record_phase_transition(current_setting('tests.bob_root')::uuid, 'FOUND')$$, '42501', NULL,
+                 'record_phase_transition_needs_sessions_write: a sessions:read key cannot move a phase');
+SELECT keen_private.set_actor_scoped(current_setting('tests.bob')::uuid, ARRAY['credits:read']);
+SELECT throws_ok($$SELECT * FROM keen.session_tree_summary(current_setting('tests.bob_root')::uuid)$$, '42501', NULL,
+                 'session_tree_summary_needs_sessions_read: a credits:read key cannot read the tree');
+SELECT keen_private.set_actor(NULL);
 
 -- keen_app ------------------------------------------------------------------------------------
 SET LOCAL ROLE keen_app;

@@ -2,7 +2,7 @@
 -- Users come from keen.register_user, sessions from keen.create_session (or, before it
 -- exists, a direct insert by the superuser running this file).
 BEGIN;
-SELECT plan(116);
+SELECT plan(118);
 -- Audit entries are linked into keen.audit_logs at COMMIT (keen_private.audit_link); this file
 -- reads them before its ROLLBACK, so it links them at once.
 SET CONSTRAINTS keen.audit_link IMMEDIATE;
@@ -298,6 +298,15 @@ SELECT is(keen.run_maintenance_job('metrics_snapshot'), 'snapshot taken', 'run_m
 SELECT is((SELECT runs FROM keen.maintenance_jobs WHERE job_name = 'metrics_snapshot'), 1::bigint, 'and records its success');
 SELECT throws_ok($$SELECT keen.run_maintenance_job('nope')$$, '22023', NULL, 'an unknown job is 22023');
 SELECT throws_ok($$SELECT * FROM keen.prune_streaming_history('1 hour')$$, '22023', NULL, 'a retention under a day is 22023');
+
+-- An admin's API key with a scope list does no upkeep (keen_private.may_manage_event_partitions
+-- goes through keen_private.require_all_tenants).
+SELECT keen_private.set_actor_scoped(current_setting('tests.admin')::uuid, ARRAY['sessions:read', 'sessions:write']);
+SELECT throws_ok($$SELECT * FROM keen.drop_old_event_partitions('365 days')$$, '42501', NULL,
+                 'event_partitions_need_an_unscoped_admin: a scoped admin key cannot drop partitions');
+SELECT throws_ok($$SELECT * FROM keen.prepare_event_partitions(0)$$, '42501', NULL,
+                 'event_partitions_need_an_unscoped_admin: nor prepare them');
+SELECT keen_private.set_actor(NULL);
 
 SELECT * FROM finish();
 ROLLBACK;

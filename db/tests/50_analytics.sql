@@ -1,7 +1,7 @@
 -- 50_analytics: the rollup, platform_metrics, user_usage and the 24-hour dashboard: each
 -- function's success path and each of its error codes.
 BEGIN;
-SELECT plan(38);
+SELECT plan(40);
 
 -- Structure and privileges.
 SELECT has_function('keen', 'rollup_daily_analytics', ARRAY['date'], 'rollup_daily_analytics(date) exists');
@@ -48,12 +48,17 @@ SELECT is((SELECT sessions_started FROM keen.daily_usage_stats
           'the user''s row counts it too');
 SELECT lives_ok($$SELECT keen.rollup_daily_analytics()$$, 'the day defaults to today (UTC)');
 SELECT is((SELECT count(*)::int FROM keen.daily_analytics), 2, 'one platform row per day rolled up');
-SELECT throws_ok($$SELECT keen.rollup_daily_analytics(NULL)$$, '22023', NULL, 'a NULL day is 22023');
+SELECT lives_ok($$SELECT keen.rollup_daily_analytics(NULL)$$, 'a NULL day is today''s accounting day, like an omitted one');
 SELECT throws_ok($$SELECT keen.rollup_daily_analytics((pg_catalog.now() AT TIME ZONE 'UTC')::date + 2)$$, '22023', NULL,
                  'a day after today is 22023');
+SELECT is((SELECT count(*)::int FROM keen.daily_analytics), 2, 'and rolls up no other day');
 SELECT keen.act_as((SELECT ana FROM t_ids));
 SELECT throws_ok($$SELECT keen.rollup_daily_analytics((SELECT yesterday FROM t_ids))$$, '42501', NULL,
                  'a plain user may not run the rollup');
+SELECT keen_private.set_actor_scoped((SELECT ana FROM t_ids), ARRAY['sessions:read']);
+SELECT throws_ok($$SELECT * FROM keen.user_usage((SELECT ana FROM t_ids), (SELECT yesterday FROM t_ids), (SELECT yesterday FROM t_ids))$$,
+                 '42501', NULL, 'user_usage_needs_credits_read: a sessions:read key cannot read the usage');
+SELECT keen.act_as((SELECT ana FROM t_ids));
 
 -- platform_metrics
 SELECT throws_ok($$SELECT keen.platform_metrics((SELECT yesterday FROM t_ids), (SELECT yesterday FROM t_ids))$$,
