@@ -6,8 +6,7 @@
 -- Name: credit_amount; Type: DOMAIN; Schema: keen; Owner: keen_owner
 --
 
-CREATE DOMAIN keen.credit_amount AS numeric(20,6)
-	CONSTRAINT credit_amount_check CHECK (((VALUE IS NULL) OR ((VALUE <> 'NaN'::numeric) AND (VALUE > ('-100000000000000'::bigint)::numeric) AND (VALUE < ('100000000000000'::bigint)::numeric))));
+CREATE DOMAIN keen.credit_amount AS numeric(20,6);
 
 
 ALTER DOMAIN keen.credit_amount OWNER TO keen_owner;
@@ -24,7 +23,7 @@ CREATE TABLE keen.credit_transactions (
     transaction_type character varying(20) NOT NULL,
     amount keen.credit_amount NOT NULL,
     balance_after keen.credit_amount NOT NULL,
-    claude_cost_usd keen.credit_amount,
+    claude_cost_usd numeric,
     markup_multiplier numeric(10,4),
     session_id uuid,
     stripe_payment_intent_id character varying(255),
@@ -34,16 +33,7 @@ CREATE TABLE keen.credit_transactions (
     idempotency_key text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     created_by_ip inet,
-    refund_of uuid,
-    CONSTRAINT credit_transactions_balance_after_check CHECK (((balance_after)::numeric >= (0)::numeric)),
-    CONSTRAINT credit_transactions_check CHECK (((NOT is_admin_bypass) OR (((transaction_type)::text = 'admin_bypass'::text) AND ((amount)::numeric = (0)::numeric)))),
-    CONSTRAINT credit_transactions_check1 CHECK ((((transaction_type)::text <> 'usage'::text) OR ((amount)::numeric < (0)::numeric))),
-    CONSTRAINT credit_transactions_check2 CHECK ((((transaction_type)::text <> 'purchase'::text) OR ((amount)::numeric > (0)::numeric))),
-    CONSTRAINT credit_transactions_check3 CHECK (((refund_of IS NULL) OR ((transaction_type)::text = 'refund'::text))),
-    CONSTRAINT credit_transactions_claude_cost_usd_check CHECK (((claude_cost_usd)::numeric >= (0)::numeric)),
-    CONSTRAINT credit_transactions_idempotency_key_check CHECK (((length(idempotency_key) >= 1) AND (length(idempotency_key) <= 255))),
-    CONSTRAINT credit_transactions_markup_multiplier_check CHECK (((markup_multiplier > (0)::numeric) AND (markup_multiplier <> 'NaN'::numeric))),
-    CONSTRAINT credit_transactions_transaction_type_check CHECK (((transaction_type)::text = ANY ((ARRAY['purchase'::character varying, 'usage'::character varying, 'refund'::character varying, 'adjustment'::character varying, 'admin_bypass'::character varying])::text[])))
+    refund_of uuid
 );
 
 ALTER TABLE ONLY keen.credit_transactions FORCE ROW LEVEL SECURITY;
@@ -78,7 +68,7 @@ CREATE TABLE keen.agent_sessions (
     last_activity_at timestamp with time zone DEFAULT now() NOT NULL,
     iteration_count integer DEFAULT 0 NOT NULL,
     tool_calls_count integer DEFAULT 0 NOT NULL,
-    claude_cost_usd keen.credit_amount DEFAULT 0 NOT NULL,
+    claude_cost_usd numeric DEFAULT 0 NOT NULL,
     keen_cost_credits keen.credit_amount DEFAULT 0 NOT NULL,
     tokens_used bigint DEFAULT 0 NOT NULL,
     context_tokens_used bigint DEFAULT 0 NOT NULL,
@@ -101,7 +91,7 @@ CREATE TABLE keen.agent_sessions (
     CONSTRAINT agent_sessions_agent_options_check CHECK ((jsonb_typeof(agent_options) = 'object'::text)),
     CONSTRAINT agent_sessions_check CHECK ((id <> parent_session_id)),
     CONSTRAINT agent_sessions_check1 CHECK (((parent_session_id IS NULL) = (session_depth = 0))),
-    CONSTRAINT agent_sessions_claude_cost_usd_check CHECK (((claude_cost_usd)::numeric >= (0)::numeric)),
+    CONSTRAINT agent_sessions_claude_cost_usd_check CHECK ((claude_cost_usd >= (0)::numeric)),
     CONSTRAINT agent_sessions_context_tokens_used_check CHECK ((context_tokens_used >= 0)),
     CONSTRAINT agent_sessions_current_phase_check CHECK (((current_phase)::text = ANY ((ARRAY['EXPLORE'::character varying, 'PLAN'::character varying, 'FOUND'::character varying, 'SUMMON'::character varying, 'COMPLETE'::character varying])::text[]))),
     CONSTRAINT agent_sessions_execution_status_check CHECK (((execution_status)::text = ANY ((ARRAY['running'::character varying, 'completed'::character varying, 'failed'::character varying, 'cancelled'::character varying])::text[]))),
@@ -286,6 +276,7 @@ CREATE TABLE keen.websocket_connections (
     connection_status character varying(20) DEFAULT 'active'::character varying NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_delivered_event_id bigint DEFAULT 0 NOT NULL,
     CONSTRAINT websocket_connections_check CHECK ((((connection_status)::text = 'closed'::text) = (disconnected_at IS NOT NULL))),
     CONSTRAINT websocket_connections_client_type_check CHECK (((client_type)::text = ANY ((ARRAY['dashboard'::character varying, 'cli'::character varying, 'mobile'::character varying, 'api'::character varying])::text[]))),
     CONSTRAINT websocket_connections_connection_id_check CHECK ((length((connection_id)::text) > 0)),
@@ -313,6 +304,34 @@ CREATE TABLE keen.settings (
 ALTER TABLE keen.settings OWNER TO keen_owner;
 
 --
+-- Name: system_metrics; Type: TABLE; Schema: keen; Owner: keen_owner
+--
+
+CREATE TABLE keen.system_metrics (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    metric_timestamp timestamp with time zone DEFAULT now() NOT NULL,
+    active_users bigint NOT NULL,
+    active_sessions bigint NOT NULL,
+    active_websocket_connections bigint NOT NULL,
+    sessions_in_explore bigint DEFAULT 0 NOT NULL,
+    sessions_in_plan bigint DEFAULT 0 NOT NULL,
+    sessions_in_found bigint DEFAULT 0 NOT NULL,
+    sessions_in_summon bigint DEFAULT 0 NOT NULL,
+    sessions_in_complete bigint DEFAULT 0 NOT NULL,
+    avg_response_time_ms numeric(10,2),
+    error_rate numeric(5,4),
+    database_connections bigint,
+    credits_purchased_today numeric(20,6) DEFAULT 0 NOT NULL,
+    credits_consumed_today numeric(20,6) DEFAULT 0 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE ONLY keen.system_metrics FORCE ROW LEVEL SECURITY;
+
+
+ALTER TABLE keen.system_metrics OWNER TO keen_owner;
+
+--
 -- Name: daily_usage_stats; Type: TABLE; Schema: keen; Owner: keen_owner
 --
 
@@ -336,7 +355,7 @@ CREATE TABLE keen.daily_usage_stats (
     unique_tools_used text[] DEFAULT '{}'::text[] NOT NULL,
     total_tokens_consumed bigint DEFAULT 0 NOT NULL,
     total_cost keen.credit_amount DEFAULT 0 NOT NULL,
-    total_claude_cost_usd keen.credit_amount DEFAULT 0 NOT NULL,
+    total_claude_cost_usd numeric DEFAULT 0 NOT NULL,
     credits_purchased keen.credit_amount DEFAULT 0 NOT NULL,
     credits_used keen.credit_amount DEFAULT 0 NOT NULL,
     admin_bypass_transactions integer DEFAULT 0 NOT NULL,
@@ -406,15 +425,7 @@ CREATE TABLE keen.credit_accounts (
     spent_day_total keen.credit_amount DEFAULT 0 NOT NULL,
     spent_month date,
     spent_month_total keen.credit_amount DEFAULT 0 NOT NULL,
-    live_holds_until timestamp with time zone,
-    CONSTRAINT credit_accounts_auto_recharge_amount_check CHECK (((auto_recharge_amount)::numeric > (0)::numeric)),
-    CONSTRAINT credit_accounts_auto_recharge_threshold_check CHECK (((auto_recharge_threshold)::numeric >= (0)::numeric)),
-    CONSTRAINT credit_accounts_current_balance_check CHECK (((current_balance)::numeric >= (0)::numeric)),
-    CONSTRAINT credit_accounts_daily_limit_check CHECK (((daily_limit)::numeric >= (0)::numeric)),
-    CONSTRAINT credit_accounts_monthly_limit_check CHECK (((monthly_limit)::numeric >= (0)::numeric)),
-    CONSTRAINT credit_accounts_spent_day_total_check CHECK (((spent_day_total)::numeric >= (0)::numeric)),
-    CONSTRAINT credit_accounts_spent_month_check CHECK ((EXTRACT(day FROM spent_month) = (1)::numeric)),
-    CONSTRAINT credit_accounts_spent_month_total_check CHECK (((spent_month_total)::numeric >= (0)::numeric))
+    live_holds_until timestamp with time zone
 )
 WITH (fillfactor='50');
 
@@ -462,7 +473,7 @@ CREATE TABLE keen.credit_reservations (
     user_id uuid NOT NULL,
     account_id uuid NOT NULL,
     session_id uuid,
-    estimated_claude_cost_usd keen.credit_amount NOT NULL,
+    estimated_claude_cost_usd numeric NOT NULL,
     markup_multiplier numeric(10,4) NOT NULL,
     held_credits keen.credit_amount NOT NULL,
     status character varying(20) DEFAULT 'held'::character varying NOT NULL,
@@ -473,7 +484,6 @@ CREATE TABLE keen.credit_reservations (
     ended_at timestamp with time zone,
     CONSTRAINT credit_reservations_check CHECK ((((status)::text = 'held'::text) = (ended_at IS NULL))),
     CONSTRAINT credit_reservations_check1 CHECK ((((status)::text = 'captured'::text) = (transaction_id IS NOT NULL))),
-    CONSTRAINT credit_reservations_estimated_claude_cost_usd_check CHECK (((estimated_claude_cost_usd)::numeric > (0)::numeric)),
     CONSTRAINT credit_reservations_held_credits_check CHECK (((held_credits)::numeric >= (0)::numeric)),
     CONSTRAINT credit_reservations_idempotency_key_check CHECK (((length(idempotency_key) >= 1) AND (length(idempotency_key) <= 255))),
     CONSTRAINT credit_reservations_markup_multiplier_check CHECK ((markup_multiplier > (0)::numeric)),
@@ -484,6 +494,96 @@ ALTER TABLE ONLY keen.credit_reservations FORCE ROW LEVEL SECURITY;
 
 
 ALTER TABLE keen.credit_reservations OWNER TO keen_owner;
+
+--
+-- Name: login_sessions; Type: TABLE; Schema: keen; Owner: keen_owner
+--
+
+CREATE TABLE keen.login_sessions (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    user_id uuid NOT NULL,
+    aal text NOT NULL,
+    ip inet,
+    user_agent text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_used_at timestamp with time zone DEFAULT now() NOT NULL,
+    refresh_expires_at timestamp with time zone NOT NULL,
+    revoked_at timestamp with time zone,
+    revoked_reason text,
+    CONSTRAINT login_sessions_aal_check CHECK ((aal = ANY (ARRAY['aal1'::text, 'aal2'::text]))),
+    CONSTRAINT login_sessions_user_agent_check CHECK ((octet_length(user_agent) <= 512))
+);
+
+ALTER TABLE ONLY keen.login_sessions FORCE ROW LEVEL SECURITY;
+
+
+ALTER TABLE keen.login_sessions OWNER TO keen_owner;
+
+--
+-- Name: llm_usage; Type: TABLE; Schema: keen; Owner: keen_owner
+--
+
+CREATE TABLE keen.llm_usage (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    user_id uuid NOT NULL,
+    session_id uuid NOT NULL,
+    model text NOT NULL,
+    price_id uuid NOT NULL,
+    input_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL,
+    cache_write_tokens bigint NOT NULL,
+    cache_read_tokens bigint NOT NULL,
+    claude_cost_usd numeric NOT NULL,
+    markup_multiplier numeric(10,4) NOT NULL,
+    charged_credits numeric(20,6) NOT NULL,
+    transaction_id uuid,
+    request_id text,
+    latency_ms bigint,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE ONLY keen.llm_usage FORCE ROW LEVEL SECURITY;
+
+
+ALTER TABLE keen.llm_usage OWNER TO keen_owner;
+
+--
+-- Name: TABLE llm_usage; Type: COMMENT; Schema: keen; Owner: keen_owner
+--
+
+COMMENT ON TABLE keen.llm_usage IS 'one priced LLM call of a session; written only by keen.record_llm_usage, with its ledger row (transaction_id)';
+
+--
+-- Name: COLUMN llm_usage.claude_cost_usd; Type: COMMENT; Schema: keen; Owner: keen_owner
+--
+
+COMMENT ON COLUMN keen.llm_usage.claude_cost_usd IS 'tokens x price / 10^6, exact (at most 12 decimal places)';
+
+--
+-- Name: COLUMN llm_usage.charged_credits; Type: COMMENT; Schema: keen; Owner: keen_owner
+--
+
+COMMENT ON COLUMN keen.llm_usage.charged_credits IS 'credits taken from the balance (0 for an admin bypass or a cost that rounds to 0)';
+
+--
+-- Name: account_tokens; Type: TABLE; Schema: keen; Owner: keen_owner
+--
+
+CREATE TABLE keen.account_tokens (
+    token_hash text NOT NULL,
+    user_id uuid NOT NULL,
+    purpose text NOT NULL,
+    email text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    used_at timestamp with time zone,
+    CONSTRAINT account_tokens_purpose_check CHECK ((purpose = ANY (ARRAY['email_verification'::text, 'password_reset'::text])))
+);
+
+ALTER TABLE ONLY keen.account_tokens FORCE ROW LEVEL SECURITY;
+
+
+ALTER TABLE keen.account_tokens OWNER TO keen_owner;
 
 --
 -- Name: admin_dashboard_metrics; Type: MATERIALIZED VIEW; Schema: keen; Owner: keen_owner
@@ -497,11 +597,19 @@ CREATE MATERIALIZED VIEW keen.admin_dashboard_metrics AS
     count(s.id) FILTER (WHERE s.is_admin_session) AS admin_sessions,
     (COALESCE(sum(s.tokens_used), (0)::numeric))::bigint AS total_tokens,
     (COALESCE(sum(s.context_tokens_used), (0)::numeric))::bigint AS total_context_tokens,
-    (COALESCE(sum((s.claude_cost_usd)::numeric), (0)::numeric))::numeric(20,6) AS total_claude_costs,
+    COALESCE(sum(s.claude_cost_usd), (0)::numeric) AS total_claude_costs,
     (COALESCE(sum((s.keen_cost_credits)::numeric), (0)::numeric))::numeric(20,6) AS total_credit_cost,
     round(avg((s.keen_cost_credits)::numeric), 6) AS avg_credit_cost_per_session,
     round(avg(s.session_depth), 2) AS avg_recursion_depth,
     max(s.session_depth) AS max_recursion_depth,
+    COALESCE(( SELECT jsonb_object_agg(m.model, jsonb_build_object('calls', m.calls, 'claude_cost_usd', m.cost, 'credits', m.credits)) AS jsonb_object_agg
+           FROM ( SELECT u.model,
+                    count(*) AS calls,
+                    sum(u.claude_cost_usd) AS cost,
+                    sum(u.charged_credits) AS credits
+                   FROM keen.llm_usage u
+                  WHERE ((u.created_at >= h.hour_bucket) AND (u.created_at < (h.hour_bucket + '01:00:00'::interval)))
+                  GROUP BY u.model) m), '{}'::jsonb) AS cost_by_model,
     now() AS refreshed_at
    FROM (generate_series((date_trunc('hour'::text, now(), 'UTC'::text) - '23:00:00'::interval), date_trunc('hour'::text, now(), 'UTC'::text), '01:00:00'::interval) h(hour_bucket)
      LEFT JOIN keen.agent_sessions s ON (((s.start_time >= h.hour_bucket) AND (s.start_time < (h.hour_bucket + '01:00:00'::interval)))))
@@ -515,7 +623,24 @@ ALTER TABLE keen.admin_dashboard_metrics OWNER TO keen_owner;
 -- Name: MATERIALIZED VIEW admin_dashboard_metrics; Type: COMMENT; Schema: keen; Owner: keen_owner
 --
 
-COMMENT ON MATERIALIZED VIEW keen.admin_dashboard_metrics IS 'Agent sessions of the last 24 UTC hours by hour; no RLS, so no grants: admins read keen.dashboard_metrics().';
+COMMENT ON MATERIALIZED VIEW keen.admin_dashboard_metrics IS 'Agent sessions and LLM cost per model of the last 24 UTC hours by hour; no RLS, so no grants: admins read keen.dashboard_metrics().';
+
+--
+-- Name: api_key_request_slots; Type: TABLE; Schema: keen; Owner: keen_owner
+--
+
+CREATE TABLE keen.api_key_request_slots (
+    token_id uuid NOT NULL,
+    user_id uuid NOT NULL,
+    slot bigint NOT NULL,
+    requested_at timestamp with time zone NOT NULL,
+    CONSTRAINT api_key_request_slots_slot_check CHECK ((slot >= 0))
+);
+
+ALTER TABLE ONLY keen.api_key_request_slots FORCE ROW LEVEL SECURITY;
+
+
+ALTER TABLE keen.api_key_request_slots OWNER TO keen_owner;
 
 --
 -- Name: audit_chain_heads; Type: TABLE; Schema: keen; Owner: keen_owner
@@ -548,14 +673,49 @@ ALTER TABLE keen.audit_logs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
 );
 
 --
+-- Name: audit_pending; Type: TABLE; Schema: keen; Owner: keen_owner
+--
+
+CREATE TABLE keen.audit_pending (
+    id bigint NOT NULL,
+    event_type text NOT NULL,
+    event_subtype text,
+    user_id uuid,
+    actor_id uuid,
+    session_id uuid,
+    ip_address inet,
+    event_data jsonb DEFAULT '{}'::jsonb NOT NULL,
+    risk_level text NOT NULL,
+    is_admin_action boolean NOT NULL,
+    created_at timestamp with time zone NOT NULL
+);
+
+ALTER TABLE ONLY keen.audit_pending FORCE ROW LEVEL SECURITY;
+
+
+ALTER TABLE keen.audit_pending OWNER TO keen_owner;
+
+--
+-- Name: audit_pending_id_seq; Type: SEQUENCE; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE keen.audit_pending ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME keen.audit_pending_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
 -- Name: auth_secrets; Type: TABLE; Schema: keen; Owner: keen_owner
 --
 
 CREATE TABLE keen.auth_secrets (
     name text NOT NULL,
     value text NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT auth_secrets_name_check CHECK ((name = ANY (ARRAY['actor_hmac_key'::text, 'recorder_password'::text, 'recorder_conninfo'::text])))
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
 ALTER TABLE ONLY keen.auth_secrets FORCE ROW LEVEL SECURITY;
@@ -623,7 +783,7 @@ CREATE TABLE keen.daily_analytics (
     failed_sessions integer DEFAULT 0 NOT NULL,
     cancelled_sessions integer DEFAULT 0 NOT NULL,
     avg_session_duration_minutes numeric(12,2),
-    total_claude_costs_usd keen.credit_amount DEFAULT 0 NOT NULL,
+    total_claude_costs_usd numeric DEFAULT 0 NOT NULL,
     total_credit_revenue keen.credit_amount DEFAULT 0 NOT NULL,
     total_credits_purchased keen.credit_amount DEFAULT 0 NOT NULL,
     total_credits_used keen.credit_amount DEFAULT 0 NOT NULL,
@@ -686,6 +846,36 @@ COMMENT ON COLUMN keen.daily_analytics.recursion_depth_sum IS 'sum of session_de
 COMMENT ON COLUMN keen.daily_analytics.total_credits_refunded IS 'credits given back by refund transactions on the day';
 
 --
+-- Name: daily_model_usage; Type: TABLE; Schema: keen; Owner: keen_owner
+--
+
+CREATE TABLE keen.daily_model_usage (
+    date_bucket date NOT NULL,
+    model text NOT NULL,
+    calls bigint DEFAULT 0 NOT NULL,
+    users bigint DEFAULT 0 NOT NULL,
+    input_tokens bigint DEFAULT 0 NOT NULL,
+    output_tokens bigint DEFAULT 0 NOT NULL,
+    cache_write_tokens bigint DEFAULT 0 NOT NULL,
+    cache_read_tokens bigint DEFAULT 0 NOT NULL,
+    claude_cost_usd numeric DEFAULT 0 NOT NULL,
+    credits numeric(20,6) DEFAULT 0 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE ONLY keen.daily_model_usage FORCE ROW LEVEL SECURITY;
+
+
+ALTER TABLE keen.daily_model_usage OWNER TO keen_owner;
+
+--
+-- Name: TABLE daily_model_usage; Type: COMMENT; Schema: keen; Owner: keen_owner
+--
+
+COMMENT ON TABLE keen.daily_model_usage IS 'platform-wide LLM usage per UTC day and model (keen.rollup_daily_analytics)';
+
+--
 -- Name: deployed_files; Type: TABLE; Schema: keen; Owner: keen_owner
 --
 
@@ -706,7 +896,10 @@ CREATE TABLE keen.login_attempts (
     id bigint NOT NULL,
     email character varying(255) NOT NULL,
     ip_address inet,
-    attempted_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL
+    attempted_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    attempt_id uuid,
+    succeeded boolean DEFAULT false NOT NULL,
+    purpose text DEFAULT 'sign_in'::text NOT NULL
 );
 
 ALTER TABLE ONLY keen.login_attempts FORCE ROW LEVEL SECURITY;
@@ -726,6 +919,91 @@ ALTER TABLE keen.login_attempts ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY
     NO MAXVALUE
     CACHE 1
 );
+
+--
+-- Name: login_refresh_tokens; Type: TABLE; Schema: keen; Owner: keen_owner
+--
+
+CREATE TABLE keen.login_refresh_tokens (
+    token_hash text NOT NULL,
+    user_id uuid NOT NULL,
+    login_session_id uuid NOT NULL,
+    issued_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    retired_at timestamp with time zone
+);
+
+ALTER TABLE ONLY keen.login_refresh_tokens FORCE ROW LEVEL SECURITY;
+
+
+ALTER TABLE keen.login_refresh_tokens OWNER TO keen_owner;
+
+--
+-- Name: maintenance_jobs; Type: TABLE; Schema: keen; Owner: keen_owner
+--
+
+CREATE TABLE keen.maintenance_jobs (
+    job_name text NOT NULL,
+    scheduled_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_started_at timestamp with time zone,
+    last_succeeded_at timestamp with time zone,
+    last_duration_ms bigint,
+    last_result text,
+    runs bigint DEFAULT 0 NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE ONLY keen.maintenance_jobs FORCE ROW LEVEL SECURITY;
+
+
+ALTER TABLE keen.maintenance_jobs OWNER TO keen_owner;
+
+--
+-- Name: model_prices; Type: TABLE; Schema: keen; Owner: keen_owner
+--
+
+CREATE TABLE keen.model_prices (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    model text NOT NULL,
+    input_usd_per_mtok numeric NOT NULL,
+    output_usd_per_mtok numeric NOT NULL,
+    cache_write_usd_per_mtok numeric NOT NULL,
+    cache_read_usd_per_mtok numeric NOT NULL,
+    effective_from timestamp with time zone NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    created_by uuid,
+    CONSTRAINT model_prices_cache_read_usd_per_mtok_check CHECK ((cache_read_usd_per_mtok >= (0)::numeric)),
+    CONSTRAINT model_prices_cache_write_usd_per_mtok_check CHECK ((cache_write_usd_per_mtok >= (0)::numeric)),
+    CONSTRAINT model_prices_input_usd_per_mtok_check CHECK ((input_usd_per_mtok >= (0)::numeric)),
+    CONSTRAINT model_prices_model_check CHECK ((model ~ '^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$'::text)),
+    CONSTRAINT model_prices_output_usd_per_mtok_check CHECK ((output_usd_per_mtok >= (0)::numeric))
+);
+
+ALTER TABLE ONLY keen.model_prices FORCE ROW LEVEL SECURITY;
+
+
+ALTER TABLE keen.model_prices OWNER TO keen_owner;
+
+--
+-- Name: TABLE model_prices; Type: COMMENT; Schema: keen; Owner: keen_owner
+--
+
+COMMENT ON TABLE keen.model_prices IS 'USD per million tokens by model, dated; a change is a new row (usage keeps its price_id)';
+
+--
+-- Name: recovery_codes; Type: TABLE; Schema: keen; Owner: keen_owner
+--
+
+CREATE TABLE keen.recovery_codes (
+    user_id uuid NOT NULL,
+    code_hash text NOT NULL,
+    used_at timestamp with time zone
+);
+
+ALTER TABLE ONLY keen.recovery_codes FORCE ROW LEVEL SECURITY;
+
+
+ALTER TABLE keen.recovery_codes OWNER TO keen_owner;
 
 --
 -- Name: streaming_events; Type: TABLE; Schema: keen; Owner: keen_owner
@@ -795,6 +1073,23 @@ ALTER TABLE ONLY keen.streaming_events_default FORCE ROW LEVEL SECURITY;
 ALTER TABLE keen.streaming_events_default OWNER TO keen_owner;
 
 --
+-- Name: totp_factors; Type: TABLE; Schema: keen; Owner: keen_owner
+--
+
+CREATE TABLE keen.totp_factors (
+    user_id uuid NOT NULL,
+    secret_encrypted bytea NOT NULL,
+    confirmed_at timestamp with time zone,
+    last_used_step bigint,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE ONLY keen.totp_factors FORCE ROW LEVEL SECURITY;
+
+
+ALTER TABLE keen.totp_factors OWNER TO keen_owner;
+
+--
 -- Name: users; Type: TABLE; Schema: keen; Owner: keen_owner
 --
 
@@ -845,6 +1140,13 @@ ALTER TABLE ONLY keen.streaming_events ATTACH PARTITION keen.streaming_events_de
 ALTER TABLE ONLY keen.streaming_events ALTER COLUMN event_id SET DEFAULT nextval('keen.streaming_events_event_id_seq'::regclass);
 
 --
+-- Name: account_tokens account_tokens_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.account_tokens
+    ADD CONSTRAINT account_tokens_pkey PRIMARY KEY (token_hash);
+
+--
 -- Name: agent_sessions agent_sessions_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
 --
 
@@ -866,6 +1168,13 @@ ALTER TABLE ONLY keen.agent_sessions
     ADD CONSTRAINT agent_sessions_user_id_session_id_key UNIQUE (user_id, session_id);
 
 --
+-- Name: api_key_request_slots api_key_request_slots_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.api_key_request_slots
+    ADD CONSTRAINT api_key_request_slots_pkey PRIMARY KEY (token_id, slot);
+
+--
 -- Name: audit_chain_heads audit_chain_heads_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
 --
 
@@ -885,6 +1194,20 @@ ALTER TABLE ONLY keen.audit_logs
 
 ALTER TABLE ONLY keen.audit_logs
     ADD CONSTRAINT audit_logs_pkey PRIMARY KEY (id);
+
+--
+-- Name: audit_pending audit_pending_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.audit_pending
+    ADD CONSTRAINT audit_pending_pkey PRIMARY KEY (id);
+
+--
+-- Name: auth_secrets auth_secrets_name_check; Type: CHECK CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE keen.auth_secrets
+    ADD CONSTRAINT auth_secrets_name_check CHECK ((name = ANY (ARRAY['actor_hmac_key'::text, 'recorder_password'::text, 'recorder_conninfo'::text, 'jwt_hmac_key'::text, 'totp_encryption_key'::text]))) NOT VALID;
 
 --
 -- Name: auth_secrets auth_secrets_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
@@ -957,25 +1280,11 @@ ALTER TABLE ONLY keen.credit_reservations
     ADD CONSTRAINT credit_reservations_user_id_id_key UNIQUE (user_id, id);
 
 --
--- Name: credit_transactions credit_transactions_entry_no_key; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
---
-
-ALTER TABLE ONLY keen.credit_transactions
-    ADD CONSTRAINT credit_transactions_entry_no_key UNIQUE (entry_no);
-
---
 -- Name: credit_transactions credit_transactions_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
 --
 
 ALTER TABLE ONLY keen.credit_transactions
     ADD CONSTRAINT credit_transactions_pkey PRIMARY KEY (id);
-
---
--- Name: credit_transactions credit_transactions_user_id_id_key; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
---
-
-ALTER TABLE ONLY keen.credit_transactions
-    ADD CONSTRAINT credit_transactions_user_id_id_key UNIQUE (user_id, id);
 
 --
 -- Name: daily_analytics daily_analytics_date_bucket_key; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
@@ -990,6 +1299,13 @@ ALTER TABLE ONLY keen.daily_analytics
 
 ALTER TABLE ONLY keen.daily_analytics
     ADD CONSTRAINT daily_analytics_pkey PRIMARY KEY (id);
+
+--
+-- Name: daily_model_usage daily_model_usage_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.daily_model_usage
+    ADD CONSTRAINT daily_model_usage_pkey PRIMARY KEY (date_bucket, model);
 
 --
 -- Name: daily_usage_stats daily_usage_stats_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
@@ -1020,6 +1336,13 @@ ALTER TABLE ONLY keen.git_operations
     ADD CONSTRAINT git_operations_pkey PRIMARY KEY (id);
 
 --
+-- Name: llm_usage llm_usage_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.llm_usage
+    ADD CONSTRAINT llm_usage_pkey PRIMARY KEY (id);
+
+--
 -- Name: login_attempts login_attempts_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
 --
 
@@ -1027,11 +1350,67 @@ ALTER TABLE ONLY keen.login_attempts
     ADD CONSTRAINT login_attempts_pkey PRIMARY KEY (id);
 
 --
+-- Name: login_attempts login_attempts_purpose_check; Type: CHECK CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE keen.login_attempts
+    ADD CONSTRAINT login_attempts_purpose_check CHECK ((purpose = ANY (ARRAY['sign_in'::text, 'change_password'::text, 'second_factor'::text]))) NOT VALID;
+
+--
+-- Name: login_refresh_tokens login_refresh_tokens_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.login_refresh_tokens
+    ADD CONSTRAINT login_refresh_tokens_pkey PRIMARY KEY (token_hash);
+
+--
+-- Name: login_sessions login_sessions_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.login_sessions
+    ADD CONSTRAINT login_sessions_pkey PRIMARY KEY (id);
+
+--
+-- Name: login_sessions login_sessions_user_id_id_key; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.login_sessions
+    ADD CONSTRAINT login_sessions_user_id_id_key UNIQUE (user_id, id);
+
+--
+-- Name: maintenance_jobs maintenance_jobs_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.maintenance_jobs
+    ADD CONSTRAINT maintenance_jobs_pkey PRIMARY KEY (job_name);
+
+--
+-- Name: model_prices model_prices_model_effective_from_key; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.model_prices
+    ADD CONSTRAINT model_prices_model_effective_from_key UNIQUE (model, effective_from);
+
+--
+-- Name: model_prices model_prices_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.model_prices
+    ADD CONSTRAINT model_prices_pkey PRIMARY KEY (id);
+
+--
 -- Name: phase_transitions phase_transitions_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
 --
 
 ALTER TABLE ONLY keen.phase_transitions
     ADD CONSTRAINT phase_transitions_pkey PRIMARY KEY (id);
+
+--
+-- Name: recovery_codes recovery_codes_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.recovery_codes
+    ADD CONSTRAINT recovery_codes_pkey PRIMARY KEY (user_id, code_hash);
 
 --
 -- Name: settings settings_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
@@ -1055,11 +1434,25 @@ ALTER TABLE ONLY keen.streaming_events_default
     ADD CONSTRAINT streaming_events_default_pkey PRIMARY KEY (event_id, created_at);
 
 --
+-- Name: system_metrics system_metrics_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.system_metrics
+    ADD CONSTRAINT system_metrics_pkey PRIMARY KEY (id);
+
+--
 -- Name: tool_executions tool_executions_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
 --
 
 ALTER TABLE ONLY keen.tool_executions
     ADD CONSTRAINT tool_executions_pkey PRIMARY KEY (id);
+
+--
+-- Name: totp_factors totp_factors_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.totp_factors
+    ADD CONSTRAINT totp_factors_pkey PRIMARY KEY (user_id);
 
 --
 -- Name: users users_pkey; Type: CONSTRAINT; Schema: keen; Owner: keen_owner
@@ -1081,6 +1474,12 @@ ALTER TABLE ONLY keen.websocket_connections
 
 ALTER TABLE ONLY keen.websocket_connections
     ADD CONSTRAINT websocket_connections_user_id_connection_id_key UNIQUE (user_id, connection_id);
+
+--
+-- Name: account_tokens_user_idx; Type: INDEX; Schema: keen; Owner: keen_owner
+--
+
+CREATE INDEX account_tokens_user_idx ON keen.account_tokens USING btree (user_id, purpose);
 
 --
 -- Name: admin_dashboard_metrics_hour_key; Type: INDEX; Schema: keen; Owner: keen_owner
@@ -1191,10 +1590,10 @@ CREATE INDEX credit_reservations_live_idx ON keen.credit_reservations USING btre
 CREATE INDEX credit_transactions_account_idx ON keen.credit_transactions USING btree (account_id, entry_no DESC);
 
 --
--- Name: credit_transactions_created_at_idx; Type: INDEX; Schema: keen; Owner: keen_owner
+-- Name: credit_transactions_created_at_brin; Type: INDEX; Schema: keen; Owner: keen_owner
 --
 
-CREATE INDEX credit_transactions_created_at_idx ON keen.credit_transactions USING btree (created_at);
+CREATE INDEX credit_transactions_created_at_brin ON keen.credit_transactions USING brin (created_at);
 
 --
 -- Name: credit_transactions_idempotency_key; Type: INDEX; Schema: keen; Owner: keen_owner
@@ -1207,18 +1606,6 @@ CREATE UNIQUE INDEX credit_transactions_idempotency_key ON keen.credit_transacti
 --
 
 CREATE UNIQUE INDEX credit_transactions_refund_of_key ON keen.credit_transactions USING btree (refund_of) WHERE (refund_of IS NOT NULL);
-
---
--- Name: credit_transactions_session_idx; Type: INDEX; Schema: keen; Owner: keen_owner
---
-
-CREATE INDEX credit_transactions_session_idx ON keen.credit_transactions USING btree (session_id) WHERE (session_id IS NOT NULL);
-
---
--- Name: credit_transactions_user_idx; Type: INDEX; Schema: keen; Owner: keen_owner
---
-
-CREATE INDEX credit_transactions_user_idx ON keen.credit_transactions USING btree (user_id, entry_no DESC);
 
 --
 -- Name: daily_usage_stats_date_idx; Type: INDEX; Schema: keen; Owner: keen_owner
@@ -1245,6 +1632,24 @@ CREATE INDEX git_operations_timestamp_idx ON keen.git_operations USING btree (op
 CREATE INDEX git_operations_user_idx ON keen.git_operations USING btree (user_id);
 
 --
+-- Name: llm_usage_created_at_brin; Type: INDEX; Schema: keen; Owner: keen_owner
+--
+
+CREATE INDEX llm_usage_created_at_brin ON keen.llm_usage USING brin (created_at);
+
+--
+-- Name: llm_usage_request_key; Type: INDEX; Schema: keen; Owner: keen_owner
+--
+
+CREATE UNIQUE INDEX llm_usage_request_key ON keen.llm_usage USING btree (session_id, request_id) WHERE (request_id IS NOT NULL);
+
+--
+-- Name: llm_usage_user_time_idx; Type: INDEX; Schema: keen; Owner: keen_owner
+--
+
+CREATE INDEX llm_usage_user_time_idx ON keen.llm_usage USING btree (user_id, created_at);
+
+--
 -- Name: login_attempts_attempted_at_idx; Type: INDEX; Schema: keen; Owner: keen_owner
 --
 
@@ -1255,6 +1660,18 @@ CREATE INDEX login_attempts_attempted_at_idx ON keen.login_attempts USING btree 
 --
 
 CREATE INDEX login_attempts_email_idx ON keen.login_attempts USING btree (email, attempted_at);
+
+--
+-- Name: login_refresh_tokens_session_idx; Type: INDEX; Schema: keen; Owner: keen_owner
+--
+
+CREATE INDEX login_refresh_tokens_session_idx ON keen.login_refresh_tokens USING btree (login_session_id);
+
+--
+-- Name: login_sessions_user_idx; Type: INDEX; Schema: keen; Owner: keen_owner
+--
+
+CREATE INDEX login_sessions_user_idx ON keen.login_sessions USING btree (user_id) WHERE (revoked_at IS NULL);
 
 --
 -- Name: phase_transitions_session_idx; Type: INDEX; Schema: keen; Owner: keen_owner
@@ -1297,6 +1714,12 @@ CREATE INDEX streaming_events_user_idx ON ONLY keen.streaming_events USING btree
 --
 
 CREATE INDEX streaming_events_default_user_id_idx ON keen.streaming_events_default USING btree (user_id);
+
+--
+-- Name: system_metrics_timestamp_idx; Type: INDEX; Schema: keen; Owner: keen_owner
+--
+
+CREATE INDEX system_metrics_timestamp_idx ON keen.system_metrics USING btree (metric_timestamp);
 
 --
 -- Name: tool_executions_session_idx; Type: INDEX; Schema: keen; Owner: keen_owner
@@ -1383,6 +1806,12 @@ CREATE TRIGGER agent_sessions_tree_fixed BEFORE UPDATE OF parent_session_id, ses
 CREATE TRIGGER agent_sessions_tree_path BEFORE INSERT ON keen.agent_sessions FOR EACH ROW EXECUTE FUNCTION keen_private.agent_sessions_tree_path();
 
 --
+-- Name: audit_pending audit_link; Type: TRIGGER; Schema: keen; Owner: keen_owner
+--
+
+CREATE CONSTRAINT TRIGGER audit_link AFTER INSERT ON keen.audit_pending DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION keen_private.audit_link();
+
+--
 -- Name: audit_logs audit_logs_append_only; Type: TRIGGER; Schema: keen; Owner: keen_owner
 --
 
@@ -1395,10 +1824,23 @@ CREATE TRIGGER audit_logs_append_only BEFORE DELETE OR UPDATE OR TRUNCATE ON kee
 CREATE TRIGGER credit_transactions_append_only BEFORE DELETE OR UPDATE ON keen.credit_transactions FOR EACH STATEMENT EXECUTE FUNCTION keen_private.refuse_ledger_change();
 
 --
+-- Name: credit_transactions credit_transactions_emit_charged; Type: TRIGGER; Schema: keen; Owner: keen_owner
+--
+
+CREATE TRIGGER credit_transactions_emit_charged AFTER INSERT ON keen.credit_transactions FOR EACH ROW WHEN (((new.session_id IS NOT NULL) AND ((new.transaction_type)::text = ANY ((ARRAY['usage'::character varying, 'admin_bypass'::character varying])::text[])))) EXECUTE FUNCTION keen_private.emit_credits_charged();
+
+--
 -- Name: credit_transactions credit_transactions_no_truncate; Type: TRIGGER; Schema: keen; Owner: keen_owner
 --
 
 CREATE TRIGGER credit_transactions_no_truncate BEFORE TRUNCATE ON keen.credit_transactions FOR EACH STATEMENT EXECUTE FUNCTION keen_private.refuse_ledger_change();
+
+--
+-- Name: account_tokens account_tokens_user_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.account_tokens
+    ADD CONSTRAINT account_tokens_user_id_fkey FOREIGN KEY (user_id) REFERENCES keen.users(id);
 
 --
 -- Name: agent_sessions agent_sessions_user_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
@@ -1413,6 +1855,13 @@ ALTER TABLE ONLY keen.agent_sessions
 
 ALTER TABLE ONLY keen.agent_sessions
     ADD CONSTRAINT agent_sessions_user_id_parent_session_id_fkey FOREIGN KEY (user_id, parent_session_id) REFERENCES keen.agent_sessions(user_id, id);
+
+--
+-- Name: api_key_request_slots api_key_request_slots_user_id_token_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.api_key_request_slots
+    ADD CONSTRAINT api_key_request_slots_user_id_token_id_fkey FOREIGN KEY (user_id, token_id) REFERENCES keen.auth_tokens(user_id, id);
 
 --
 -- Name: audit_logs audit_logs_actor_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
@@ -1450,20 +1899,6 @@ ALTER TABLE ONLY keen.credit_recharge_requests
     ADD CONSTRAINT credit_recharge_requests_user_id_account_id_fkey FOREIGN KEY (user_id, account_id) REFERENCES keen.credit_accounts(user_id, id);
 
 --
--- Name: credit_recharge_requests credit_recharge_requests_user_id_purchase_transaction_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
---
-
-ALTER TABLE ONLY keen.credit_recharge_requests
-    ADD CONSTRAINT credit_recharge_requests_user_id_purchase_transaction_id_fkey FOREIGN KEY (user_id, purchase_transaction_id) REFERENCES keen.credit_transactions(user_id, id);
-
---
--- Name: credit_recharge_requests credit_recharge_requests_user_id_triggered_by_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
---
-
-ALTER TABLE ONLY keen.credit_recharge_requests
-    ADD CONSTRAINT credit_recharge_requests_user_id_triggered_by_fkey FOREIGN KEY (user_id, triggered_by) REFERENCES keen.credit_transactions(user_id, id);
-
---
 -- Name: credit_reservations credit_reservations_user_id_account_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
 --
 
@@ -1476,34 +1911,6 @@ ALTER TABLE ONLY keen.credit_reservations
 
 ALTER TABLE ONLY keen.credit_reservations
     ADD CONSTRAINT credit_reservations_user_id_session_id_fkey FOREIGN KEY (user_id, session_id) REFERENCES keen.agent_sessions(user_id, id);
-
---
--- Name: credit_reservations credit_reservations_user_id_transaction_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
---
-
-ALTER TABLE ONLY keen.credit_reservations
-    ADD CONSTRAINT credit_reservations_user_id_transaction_id_fkey FOREIGN KEY (user_id, transaction_id) REFERENCES keen.credit_transactions(user_id, id);
-
---
--- Name: credit_transactions credit_transactions_user_id_account_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
---
-
-ALTER TABLE ONLY keen.credit_transactions
-    ADD CONSTRAINT credit_transactions_user_id_account_id_fkey FOREIGN KEY (user_id, account_id) REFERENCES keen.credit_accounts(user_id, id);
-
---
--- Name: credit_transactions credit_transactions_user_id_refund_of_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
---
-
-ALTER TABLE ONLY keen.credit_transactions
-    ADD CONSTRAINT credit_transactions_user_id_refund_of_fkey FOREIGN KEY (user_id, refund_of) REFERENCES keen.credit_transactions(user_id, id);
-
---
--- Name: credit_transactions credit_transactions_user_id_session_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
---
-
-ALTER TABLE ONLY keen.credit_transactions
-    ADD CONSTRAINT credit_transactions_user_id_session_id_fkey FOREIGN KEY (user_id, session_id) REFERENCES keen.agent_sessions(user_id, id);
 
 --
 -- Name: daily_usage_stats daily_usage_stats_user_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
@@ -1520,11 +1927,46 @@ ALTER TABLE ONLY keen.git_operations
     ADD CONSTRAINT git_operations_user_id_session_id_fkey FOREIGN KEY (user_id, session_id) REFERENCES keen.agent_sessions(user_id, id);
 
 --
+-- Name: llm_usage llm_usage_price_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.llm_usage
+    ADD CONSTRAINT llm_usage_price_id_fkey FOREIGN KEY (price_id) REFERENCES keen.model_prices(id);
+
+--
+-- Name: llm_usage llm_usage_user_id_session_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.llm_usage
+    ADD CONSTRAINT llm_usage_user_id_session_id_fkey FOREIGN KEY (user_id, session_id) REFERENCES keen.agent_sessions(user_id, id);
+
+--
+-- Name: login_refresh_tokens login_refresh_tokens_user_id_login_session_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.login_refresh_tokens
+    ADD CONSTRAINT login_refresh_tokens_user_id_login_session_id_fkey FOREIGN KEY (user_id, login_session_id) REFERENCES keen.login_sessions(user_id, id);
+
+--
+-- Name: login_sessions login_sessions_user_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.login_sessions
+    ADD CONSTRAINT login_sessions_user_id_fkey FOREIGN KEY (user_id) REFERENCES keen.users(id);
+
+--
 -- Name: phase_transitions phase_transitions_user_id_session_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
 --
 
 ALTER TABLE ONLY keen.phase_transitions
     ADD CONSTRAINT phase_transitions_user_id_session_id_fkey FOREIGN KEY (user_id, session_id) REFERENCES keen.agent_sessions(user_id, id);
+
+--
+-- Name: recovery_codes recovery_codes_user_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.recovery_codes
+    ADD CONSTRAINT recovery_codes_user_id_fkey FOREIGN KEY (user_id) REFERENCES keen.users(id);
 
 --
 -- Name: streaming_events streaming_events_user_id_session_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
@@ -1541,6 +1983,13 @@ ALTER TABLE ONLY keen.tool_executions
     ADD CONSTRAINT tool_executions_user_id_session_id_fkey FOREIGN KEY (user_id, session_id) REFERENCES keen.agent_sessions(user_id, id);
 
 --
+-- Name: totp_factors totp_factors_user_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE ONLY keen.totp_factors
+    ADD CONSTRAINT totp_factors_user_id_fkey FOREIGN KEY (user_id) REFERENCES keen.users(id);
+
+--
 -- Name: websocket_connections websocket_connections_user_id_fkey; Type: FK CONSTRAINT; Schema: keen; Owner: keen_owner
 --
 
@@ -1555,10 +2004,22 @@ ALTER TABLE ONLY keen.websocket_connections
     ADD CONSTRAINT websocket_connections_user_id_session_id_fkey FOREIGN KEY (user_id, session_id) REFERENCES keen.agent_sessions(user_id, id);
 
 --
+-- Name: account_tokens; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE keen.account_tokens ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: agent_sessions; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
 --
 
 ALTER TABLE keen.agent_sessions ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: api_key_request_slots; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE keen.api_key_request_slots ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: audit_chain_heads; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
@@ -1571,6 +2032,12 @@ ALTER TABLE keen.audit_chain_heads ENABLE ROW LEVEL SECURITY;
 --
 
 ALTER TABLE keen.audit_logs ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: audit_pending; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE keen.audit_pending ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: auth_secrets; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
@@ -1615,6 +2082,12 @@ ALTER TABLE keen.credit_transactions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE keen.daily_analytics ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: daily_model_usage; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE keen.daily_model_usage ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: daily_usage_stats; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
 --
 
@@ -1627,16 +2100,52 @@ ALTER TABLE keen.daily_usage_stats ENABLE ROW LEVEL SECURITY;
 ALTER TABLE keen.git_operations ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: llm_usage; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE keen.llm_usage ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: login_attempts; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
 --
 
 ALTER TABLE keen.login_attempts ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: login_refresh_tokens; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE keen.login_refresh_tokens ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: login_sessions; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE keen.login_sessions ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: maintenance_jobs; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE keen.maintenance_jobs ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: model_prices; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE keen.model_prices ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: phase_transitions; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
 --
 
 ALTER TABLE keen.phase_transitions ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: recovery_codes; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE keen.recovery_codes ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: streaming_events; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
@@ -1651,10 +2160,22 @@ ALTER TABLE keen.streaming_events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE keen.streaming_events_default ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: system_metrics; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE keen.system_metrics ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: tool_executions; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
 --
 
 ALTER TABLE keen.tool_executions ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: totp_factors; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
+--
+
+ALTER TABLE keen.totp_factors ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: users; Type: ROW SECURITY; Schema: keen; Owner: keen_owner
@@ -1674,6 +2195,7 @@ ALTER TABLE keen.websocket_connections ENABLE ROW LEVEL SECURITY;
 
 GRANT SELECT ON TABLE keen.credit_transactions TO keen_app;
 GRANT SELECT ON TABLE keen.credit_transactions TO keen_maintenance;
+GRANT SELECT,INSERT,UPDATE ON TABLE keen.credit_transactions TO keen_ledger;
 
 --
 -- Name: TABLE agent_sessions; Type: ACL; Schema: keen; Owner: keen_owner
@@ -1681,6 +2203,7 @@ GRANT SELECT ON TABLE keen.credit_transactions TO keen_maintenance;
 
 GRANT SELECT ON TABLE keen.agent_sessions TO keen_app;
 GRANT SELECT ON TABLE keen.agent_sessions TO keen_maintenance;
+GRANT SELECT ON TABLE keen.agent_sessions TO keen_ledger;
 
 --
 -- Name: TABLE credit_recharge_requests; Type: ACL; Schema: keen; Owner: keen_owner
@@ -1688,6 +2211,7 @@ GRANT SELECT ON TABLE keen.agent_sessions TO keen_maintenance;
 
 GRANT SELECT ON TABLE keen.credit_recharge_requests TO keen_app;
 GRANT SELECT ON TABLE keen.credit_recharge_requests TO keen_maintenance;
+GRANT SELECT,INSERT,UPDATE ON TABLE keen.credit_recharge_requests TO keen_ledger;
 
 --
 -- Name: TABLE git_operations; Type: ACL; Schema: keen; Owner: keen_owner
@@ -1723,6 +2247,14 @@ GRANT SELECT ON TABLE keen.websocket_connections TO keen_maintenance;
 
 GRANT SELECT ON TABLE keen.settings TO keen_app;
 GRANT SELECT ON TABLE keen.settings TO keen_maintenance;
+GRANT SELECT ON TABLE keen.settings TO keen_ledger;
+
+--
+-- Name: TABLE system_metrics; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT SELECT ON TABLE keen.system_metrics TO keen_app;
+GRANT SELECT ON TABLE keen.system_metrics TO keen_maintenance;
 
 --
 -- Name: TABLE daily_usage_stats; Type: ACL; Schema: keen; Owner: keen_owner
@@ -1744,6 +2276,7 @@ GRANT SELECT ON TABLE keen.audit_logs TO keen_maintenance;
 
 GRANT SELECT ON TABLE keen.credit_accounts TO keen_app;
 GRANT SELECT ON TABLE keen.credit_accounts TO keen_maintenance;
+GRANT SELECT,INSERT,UPDATE ON TABLE keen.credit_accounts TO keen_ledger;
 
 --
 -- Name: TABLE credit_reservations; Type: ACL; Schema: keen; Owner: keen_owner
@@ -1751,6 +2284,69 @@ GRANT SELECT ON TABLE keen.credit_accounts TO keen_maintenance;
 
 GRANT SELECT ON TABLE keen.credit_reservations TO keen_app;
 GRANT SELECT ON TABLE keen.credit_reservations TO keen_maintenance;
+GRANT SELECT,INSERT,UPDATE ON TABLE keen.credit_reservations TO keen_ledger;
+
+--
+-- Name: TABLE login_sessions; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT SELECT ON TABLE keen.login_sessions TO keen_app;
+GRANT SELECT ON TABLE keen.login_sessions TO keen_maintenance;
+
+--
+-- Name: COLUMN login_sessions.id; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT SELECT(id) ON TABLE keen.login_sessions TO keen_auth;
+
+--
+-- Name: COLUMN login_sessions.user_id; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT SELECT(user_id) ON TABLE keen.login_sessions TO keen_auth;
+
+--
+-- Name: COLUMN login_sessions.aal; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT SELECT(aal) ON TABLE keen.login_sessions TO keen_auth;
+
+--
+-- Name: COLUMN login_sessions.refresh_expires_at; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT SELECT(refresh_expires_at) ON TABLE keen.login_sessions TO keen_auth;
+
+--
+-- Name: COLUMN login_sessions.revoked_at; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT SELECT(revoked_at) ON TABLE keen.login_sessions TO keen_auth;
+
+--
+-- Name: TABLE llm_usage; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT SELECT ON TABLE keen.llm_usage TO keen_app;
+GRANT SELECT ON TABLE keen.llm_usage TO keen_maintenance;
+
+--
+-- Name: COLUMN account_tokens.token_hash; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT SELECT(token_hash) ON TABLE keen.account_tokens TO keen_auth;
+
+--
+-- Name: COLUMN account_tokens.user_id; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT SELECT(user_id) ON TABLE keen.account_tokens TO keen_auth;
+
+--
+-- Name: COLUMN account_tokens.purpose; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT SELECT(purpose) ON TABLE keen.account_tokens TO keen_auth;
 
 --
 -- Name: TABLE auth_secrets; Type: ACL; Schema: keen; Owner: keen_owner
@@ -1801,6 +2397,7 @@ GRANT SELECT(token_name) ON TABLE keen.auth_tokens TO keen_maintenance;
 
 GRANT SELECT(scopes) ON TABLE keen.auth_tokens TO keen_app;
 GRANT SELECT(scopes) ON TABLE keen.auth_tokens TO keen_maintenance;
+GRANT SELECT(scopes) ON TABLE keen.auth_tokens TO keen_auth;
 
 --
 -- Name: COLUMN auth_tokens.expires_at; Type: ACL; Schema: keen; Owner: keen_owner
@@ -1867,6 +2464,7 @@ GRANT SELECT(revoked_at) ON TABLE keen.auth_tokens TO keen_auth;
 
 GRANT SELECT(rate_limit_per_hour) ON TABLE keen.auth_tokens TO keen_app;
 GRANT SELECT(rate_limit_per_hour) ON TABLE keen.auth_tokens TO keen_maintenance;
+GRANT SELECT(rate_limit_per_hour) ON TABLE keen.auth_tokens TO keen_auth;
 
 --
 -- Name: COLUMN auth_tokens.bypass_limits; Type: ACL; Schema: keen; Owner: keen_owner
@@ -1874,6 +2472,7 @@ GRANT SELECT(rate_limit_per_hour) ON TABLE keen.auth_tokens TO keen_maintenance;
 
 GRANT SELECT(bypass_limits) ON TABLE keen.auth_tokens TO keen_app;
 GRANT SELECT(bypass_limits) ON TABLE keen.auth_tokens TO keen_maintenance;
+GRANT SELECT(bypass_limits) ON TABLE keen.auth_tokens TO keen_auth;
 
 --
 -- Name: COLUMN auth_tokens.created_at; Type: ACL; Schema: keen; Owner: keen_owner
@@ -1890,6 +2489,12 @@ GRANT SELECT(updated_at) ON TABLE keen.auth_tokens TO keen_app;
 GRANT SELECT(updated_at) ON TABLE keen.auth_tokens TO keen_maintenance;
 
 --
+-- Name: SEQUENCE credit_transactions_entry_no_seq; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT USAGE ON SEQUENCE keen.credit_transactions_entry_no_seq TO keen_ledger;
+
+--
 -- Name: TABLE daily_analytics; Type: ACL; Schema: keen; Owner: keen_owner
 --
 
@@ -1897,10 +2502,37 @@ GRANT SELECT ON TABLE keen.daily_analytics TO keen_app;
 GRANT SELECT ON TABLE keen.daily_analytics TO keen_maintenance;
 
 --
+-- Name: TABLE daily_model_usage; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT SELECT ON TABLE keen.daily_model_usage TO keen_app;
+GRANT SELECT ON TABLE keen.daily_model_usage TO keen_maintenance;
+
+--
 -- Name: TABLE deployed_files; Type: ACL; Schema: keen; Owner: keen_owner
 --
 
 GRANT SELECT ON TABLE keen.deployed_files TO keen_maintenance;
+
+--
+-- Name: TABLE login_refresh_tokens; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT SELECT ON TABLE keen.login_refresh_tokens TO keen_auth;
+
+--
+-- Name: TABLE maintenance_jobs; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT SELECT ON TABLE keen.maintenance_jobs TO keen_app;
+GRANT SELECT ON TABLE keen.maintenance_jobs TO keen_maintenance;
+
+--
+-- Name: TABLE model_prices; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT SELECT ON TABLE keen.model_prices TO keen_app;
+GRANT SELECT ON TABLE keen.model_prices TO keen_maintenance;
 
 --
 -- Name: TABLE streaming_events; Type: ACL; Schema: keen; Owner: keen_owner
