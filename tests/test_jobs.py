@@ -112,7 +112,7 @@ def test_keen_db_jobs_runs_what_is_due_once(db):
     first = run_cli(db, "jobs")
     assert first.exit_code == 0, first.output
     ran = {line.split()[1].rstrip(":") for line in first.output.splitlines() if line.startswith("ok ")}
-    assert ran == JOBS and "6 job(s) run, 0 failed" in first.output
+    assert ran == JOBS and f"{len(JOBS)} job(s) run, 0 failed" in first.output
     second = run_cli(db, "jobs")
     assert second.exit_code == 0, second.output
     again = {line.split()[1].rstrip(":") for line in second.output.splitlines() if line.startswith("ok ")}
