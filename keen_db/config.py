@@ -55,6 +55,18 @@ class Settings:
     def embedded(self) -> bool:
         return self.database_url is None
 
+    @property
+    def on_embedded_server(self) -> bool:
+        """True when the database is on this checkout's embedded cluster: no URL, or a URL whose
+        host is the loopback or the cluster's socket directory and whose port is the cluster's
+        (keen-db's own tests and `keen-db --database-url <a database of the embedded cluster>`)."""
+        if self.database_url is None:
+            return True
+        p = conninfo_to_dict(self.database_url)
+        host = str(p.get("host") or "")
+        port = int(str(p.get("port") or 5432).split(",")[0])
+        return port == self.port and host in ("127.0.0.1", "localhost", "::1", str(self.run_dir))
+
     def secret(self, name: str, env: str | None = None) -> str:
         """A password: from `env` when set, else generated once and kept in $KEEN_HOME/secrets."""
         if env and os.environ.get(env):

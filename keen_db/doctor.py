@@ -337,7 +337,7 @@ def check_default_admin_password(s: Settings, conn: psycopg.Connection) -> tuple
     )
     if not in_use:
         return True, "not the published default"
-    if s.embedded:
+    if s.on_embedded_server:
         return True, "the published default (allowed on the embedded cluster only)"
     return False, "an admin's password is the published default: set ADMIN_PASSWORD and run keen-db seed"
 

@@ -185,8 +185,11 @@ def test_attack_the_published_admin_password_is_refused_on_a_server_and_the_doct
     monkeypatch.delenv("ADMIN_PASSWORD", raising=False)
     with pytest.raises(ValueError, match="published default"):
         deploy.seed(db.superuser_url, allow_default_password=False)
-    server = config.Settings(settings.home, settings.port, db.name, db.superuser_url)
+    # A server given by URL that is not this checkout's embedded cluster (another port), and the
+    # embedded cluster itself, with no URL or with a URL naming it.
+    server = config.Settings(settings.home, settings.port + 1, db.name, db.superuser_url)
     embedded = config.Settings(settings.home, settings.port, db.name, None)
+    assert config.Settings(settings.home, settings.port, db.name, db.superuser_url).on_embedded_server
     assert not deploy.default_password_allowed(server) and deploy.default_password_allowed(embedded)
     monkeypatch.setenv(deploy.ALLOW_DEFAULT_ENV, "1")
     assert deploy.default_password_allowed(server)

@@ -19,6 +19,28 @@ ALTER ROLE keen_recorder RESET lock_timeout;
 
 REVOKE SELECT (scopes, rate_limit_per_hour, bypass_limits) ON keen.auth_tokens FROM keen_auth;
 
+-- Repeatable functions whose arguments or results are these tables' row types go first (the
+-- next `keen-db migrate` of the release that has them re-creates them from db/functions).
+DO $drop$
+DECLARE
+    v_fn regprocedure;
+BEGIN
+    FOR v_fn IN
+        SELECT DISTINCT d.objid::regprocedure
+          FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_type t ON t.oid = d.refobjid AND d.refclassid = 'pg_catalog.pg_type'::regclass
+         WHERE d.classid = 'pg_catalog.pg_proc'::regclass
+           AND t.typrelid IN (SELECT c.oid FROM pg_catalog.pg_class c
+                               WHERE c.relnamespace = 'keen'::regnamespace
+                                 AND c.relname IN ('audit_pending', 'api_key_request_slots', 'recovery_codes',
+                                                   'totp_factors', 'account_tokens', 'login_refresh_tokens',
+                                                   'login_sessions'))
+    LOOP
+        EXECUTE pg_catalog.format('DROP FUNCTION %s', v_fn);
+    END LOOP;
+END
+$drop$;
+
 DROP TABLE IF EXISTS keen.audit_pending, keen.api_key_request_slots, keen.recovery_codes, keen.totp_factors, keen.account_tokens,
                      keen.login_refresh_tokens, keen.login_sessions;
 ALTER TABLE keen.login_attempts DROP COLUMN IF EXISTS attempt_id;
