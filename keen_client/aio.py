@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from functools import cached_property
 from typing import Any, TypeVar
 from uuid import UUID
@@ -149,6 +149,7 @@ class AsyncKeen:
         listen_conninfo: str | None = None,
     ):
         self.config = ClientConfig(conninfo, settings, read_conninfo, listen_conninfo)
+        self._health: dict[int, _HealthCheck] = {}
         self.settings = self.config.settings
         self.conninfo = self.config.conninfo
         self.read_conninfo = self.config.read_conninfo
@@ -163,13 +164,11 @@ class AsyncKeen:
             # As Keen's: ping only a connection that sat idle in the pool check_after or more.
             if health.due(conn):
                 await AsyncConnectionPool.check_connection(conn)
-
-        async def reset(conn: psycopg.AsyncConnection[Any]) -> None:
             health.back(conn)
-            if conn.autocommit:  # an AsyncTx's connection: back to psycopg's transactions
-                await conn.set_autocommit(False)
 
-        return AsyncConnectionPool(
+        # No `reset=` (as Keen's): with one, every returned connection waits for a pool worker
+        # before the next checkout; _transaction puts it back in shape itself.
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             conninfo,
             min_size=s.min_size,
             max_size=s.max_size,
@@ -178,10 +177,11 @@ class AsyncKeen:
             max_idle=s.max_idle,
             kwargs=self.config.connect_kwargs("keen_client"),
             check=check,
-            reset=reset,
             open=False,
             name=name,
         )
+        self._health[id(pool)] = health
+        return pool
 
     async def open(self, wait: bool = False) -> None:
         await self.pool.open(wait=wait)
@@ -205,11 +205,27 @@ class AsyncKeen:
         self, pool: AsyncConnectionPool[Any], user_id: UUID | str | None = None, read_only: bool = False
     ) -> AsyncIterator[AsyncTx]:
         try:
-            async with pool.connection() as conn:
-                await conn.set_autocommit(True)  # BEGIN is AsyncTx's (no round trip); reset undoes it
-                tx = AsyncTx(conn, self.config.begin(user_id, read_only))
-                yield tx
-                await tx.end()
+            conn = await pool.getconn()
+            try:
+                await conn.set_autocommit(True)  # BEGIN is AsyncTx's (no round trip)
+                try:
+                    tx = AsyncTx(conn, self.config.begin(user_id, read_only))
+                    yield tx
+                    await tx.end()
+                    await conn.commit()
+                except BaseException:
+                    if not conn.closed:
+                        with suppress(psycopg.Error):
+                            await conn.rollback()
+                    raise
+                finally:
+                    # Back to psycopg's transactions before the pool has it again (Keen's order).
+                    if not conn.broken:
+                        with suppress(psycopg.Error):
+                            await conn.set_autocommit(False)
+            finally:
+                self._health[id(pool)].back(conn)
+                await pool.putconn(conn)
         except psycopg.Error as exc:  # commit-time failures too
             raise from_psycopg(exc) from exc
 

@@ -8,7 +8,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -71,8 +71,11 @@ class PoolSettings:
 
 class _HealthCheck:
     """The pool's checkout check: a connection idle in the pool for `after` seconds or more is
-    pinged before use (a restart or a firewall may have cut it); one returned moments ago just
-    worked and skips the round trip (it cost about 11% of client throughput, keen-db bench)."""
+    pinged before use (a restart or a firewall may have cut it); one used moments ago just
+    worked and skips the round trip (it cost about 11% of client throughput, keen-db bench).
+    "Used" is the last checkout or the last return by a Keen transaction, whichever is later: a
+    connection idle in the pool that long was checked out at least that long ago. (The pool has
+    no reset callback to note returns: see Keen._make_pool.)"""
 
     def __init__(self, after: float):
         self.after = after
@@ -85,11 +88,7 @@ class _HealthCheck:
     def check(self, conn: psycopg.Connection[Any]) -> None:
         if self.due(conn):
             ConnectionPool.check_connection(conn)
-
-    def reset(self, conn: psycopg.Connection[Any]) -> None:
         self.back(conn)
-        if conn.autocommit:  # a Tx's connection: back to psycopg's transactions (no round trip)
-            conn.autocommit = False
 
     def back(self, conn: Any) -> None:
         self.returned[conn] = time.monotonic()
@@ -298,6 +297,7 @@ class Keen:
         open: bool = True,
     ):
         self.config = ClientConfig(conninfo, settings, read_conninfo, listen_conninfo)
+        self._health: dict[int, _HealthCheck] = {}
         self.settings = self.config.settings
         self.conninfo = self.config.conninfo
         self.read_conninfo = self.config.read_conninfo
@@ -307,7 +307,11 @@ class Keen:
     def _make_pool(self, conninfo: str, name: str, open: bool) -> ConnectionPool[Any]:
         s = self.settings
         health = _HealthCheck(s.check_after)
-        return ConnectionPool(
+        # No `reset=`: with one, psycopg_pool hands every returned connection to a worker thread,
+        # and the next checkout waits for that thread (about 150 us and a GIL hand-off per
+        # transaction, keen-db bench's client figure). _transaction puts its connection back in
+        # shape itself, before putconn.
+        pool: ConnectionPool[Any] = ConnectionPool(
             conninfo,
             min_size=s.min_size,
             max_size=s.max_size,
@@ -316,10 +320,11 @@ class Keen:
             max_idle=s.max_idle,
             kwargs=self.config.connect_kwargs(),
             check=health.check,  # a health check on checkout (see _HealthCheck)
-            reset=health.reset,
             open=open,
             name=name,
         )
+        self._health[id(pool)] = health
+        return pool
 
     def close(self) -> None:
         self.pool.close()
@@ -337,11 +342,28 @@ class Keen:
         self, pool: ConnectionPool[Any], user_id: UUID | str | None = None, read_only: bool = False
     ) -> Iterator[Tx]:
         try:
-            with pool.connection() as conn:
-                conn.autocommit = True  # BEGIN is Tx's, sent with the first call; reset undoes this
-                tx = Tx(conn, self.config.begin(user_id, read_only))
-                yield tx
-                tx.end()
+            conn = pool.getconn()
+            try:
+                conn.autocommit = True  # BEGIN is Tx's, sent with the first call
+                try:
+                    tx = Tx(conn, self.config.begin(user_id, read_only))
+                    yield tx
+                    tx.end()
+                    conn.commit()
+                except BaseException:
+                    if not conn.closed:
+                        with suppress(psycopg.Error):
+                            conn.rollback()
+                    raise
+                finally:
+                    # Back to psycopg's transactions (no round trip) before the pool has it again;
+                    # a broken connection is left as it is (the pool discards it).
+                    if not conn.broken:
+                        with suppress(psycopg.Error):
+                            conn.autocommit = False
+            finally:
+                self._health[id(pool)].back(conn)
+                pool.putconn(conn)
         except psycopg.Error as exc:  # commit-time failures too
             raise from_psycopg(exc) from exc
 

@@ -2,32 +2,52 @@
 -- Applied first; every other file in db/functions may rely on it.
 
 -- keen_private.actor_proof: the proof that keen.act_as (or keen_private.set_actor) chose p_user_id as actor:
--- an HMAC-SHA256 over (user id, backend pid, transaction start, the actor's scope list: the
--- setting keen_private.actor_scopes, '' for none), keyed by a secret that only keen_auth can read
--- (keen.auth_secrets). A proof is worthless in another transaction or session, and dropping or
--- changing the scope list of an API key's actor by hand makes it no actor at all.
--- Who: keen_auth's functions only (no grant: whoever could call it could forge an actor).
--- keen.actor_id inlines the same expression (it is called on every policy and hot path).
--- PL/pgSQL, not SQL: a SQL function with a SET clause is never inlined, and is parsed and
--- planned again in every statement that calls it (act_as runs once per transaction).
--- Raises: nothing.
-CREATE OR REPLACE FUNCTION keen_private.actor_proof(p_user_id uuid)
+-- an HMAC-SHA256 over (user id, backend pid, transaction start, the actor's scope list p_scopes:
+-- the setting keen_private.actor_scopes, '' for none), keyed by p_key, the secret
+-- actor_hmac_key that only keen_auth can read (keen.auth_secrets). A proof is worthless in
+-- another transaction or session, and dropping or changing the scope list of an API key's
+-- actor by hand makes it no actor at all. The one expression of the proof: written by
+-- keen_private.write_actor, checked by keen.actor_id.
+-- SQL without SET, FROM or SECURITY DEFINER, so that it is inlined into both (no call at all);
+-- it holds no secret itself (the key is an argument its callers read as keen_auth).
+-- Who: keen_auth's functions only (no grant). Raises: nothing.
+DROP FUNCTION IF EXISTS keen_private.actor_proof(uuid);  -- read the key itself, called through two definer levels
+CREATE OR REPLACE FUNCTION keen_private.actor_proof(p_user_id text, p_scopes text, p_key text)
 RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
-SET search_path = pg_catalog, keen, keen_private, pg_temp
+LANGUAGE sql STABLE PARALLEL RESTRICTED
+AS $$
+    SELECT pg_catalog.encode(keen_ext.hmac(
+               p_user_id || ':' || pg_catalog.pg_backend_pid() || ':' || EXTRACT(EPOCH FROM pg_catalog.now()) || ':' || p_scopes,
+               p_key, 'sha256'), 'hex')
+$$;
+ALTER FUNCTION keen_private.actor_proof(text, text, text) OWNER TO keen_auth;
+REVOKE ALL ON FUNCTION keen_private.actor_proof(text, text, text) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.actor_proof(text, text, text) IS 'HMAC binding an actor (and its scopes) to this backend and transaction; keen_auth only.';
+
+-- keen_private.write_actor: the one writer of the actor settings: makes p_user_id (or nobody,
+-- for NULL) the actor for the rest of the transaction, limited to p_scopes ('' for no
+-- restriction, else a comma-separated list), with its keen_private.actor_proof. One statement,
+-- and no SET or SECURITY DEFINER of its own: it runs as its caller, and only keen_auth's definer
+-- functions (act_as, set_actor, set_actor_scoped) can read the key it needs; anyone else gets
+-- 42501 on keen.auth_secrets. Saves the two nested definer calls act_as used to make.
+-- Who: keen_auth's functions only (no grant). Raises: nothing (42501 for any other caller).
+CREATE OR REPLACE FUNCTION keen_private.write_actor(p_user_id uuid, p_scopes text)
+RETURNS void
+LANGUAGE plpgsql
 AS $$
 BEGIN
-    RETURN (SELECT pg_catalog.encode(keen_ext.hmac(
-                       p_user_id::text || ':' || pg_catalog.pg_backend_pid() || ':' || EXTRACT(EPOCH FROM pg_catalog.now())
-                       || ':' || COALESCE(pg_catalog.current_setting('keen_private.actor_scopes', true), ''),
-                       k.value, 'sha256'), 'hex')
-              FROM keen.auth_secrets k
-             WHERE k.name = 'actor_hmac_key');
+    PERFORM pg_catalog.set_config('keen.actor_id', COALESCE(p_user_id::text, ''), true),
+            pg_catalog.set_config('keen_private.actor_scopes', CASE WHEN p_user_id IS NULL THEN '' ELSE p_scopes END, true),
+            pg_catalog.set_config('keen_private.actor_proof',
+                                  CASE WHEN p_user_id IS NULL THEN ''
+                                       ELSE keen_private.actor_proof(p_user_id::text, p_scopes, k.value) END, true)
+       FROM keen.auth_secrets k
+      WHERE k.name = 'actor_hmac_key';
 END
 $$;
-ALTER FUNCTION keen_private.actor_proof(uuid) OWNER TO keen_auth;
-REVOKE ALL ON FUNCTION keen_private.actor_proof(uuid) FROM PUBLIC;
-COMMENT ON FUNCTION keen_private.actor_proof(uuid) IS 'HMAC binding an actor (and its scopes) to this backend and transaction; keen_auth only.';
+ALTER FUNCTION keen_private.write_actor(uuid, text) OWNER TO keen_auth;
+REVOKE ALL ON FUNCTION keen_private.write_actor(uuid, text) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.write_actor(uuid, text) IS 'Internal: sets (or clears) the actor, its scopes and its proof; keen_auth''s functions only.';
 
 -- keen.actor_id: the user the current transaction acts as, or NULL.
 -- The id in the setting keen.actor_id counts only with a matching keen_private.actor_proof, which only
@@ -49,11 +69,9 @@ BEGIN
         RETURN NULL;
     END IF;
     SELECT k.value INTO v_key FROM keen.auth_secrets k WHERE k.name = 'actor_hmac_key';
-    -- The same expression as keen_private.actor_proof, inlined: about 3 us less per call.
-    IF pg_catalog.current_setting('keen_private.actor_proof', true) IS DISTINCT FROM pg_catalog.encode(keen_ext.hmac(
-           v_id || ':' || pg_catalog.pg_backend_pid() || ':' || EXTRACT(EPOCH FROM pg_catalog.now())
-           || ':' || COALESCE(pg_catalog.current_setting('keen_private.actor_scopes', true), ''),
-           v_key, 'sha256'), 'hex') THEN
+    -- keen_private.actor_proof is inlined here by the planner (SQL, no SET): no call.
+    IF pg_catalog.current_setting('keen_private.actor_proof', true) IS DISTINCT FROM keen_private.actor_proof(
+           v_id, COALESCE(pg_catalog.current_setting('keen_private.actor_scopes', true), ''), v_key) THEN
         RETURN NULL;
     END IF;
     RETURN v_id::uuid;
@@ -147,7 +165,7 @@ BEGIN
             USING ERRCODE = '42501',
                   HINT = 'sign in with keen.start_login_session and use keen.authenticate_access_token, or keen.authenticate_api_key';
     END IF;
-    PERFORM keen_private.set_actor(p_user_id);
+    PERFORM keen_private.write_actor(p_user_id, '');
 END
 $$;
 ALTER FUNCTION keen.act_as(uuid) OWNER TO keen_auth;
@@ -168,7 +186,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
-    PERFORM keen_private.set_actor_scoped(p_user_id, '{}');
+    PERFORM keen_private.write_actor(p_user_id, '');
 END
 $$;
 ALTER FUNCTION keen_private.set_actor(uuid) OWNER TO keen_auth;
@@ -186,12 +204,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 BEGIN
-    PERFORM pg_catalog.set_config('keen.actor_id', COALESCE(p_user_id::text, ''), true);
-    PERFORM pg_catalog.set_config('keen_private.actor_scopes',
-                                  CASE WHEN p_user_id IS NULL THEN '' ELSE COALESCE(pg_catalog.array_to_string(p_scopes, ','), '') END,
-                                  true);
-    PERFORM pg_catalog.set_config('keen_private.actor_proof',
-                                  CASE WHEN p_user_id IS NULL THEN '' ELSE keen_private.actor_proof(p_user_id) END, true);
+    PERFORM keen_private.write_actor(p_user_id, COALESCE(pg_catalog.array_to_string(p_scopes, ','), ''));
 END
 $$;
 ALTER FUNCTION keen_private.set_actor_scoped(uuid, text[]) OWNER TO keen_auth;
@@ -247,11 +260,12 @@ COMMENT ON FUNCTION keen_private.api_scopes() IS 'Internal: the scopes an API ke
 -- function no scope covers passes NULL (account and admin work: refused to every scoped key).
 -- The list is read from keen_private.actor_scopes, which the actor proof covers: an empty or
 -- changed list with a scoped proof is no actor at all, so the function's actor check refuses.
+-- No SET (a keen_private invoker helper: it runs under its definer caller's pinned search_path,
+-- and every name in it is qualified): the SET cost about 20 us on every API call.
 -- Who: keen's functions (every area). Raises 42501 when the scope is not in the actor's list.
 CREATE OR REPLACE FUNCTION keen_private.require_scope(p_scope text)
 RETURNS void
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, keen, keen_private, pg_temp
 AS $$
 DECLARE
     v_scopes text := pg_catalog.current_setting('keen_private.actor_scopes', true);

@@ -224,11 +224,11 @@ COMMENT ON FUNCTION keen_private.credit_check_text(text, text) IS 'Internal: 220
 -- when the actor is someone else). Its callers decide the answer: 42501 on an account
 -- (credit_authorize), P0002 on a hold or a session whose owner the caller read past row
 -- policies (capture_reservation, release_reservation, record_llm_usage).
+-- No SET: an invoker helper under its definer caller's pinned path, every name qualified.
 -- Who: the ledger functions. Raises nothing.
 CREATE OR REPLACE FUNCTION keen_private.actor_acts_for(p_user_id uuid)
 RETURNS boolean
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, keen, pg_temp
 AS $$
 DECLARE
     v_actor uuid := keen.actor_id();
@@ -442,16 +442,20 @@ COMMENT ON FUNCTION keen_private.credit_refresh_holds(uuid) IS 'Internal: recomp
 -- commit only. General path (everything else: live holds, a limit or balance that refuses, an
 -- unlimited account, the capture of a hold, p_reservation_id, whose own hold is left out):
 -- locks the account row (unless unlimited), checks, updates, writes the ledger row.
--- Who: deduct_credits, capture_reservation, complete_session and record_llm_usage, after they
--- validated the input and the actor. Raises P0002 (no account), KN001 (available balance
+-- Runs as its caller, with neither SET nor SECURITY DEFINER (a definer call with its SET costs
+-- about 25 us of a deduction): the ledger functions owned by keen_ledger (deduct_credits,
+-- capture_reservation) call it directly; keen_owner's (complete_session, record_llm_usage) call
+-- keen_private.credit_charge_as_ledger, which runs this same body as keen_ledger. keen_owner
+-- may not call it directly (it would run under the row policies, as the wrong role).
+-- Who: deduct_credits, capture_reservation, and credit_charge_as_ledger, after the input and
+-- the actor were validated. Raises P0002 (no account), KN001 (available balance
 -- short), KN002 (daily or monthly limit), KN005 (idempotency key used for another request).
 -- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock).
 CREATE OR REPLACE FUNCTION keen_private.credit_charge(p_user_id uuid, p_claude_cost_usd numeric, p_multiplier numeric,
                                               p_charge numeric, p_session_id uuid, p_description text,
                                               p_idempotency_key text, p_reservation_id uuid, p_metadata jsonb)
 RETURNS keen.credit_transactions
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, keen_private, pg_temp
+LANGUAGE plpgsql
 AS $$
 DECLARE
     v_account keen.credit_accounts;
@@ -582,6 +586,29 @@ END
 $$;
 REVOKE ALL ON FUNCTION keen_private.credit_charge(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb) FROM PUBLIC;
 COMMENT ON FUNCTION keen_private.credit_charge(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb) IS 'Internal: the locked path of a usage charge (holds, limits, unlimited accounts, captures).';
+
+-- keen_private.credit_charge_as_ledger: keen_private.credit_charge, run as keen_ledger (the owner
+-- of the ledger tables' writes, BYPASSRLS) for the functions that are keen_owner's because they
+-- also write under the row policies (complete_session, record_llm_usage).
+-- Who: keen_owner's functions, after they validated the input and the actor. Raises what
+-- keen_private.credit_charge raises: P0002, KN001, KN002, KN005, 25000.
+CREATE OR REPLACE FUNCTION keen_private.credit_charge_as_ledger(p_user_id uuid, p_claude_cost_usd numeric,
+                                                                p_multiplier numeric, p_charge numeric,
+                                                                p_session_id uuid, p_description text,
+                                                                p_idempotency_key text, p_reservation_id uuid,
+                                                                p_metadata jsonb)
+RETURNS keen.credit_transactions
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, keen, keen_private, pg_temp
+AS $$
+BEGIN
+    RETURN keen_private.credit_charge(p_user_id, p_claude_cost_usd, p_multiplier, p_charge, p_session_id,
+                                      p_description, p_idempotency_key, p_reservation_id, p_metadata);
+END
+$$;
+REVOKE ALL ON FUNCTION keen_private.credit_charge_as_ledger(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_charge_as_ledger(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb) IS
+    'Internal: keen_private.credit_charge as keen_ledger, for keen_owner''s charging functions.';
 
 -- keen_private.credit_hold_replay: the first hold of an idempotency key on the account, or a NULL row
 -- when the key is new. Who: reserve_credits (no lock taken). Raises KN005 when the key was
@@ -1581,7 +1608,7 @@ BEGIN
     END IF;
 
     IF v_charge > 0 THEN
-        v_row := keen_private.credit_charge(v_user, v_cost, v_multiplier, v_charge, p_session_id,
+        v_row := keen_private.credit_charge_as_ledger(v_user, v_cost, v_multiplier, v_charge, p_session_id,
                                             'LLM usage: ' || p_model, NULL, NULL,
                                             pg_catalog.jsonb_build_object('model', p_model, 'request_id', p_request_id));
     END IF;
@@ -1660,6 +1687,7 @@ BEGIN
         'keen.set_spending_limits(uuid, numeric, numeric)',
         'keen.set_auto_recharge(uuid, boolean, numeric, numeric)',
         'keen_private.credit_charge(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb)',
+        'keen_private.credit_charge_as_ledger(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb)',
         'keen_private.credit_replay(uuid, text, text, numeric, uuid)',
         'keen_private.credit_live_holds(uuid, uuid)',
         'keen_private.credit_check_spend(keen.credit_accounts, numeric, uuid)',
@@ -1687,7 +1715,11 @@ GRANT EXECUTE ON FUNCTION keen.actor_id(), keen.actor_is_admin(), keen.session_i
                           keen_private.credit_cost_ok(numeric), keen_private.credit_description_ok(text),
                           keen_private.credit_key_ok(text), keen_private.actor_acts_for(uuid)
     TO keen_ledger;
-GRANT EXECUTE ON FUNCTION keen_private.credit_charge(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb),
+-- (credit_charge itself is not keen_owner's to call: it runs as its caller; credit_charge_as_ledger
+-- runs it as keen_ledger.)
+REVOKE EXECUTE ON FUNCTION keen_private.credit_charge(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb)
+    FROM keen_owner;
+GRANT EXECUTE ON FUNCTION keen_private.credit_charge_as_ledger(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb),
                           keen_private.credit_replay(uuid, text, text, numeric, uuid),
                           keen_private.credit_live_holds(uuid, uuid), keen_private.credit_lock(uuid)
     TO keen_owner;

@@ -436,7 +436,7 @@ BEGIN
         IF keen_private.usage_charge(p_claude_cost_usd, v_multiplier) <= 0 THEN
             RAISE EXCEPTION 'a cost of % USD rounds to a charge of 0 credits', p_claude_cost_usd USING ERRCODE = '22023';
         END IF;
-        v_charge := keen_private.credit_charge(v_session.user_id, p_claude_cost_usd, v_multiplier,
+        v_charge := keen_private.credit_charge_as_ledger(v_session.user_id, p_claude_cost_usd, v_multiplier,
                                        keen_private.usage_charge(p_claude_cost_usd, v_multiplier), p_id,
                                        'Agent session ' || v_session.session_id, 'session-complete:' || p_id,
                                        NULL, '{}'::jsonb);

@@ -7,7 +7,7 @@
 --   5. search_path hijack: shadowing objects never run inside an API function.
 -- Rows of the other areas' tables are seeded directly by the superuser running this file.
 BEGIN;
-SELECT plan(103);
+SELECT plan(104);
 -- Audit entries are linked into keen.audit_logs at COMMIT; this file reads them before its ROLLBACK.
 SET CONSTRAINTS keen.audit_link IMMEDIATE;
 
@@ -120,8 +120,10 @@ SELECT throws_ok($$INSERT INTO keen.audit_logs (chain_seq, row_hash, event_type)
                  'keen_app cannot insert audit entries');
 SELECT throws_ok($$SELECT keen_private.write_audit('x', NULL, NULL)$$, '42501', NULL, 'keen_app cannot call write_audit');
 SELECT throws_ok(format('SELECT keen_private.set_actor(%L)', current_setting('tests.bob')), '42501', NULL, 'keen_app cannot call set_actor');
-SELECT throws_ok(format('SELECT keen_private.actor_proof(%L)', current_setting('tests.bob')), '42501', NULL,
+SELECT throws_ok(format('SELECT keen_private.actor_proof(%L, %L, %L)', current_setting('tests.bob'), '', 'guess'), '42501', NULL,
                  'keen_app cannot compute an actor proof');
+SELECT throws_ok(format('SELECT keen_private.write_actor(%L, %L)', current_setting('tests.bob'), ''), '42501', NULL,
+                 'keen_app cannot write an actor');
 SELECT throws_ok($$SELECT * FROM keen_private.auth_check_password('alice@example.com', 'x', 4)$$, '42501', NULL,
                  'keen_app cannot call the keen_auth password check');
 SELECT throws_ok($$SELECT keen.record_login_failure('alice@example.com', NULL, NULL, 'bad_credentials', false)$$, '42501', NULL,

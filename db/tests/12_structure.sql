@@ -2,7 +2,7 @@
 -- table, each role's table and function privileges, definers and owners, the append-only
 -- audit trigger, and data-driven rules that stay true as other areas add functions.
 BEGIN;
-SELECT plan(188);
+SELECT plan(191);
 
 -- Policies: one per tenant table, named as sentences; audit and bookkeeping tables as designed.
 SELECT policies_are('keen', 'users', ARRAY['Users are visible to themselves and to admins']);
@@ -106,7 +106,8 @@ SELECT function_privs_are(n, f, a, 'keen_app', ARRAY[]::text[], 'keen_app may no
   FROM (VALUES ('keen_private', 'write_audit', ARRAY['text', 'text', 'uuid', 'jsonb', 'text', 'inet', 'uuid']),
                ('keen_private', 'audit_row_hash', ARRAY['keen.audit_logs']),
                ('keen_private', 'set_actor', ARRAY['uuid']),
-               ('keen_private', 'actor_proof', ARRAY['uuid']),
+               ('keen_private', 'actor_proof', ARRAY['text', 'text', 'text']),
+               ('keen_private', 'write_actor', ARRAY['uuid', 'text']),
                ('keen_private', 'auth_check_password', ARRAY['text', 'text', 'integer']),
                ('keen_private', 'auth_find_api_key', ARRAY['text']),
                ('keen_private', 'auth_recorder_query', ARRAY['text']),
@@ -155,10 +156,12 @@ SELECT is_definer('keen_private', f, a, 'keen_private.' || f || ' is SECURITY DE
                ('set_actor', ARRAY['uuid'])) AS d(f, a);
 SELECT isnt_definer('keen_private', f, a, 'keen_private.' || f || ' runs as its caller')
   FROM (VALUES ('configure_login_recorder', ARRAY['text']), ('audit_row_hash', ARRAY['keen.audit_logs']),
-               ('actor_proof', ARRAY['uuid']), ('audit_logs_append_only', ARRAY[]::text[])) AS i(f, a);
+               ('actor_proof', ARRAY['text', 'text', 'text']), ('write_actor', ARRAY['uuid', 'text']),
+               ('audit_logs_append_only', ARRAY[]::text[])) AS i(f, a);
 SELECT function_owner_is(n, f, a, 'keen_auth', n || '.' || f || ' belongs to keen_auth')
   FROM (VALUES ('keen', 'actor_id', ARRAY[]::text[]), ('keen', 'act_as', ARRAY['uuid']), ('keen_private', 'set_actor', ARRAY['uuid']),
-               ('keen_private', 'actor_proof', ARRAY['uuid']), ('keen', 'actor_is_admin', ARRAY[]::text[]),
+               ('keen_private', 'actor_proof', ARRAY['text', 'text', 'text']), ('keen_private', 'write_actor', ARRAY['uuid', 'text']),
+               ('keen', 'actor_is_admin', ARRAY[]::text[]),
                ('keen_private', 'auth_check_password', ARRAY['text', 'text', 'integer']), ('keen_private', 'auth_find_api_key', ARRAY['text']),
                ('keen_private', 'auth_recorder_query', ARRAY['text']), ('keen_private', 'auth_jwt_sign', ARRAY['jsonb']),
                ('keen_private', 'auth_check_access_token', ARRAY['text']), ('keen_private', 'auth_totp_encrypt', ARRAY['bytea']),

@@ -1,7 +1,7 @@
 -- 20_credits: the ledger functions, each with its success path and each error code; the
 -- append-only trigger; the recharge requests table, its policy and the privileges.
 BEGIN;
-SELECT plan(104);
+SELECT plan(105);
 
 -- Actors and their ids, kept in a temporary table (pgTAP files use no psql variables).
 CREATE TEMPORARY TABLE ids (name text PRIMARY KEY, id uuid);
@@ -281,10 +281,15 @@ SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
             WHERE p.proowner = 'keen_ledger'::regrole
               AND p.proname NOT IN ('deduct_credits', 'reserve_credits', 'capture_reservation', 'release_reservation',
                                     'get_balance', 'validate_credits', 'credit_history', 'set_spending_limits',
-                                    'set_auto_recharge', 'credit_charge', 'credit_replay', 'credit_live_holds',
+                                    'set_auto_recharge', 'credit_charge', 'credit_charge_as_ledger', 'credit_replay', 'credit_live_holds',
                                     'credit_check_spend', 'credit_request_recharge', 'credit_refresh_holds',
                                     'credit_lock', 'credit_hold_replay', 'credit_hold_result')),
           NULL, 'keen_ledger owns only the reviewed ledger functions');
+SELECT ok(NOT has_function_privilege('keen_owner', 'keen_private.credit_charge(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb)', 'EXECUTE')
+          AND has_function_privilege('keen_owner', 'keen_private.credit_charge_as_ledger(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb)', 'EXECUTE')
+          AND (SELECT prosecdef FROM pg_proc WHERE oid = 'keen_private.credit_charge_as_ledger(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb)'::regprocedure)
+          AND NOT (SELECT prosecdef FROM pg_proc WHERE oid = 'keen_private.credit_charge(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb)'::regprocedure),
+          'keen_owner''s functions charge only through credit_charge_as_ledger, which runs the one locked path as keen_ledger');
 SELECT is((SELECT array_agg(DISTINCT c.relname::text ORDER BY c.relname::text) FROM pg_class c
             WHERE c.relnamespace = 'keen'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm')
               AND (has_table_privilege('keen_ledger', c.oid, 'SELECT') OR has_table_privilege('keen_ledger', c.oid, 'INSERT')
