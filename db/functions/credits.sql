@@ -437,9 +437,9 @@ COMMENT ON FUNCTION keen_private.credit_refresh_holds(uuid) IS 'Internal: recomp
 
 -- keen_private.credit_charge: the ledger's one locked path of a usage charge. Fast path (no
 -- reservation): under the account lock, one statement moves the balance and the day/month
--- counters, appends the ledger row and any auto-recharge request, when the balance and limits
--- cover the charge and no hold can be live; the row lock is held for that statement and the
--- commit only. General path (everything else: live holds, a limit or balance that refuses, an
+-- counters and appends the ledger row, when the balance and limits cover the charge and no hold
+-- can be live (and, only when the charge crossed the auto-recharge threshold, a second one
+-- writes the request); the row lock is held for that statement and the commit only. General path (everything else: live holds, a limit or balance that refuses, an
 -- unlimited account, the capture of a hold, p_reservation_id, whose own hold is left out):
 -- locks the account row (unless unlimited), checks, updates, writes the ledger row.
 -- Runs as its caller, with neither SET nor SECURITY DEFINER (a definer call with its SET costs
@@ -460,6 +460,7 @@ AS $$
 DECLARE
     v_account keen.credit_accounts;
     v_row keen.credit_transactions;
+    v_fast record;
     v_today date := keen_private.accounting_day(pg_catalog.now());
     v_month date := keen_private.accounting_month(pg_catalog.now());
 BEGIN
@@ -484,7 +485,7 @@ BEGIN
                     OR keen_private.period_total(a.spent_day, a.spent_day_total, v_today) + p_charge <= a.daily_limit)
                AND (a.monthly_limit IS NULL
                     OR keen_private.period_total(a.spent_month, a.spent_month_total, v_month) + p_charge <= a.monthly_limit)
-            RETURNING a.id, a.current_balance, a.auto_recharge_enabled, a.auto_recharge_threshold, a.auto_recharge_amount
+            RETURNING a.id, a.current_balance, a.auto_recharge_enabled, a.auto_recharge_threshold
         ), appended AS (
             INSERT INTO keen.credit_transactions AS t
                    (user_id, account_id, transaction_type, amount, balance_after, claude_cost_usd,
@@ -494,23 +495,23 @@ BEGIN
               FROM charged c
             ON CONFLICT (account_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING t.*
-        ), recharge AS (
-            -- This usage took the balance below the auto-recharge threshold: one pending request
-            -- (while one is pending, a further crossing adds nothing).
-            INSERT INTO keen.credit_recharge_requests
-                   (user_id, account_id, threshold, requested_amount, balance_at_request, triggered_by)
-            SELECT p_user_id, c.id, c.auto_recharge_threshold, c.auto_recharge_amount, x.balance_after, x.id
-              FROM charged c JOIN appended x ON true
-             WHERE c.auto_recharge_enabled AND c.auto_recharge_amount IS NOT NULL
-               AND x.balance_after < c.auto_recharge_threshold AND c.current_balance + p_charge >= c.auto_recharge_threshold
-            ON CONFLICT (account_id) WHERE status = 'pending' DO NOTHING
         )
         -- No row: the fast path did not apply (the general path below decides). A row of NULLs:
         -- charged, but a retry of the same key committed between the look-up and the lock (its row
-        -- won the unique index).
-        SELECT x.* INTO v_row FROM charged c LEFT JOIN appended x ON true;
+        -- won the unique index). crossed: this usage took the balance from at or above the
+        -- auto-recharge threshold to below it (the request is written below, only then: a third
+        -- data-modifying CTE cost every deduction its executor set-up, under the account lock).
+        SELECT x AS charged_row,
+               COALESCE(c.auto_recharge_enabled AND x.balance_after < c.auto_recharge_threshold
+                        AND c.current_balance + p_charge >= c.auto_recharge_threshold, false) AS crossed
+          INTO v_fast
+          FROM charged c LEFT JOIN appended x ON true;
         IF FOUND THEN
+            v_row := v_fast.charged_row;
             IF v_row.id IS NOT NULL THEN
+                IF v_fast.crossed THEN
+                    PERFORM keen_private.credit_request_recharge(v_row);
+                END IF;
                 RETURN v_row;
             END IF;
             -- Give the charge back (same transaction, lock still held), answer with the first result.
