@@ -309,8 +309,8 @@ class Keen:
         health = _HealthCheck(s.check_after)
         # No `reset=`: with one, psycopg_pool hands every returned connection to a worker thread,
         # and the next checkout waits for that thread (about 150 us and a GIL hand-off per
-        # transaction, keen-db bench's client figure). _transaction puts its connection back in
-        # shape itself, before putconn.
+        # transaction in a cProfile of a single-threaded deduction loop). _transaction puts its
+        # connection back in shape itself, before putconn.
         pool: ConnectionPool[Any] = ConnectionPool(
             conninfo,
             min_size=s.min_size,

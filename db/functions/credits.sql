@@ -442,8 +442,8 @@ COMMENT ON FUNCTION keen_private.credit_refresh_holds(uuid) IS 'Internal: recomp
 -- writes the request); the row lock is held for that statement and the commit only. General path (everything else: live holds, a limit or balance that refuses, an
 -- unlimited account, the capture of a hold, p_reservation_id, whose own hold is left out):
 -- locks the account row (unless unlimited), checks, updates, writes the ledger row.
--- Runs as its caller, with neither SET nor SECURITY DEFINER (a definer call with its SET costs
--- about 25 us of a deduction): the ledger functions owned by keen_ledger (deduct_credits,
+-- Runs as its caller, with neither SET nor SECURITY DEFINER (a definer call adds a user switch
+-- and a settings save and restore per call): the ledger functions owned by keen_ledger (deduct_credits,
 -- capture_reservation) call it directly; keen_owner's (complete_session, record_llm_usage) call
 -- keen_private.credit_charge_as_ledger, which runs this same body as keen_ledger. keen_owner
 -- may not call it directly (it would run under the row policies, as the wrong role).
