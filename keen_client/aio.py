@@ -149,7 +149,8 @@ class AsyncKeen:
         listen_conninfo: str | None = None,
     ):
         self.config = ClientConfig(conninfo, settings, read_conninfo, listen_conninfo)
-        self._health: dict[int, _HealthCheck] = {}
+        # One checkout check for both pools (as Keen's).
+        self._health = _HealthCheck(self.config.settings.check_after)
         self.settings = self.config.settings
         self.conninfo = self.config.conninfo
         self.read_conninfo = self.config.read_conninfo
@@ -158,17 +159,16 @@ class AsyncKeen:
 
     def _make_pool(self, conninfo: str, name: str) -> AsyncConnectionPool[Any]:
         s = self.settings
-        health = _HealthCheck(s.check_after)
 
         async def check(conn: psycopg.AsyncConnection[Any]) -> None:
             # As Keen's: ping only a connection that sat idle in the pool check_after or more.
-            if health.due(conn):
+            if self._health.due(conn):
                 await AsyncConnectionPool.check_connection(conn)
-            health.back(conn)
+            self._health.back(conn)
 
         # No `reset=` (as Keen's): with one, every returned connection waits for a pool worker
         # before the next checkout; _transaction puts it back in shape itself.
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        return AsyncConnectionPool(
             conninfo,
             min_size=s.min_size,
             max_size=s.max_size,
@@ -180,8 +180,6 @@ class AsyncKeen:
             open=False,
             name=name,
         )
-        self._health[id(pool)] = health
-        return pool
 
     async def open(self, wait: bool = False) -> None:
         await self.pool.open(wait=wait)
@@ -224,7 +222,7 @@ class AsyncKeen:
                         with suppress(psycopg.Error):
                             await conn.set_autocommit(False)
             finally:
-                self._health[id(pool)].back(conn)
+                self._health.back(conn)
                 await pool.putconn(conn)
         except psycopg.Error as exc:  # commit-time failures too
             raise from_psycopg(exc) from exc

@@ -103,6 +103,16 @@ def default_url() -> str:
     return config.load().role_url("keen_app")
 
 
+# A transaction's setup statement (ClientConfig.begin): the timeouts behind a pooler, the actor,
+# or both, one SELECT each way.
+SETUP_TIMEOUTS_SQL = (
+    "SELECT pg_catalog.set_config('statement_timeout', %s, true),"
+    " pg_catalog.set_config('idle_in_transaction_session_timeout', %s, true)"
+)
+SETUP_ACT_AS_SQL = "SELECT keen.act_as(p_user_id => %s)"
+SETUP_TIMEOUTS_ACT_AS_SQL = SETUP_TIMEOUTS_SQL + ", keen.act_as(p_user_id => %s)"
+
+
 class ClientConfig:
     """What Keen and AsyncKeen share: URLs, connection parameters, the first statement of a
     transaction. Behind a pooler the timeouts travel with each transaction (SET LOCAL through
@@ -139,16 +149,14 @@ class ClientConfig:
     def begin(self, user_id: UUID | str | None = None, read_only: bool = False) -> Begin:
         """How a transaction starts: BEGIN [READ ONLY], then the timeouts behind a pooler and
         act_as in one SELECT (no setup when there is neither)."""
-        parts: list[str] = []
-        params: list[Any] = []
-        if self.pooled:
-            parts.append("pg_catalog.set_config('statement_timeout', %s, true)")
-            parts.append("pg_catalog.set_config('idle_in_transaction_session_timeout', %s, true)")
-            params += [str(self.settings.statement_timeout_ms), str(self.settings.idle_in_transaction_timeout_ms)]
-        if user_id is not None:
-            parts.append("keen.act_as(p_user_id => %s)")
-            params.append(user_id)
-        setup = void("SELECT " + ", ".join(parts), params) if parts else None
+        timeouts = [str(self.settings.statement_timeout_ms), str(self.settings.idle_in_transaction_timeout_ms)]
+        setup = None
+        if self.pooled and user_id is not None:
+            setup = void(SETUP_TIMEOUTS_ACT_AS_SQL, [*timeouts, user_id])
+        elif self.pooled:
+            setup = void(SETUP_TIMEOUTS_SQL, timeouts)
+        elif user_id is not None:
+            setup = void(SETUP_ACT_AS_SQL, [user_id])
         return Begin("BEGIN READ ONLY" if read_only else "BEGIN", setup)
 
     def listen_url(self) -> str:
@@ -297,7 +305,8 @@ class Keen:
         open: bool = True,
     ):
         self.config = ClientConfig(conninfo, settings, read_conninfo, listen_conninfo)
-        self._health: dict[int, _HealthCheck] = {}
+        # One checkout check for both pools: it notes connections, whichever pool holds them.
+        self._health = _HealthCheck(self.config.settings.check_after)
         self.settings = self.config.settings
         self.conninfo = self.config.conninfo
         self.read_conninfo = self.config.read_conninfo
@@ -306,12 +315,11 @@ class Keen:
 
     def _make_pool(self, conninfo: str, name: str, open: bool) -> ConnectionPool[Any]:
         s = self.settings
-        health = _HealthCheck(s.check_after)
         # No `reset=`: with one, psycopg_pool hands every returned connection to a worker thread,
         # and the next checkout waits for that thread (about 150 us and a GIL hand-off per
         # transaction in a cProfile of a single-threaded deduction loop). _transaction puts its
         # connection back in shape itself, before putconn.
-        pool: ConnectionPool[Any] = ConnectionPool(
+        return ConnectionPool(
             conninfo,
             min_size=s.min_size,
             max_size=s.max_size,
@@ -319,12 +327,10 @@ class Keen:
             max_lifetime=s.max_lifetime,
             max_idle=s.max_idle,
             kwargs=self.config.connect_kwargs(),
-            check=health.check,  # a health check on checkout (see _HealthCheck)
+            check=self._health.check,  # a health check on checkout (see _HealthCheck)
             open=open,
             name=name,
         )
-        self._health[id(pool)] = health
-        return pool
 
     def close(self) -> None:
         self.pool.close()
@@ -362,7 +368,7 @@ class Keen:
                         with suppress(psycopg.Error):
                             conn.autocommit = False
             finally:
-                self._health[id(pool)].back(conn)
+                self._health.back(conn)
                 pool.putconn(conn)
         except psycopg.Error as exc:  # commit-time failures too
             raise from_psycopg(exc) from exc
