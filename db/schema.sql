@@ -1824,12 +1824,6 @@ CREATE TRIGGER audit_logs_append_only BEFORE DELETE OR UPDATE OR TRUNCATE ON kee
 CREATE TRIGGER credit_transactions_append_only BEFORE DELETE OR UPDATE ON keen.credit_transactions FOR EACH STATEMENT EXECUTE FUNCTION keen_private.refuse_ledger_change();
 
 --
--- Name: credit_transactions credit_transactions_emit_charged; Type: TRIGGER; Schema: keen; Owner: keen_owner
---
-
-CREATE TRIGGER credit_transactions_emit_charged AFTER INSERT ON keen.credit_transactions FOR EACH ROW WHEN (((new.session_id IS NOT NULL) AND ((new.transaction_type)::text = ANY ((ARRAY['usage'::character varying, 'admin_bypass'::character varying])::text[])))) EXECUTE FUNCTION keen_private.emit_credits_charged();
-
---
 -- Name: credit_transactions credit_transactions_no_truncate; Type: TRIGGER; Schema: keen; Owner: keen_owner
 --
 
@@ -2206,6 +2200,24 @@ GRANT SELECT ON TABLE keen.agent_sessions TO keen_maintenance;
 GRANT SELECT ON TABLE keen.agent_sessions TO keen_ledger;
 
 --
+-- Name: COLUMN agent_sessions.last_activity_at; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT UPDATE(last_activity_at) ON TABLE keen.agent_sessions TO keen_ledger;
+
+--
+-- Name: COLUMN agent_sessions.claude_cost_usd; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT UPDATE(claude_cost_usd) ON TABLE keen.agent_sessions TO keen_ledger;
+
+--
+-- Name: COLUMN agent_sessions.keen_cost_credits; Type: ACL; Schema: keen; Owner: keen_owner
+--
+
+GRANT UPDATE(keen_cost_credits) ON TABLE keen.agent_sessions TO keen_ledger;
+
+--
 -- Name: TABLE credit_recharge_requests; Type: ACL; Schema: keen; Owner: keen_owner
 --
 
@@ -2329,6 +2341,7 @@ GRANT SELECT(revoked_at) ON TABLE keen.login_sessions TO keen_auth;
 
 GRANT SELECT ON TABLE keen.llm_usage TO keen_app;
 GRANT SELECT ON TABLE keen.llm_usage TO keen_maintenance;
+GRANT SELECT,INSERT ON TABLE keen.llm_usage TO keen_ledger;
 
 --
 -- Name: COLUMN account_tokens.token_hash; Type: ACL; Schema: keen; Owner: keen_owner
@@ -2533,6 +2546,7 @@ GRANT SELECT ON TABLE keen.maintenance_jobs TO keen_maintenance;
 
 GRANT SELECT ON TABLE keen.model_prices TO keen_app;
 GRANT SELECT ON TABLE keen.model_prices TO keen_maintenance;
+GRANT SELECT ON TABLE keen.model_prices TO keen_ledger;
 
 --
 -- Name: TABLE streaming_events; Type: ACL; Schema: keen; Owner: keen_owner

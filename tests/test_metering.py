@@ -160,6 +160,34 @@ def test_another_tenants_session_is_not_found_and_charges_nobody(db, keen, admin
     assert_ledger_clean(db)
 
 
+def test_another_tenant_replaying_a_recorded_request_id_is_not_found_and_learns_nothing(db, keen, admin_id, make_user):
+    """record_llm_usage runs without the row policies (keen_ledger): it must check the actor
+    against the session's owner before it looks the request id up, or a stranger who guessed a
+    session and a request id would read the owner's cost and balance (or a KN005 telling the
+    counts apart)."""
+    owner, other = make_user(), make_user()
+    grant(keen, admin_id, owner, 100)
+    grant(keen, admin_id, other, 100)
+    sid = make_session(db, owner)
+    record(keen, owner, sid, inp=1000, request_id="req-1")
+    for inp in (1000, 2000):
+        with pytest.raises(errors.NotFound):
+            record(keen, other, sid, inp=inp, request_id="req-1")
+    assert balance(keen, other).current_balance == D(100)
+    assert_ledger_clean(db)
+
+
+def test_a_metered_call_with_no_actor_is_refused_as_unauthenticated_and_writes_nothing(db, admin_id, make_user):
+    owner = make_user()
+    sid = make_session(db, owner)
+    with psycopg.connect(db.app_url) as conn:
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            conn.execute("SELECT * FROM keen.record_llm_usage(%s, 'claude-opus-4-5', 1000, 0)", (sid,))
+    with db.su() as conn:
+        assert conn.execute("SELECT count(*) FROM keen.llm_usage WHERE session_id = %s", (sid,)).fetchone() == (0,)
+    assert_ledger_clean(db)
+
+
 def test_an_admin_records_on_a_users_session_and_the_user_is_charged(db, keen, admin_id, make_user):
     user = make_user()
     grant(keen, admin_id, user, 100)

@@ -283,12 +283,13 @@ $$;
 REVOKE ALL ON FUNCTION keen_private.require_scope(text) FROM PUBLIC;
 COMMENT ON FUNCTION keen_private.require_scope(text) IS 'Internal: 42501 unless the actor''s API key scopes cover p_scope.';
 
--- keen_private.require_actor: the actor of the transaction.
+-- keen_private.require_actor: the actor of the transaction. Runs as its caller (every caller is
+-- one of keen's definer functions, with its search_path pinned, and may call keen.actor_id):
+-- a definer call of its own would add a user switch and a settings save and restore per call.
 -- Who: keen's functions (every area). Raises 28000 when there is no (valid) actor.
 CREATE OR REPLACE FUNCTION keen_private.require_actor()
 RETURNS uuid
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, keen, pg_temp
+LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
     v_actor uuid := keen.actor_id();

@@ -441,13 +441,14 @@ COMMENT ON FUNCTION keen_private.credit_refresh_holds(uuid) IS 'Internal: recomp
 -- can be live (and, only when the charge crossed the auto-recharge threshold, a second one
 -- writes the request); the row lock is held for that statement and the commit only. General path (everything else: live holds, a limit or balance that refuses, an
 -- unlimited account, the capture of a hold, p_reservation_id, whose own hold is left out):
--- locks the account row (unless unlimited), checks, updates, writes the ledger row.
+-- locks the account row (unless unlimited), checks, updates, writes the ledger row. Every row
+-- it writes on a session emits credits_charged (keen_private.emit_credits_charged).
 -- Runs as its caller, with neither SET nor SECURITY DEFINER (a definer call adds a user switch
 -- and a settings save and restore per call): the ledger functions owned by keen_ledger (deduct_credits,
--- capture_reservation) call it directly; keen_owner's (complete_session, record_llm_usage) call
--- keen_private.credit_charge_as_ledger, which runs this same body as keen_ledger. keen_owner
--- may not call it directly (it would run under the row policies, as the wrong role).
--- Who: deduct_credits, capture_reservation, and credit_charge_as_ledger, after the input and
+-- capture_reservation, record_llm_usage) call it directly; keen_owner's (complete_session)
+-- call keen_private.credit_charge_as_ledger, which runs this same body as keen_ledger.
+-- keen_owner may not call it directly (it would run under the row policies, as the wrong role).
+-- Who: deduct_credits, capture_reservation, record_llm_usage, and credit_charge_as_ledger, after the input and
 -- the actor were validated. Raises P0002 (no account), KN001 (available balance
 -- short), KN002 (daily or monthly limit), KN005 (idempotency key used for another request).
 -- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock).
@@ -509,6 +510,9 @@ BEGIN
         IF FOUND THEN
             v_row := v_fast.charged_row;
             IF v_row.id IS NOT NULL THEN
+                IF p_session_id IS NOT NULL THEN
+                    PERFORM keen_private.emit_credits_charged(v_row);
+                END IF;
                 IF v_fast.crossed THEN
                     PERFORM keen_private.credit_request_recharge(v_row);
                 END IF;
@@ -546,6 +550,9 @@ BEGIN
         IF NOT FOUND THEN
             RETURN keen_private.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
         END IF;
+        IF p_session_id IS NOT NULL THEN
+            PERFORM keen_private.emit_credits_charged(v_row);
+        END IF;
         RETURN v_row;
     END IF;
 
@@ -577,6 +584,9 @@ BEGIN
     VALUES (p_user_id, v_account.id, 'usage', -p_charge, v_account.current_balance - p_charge, p_claude_cost_usd,
             p_multiplier, p_session_id, p_description, p_metadata, p_idempotency_key)
     RETURNING * INTO v_row;
+    IF p_session_id IS NOT NULL THEN
+        PERFORM keen_private.emit_credits_charged(v_row);
+    END IF;
 
     IF v_account.auto_recharge_enabled AND v_row.balance_after < v_account.auto_recharge_threshold
        AND v_account.current_balance >= v_account.auto_recharge_threshold THEN
@@ -590,7 +600,7 @@ COMMENT ON FUNCTION keen_private.credit_charge(uuid, numeric, numeric, numeric, 
 
 -- keen_private.credit_charge_as_ledger: keen_private.credit_charge, run as keen_ledger (the owner
 -- of the ledger tables' writes, BYPASSRLS) for the functions that are keen_owner's because they
--- also write under the row policies (complete_session, record_llm_usage).
+-- also write under the row policies (complete_session).
 -- Who: keen_owner's functions, after they validated the input and the actor. Raises what
 -- keen_private.credit_charge raises: P0002, KN001, KN002, KN005, 25000.
 CREATE OR REPLACE FUNCTION keen_private.credit_charge_as_ledger(p_user_id uuid, p_claude_cost_usd numeric,
@@ -1503,7 +1513,10 @@ COMMENT ON FUNCTION keen_private.llm_usage_replay(uuid, text, text, bigint, bigi
 -- one session serialize on the session row, taken (by the cost's UPDATE) before the account,
 -- complete_session's order; a retry racing the first call waits there and then answers with
 -- the first call's result. The owner's markup rate is read once (keen_private.markup_rate) and
--- that one rate prices both the session's keen_cost_credits and the ledger charge.
+-- that one rate prices both the session's keen_cost_credits and the ledger charge. Owned by
+-- keen_ledger (BYPASSRLS; its privileges on sessions, prices and usage rows are db/schema/0021):
+-- the row policies are not re-run in each of its statements; it checks the actor once, against
+-- the session's owner, before it reads or writes anything of the session.
 -- A session that has stopped (completed, failed or cancelled) is still charged: a call reported
 -- after the stop was made, and paid to the model's provider, while the session ran; refusing it
 -- would lose real cost, and stopping a run never undoes what it used. So there is no state
@@ -1544,7 +1557,16 @@ BEGIN
     IF p_request_id IS NOT NULL THEN
         PERFORM keen_private.require_size('name', p_request_id);
     END IF;
-    PERFORM keen_private.require_actor();
+    -- The session's owner, whose rate prices the call: read once, here. This function runs as
+    -- keen_ledger, without the row policies, so it authorizes explicitly, before it reads
+    -- anything else of the session: no actor is 28000 (keen_private.require_actor, asked only
+    -- then, so that the actor is verified once per call), another tenant's session P0002, the
+    -- same answer as a session that does not exist; no lock is taken.
+    SELECT s.user_id INTO v_user FROM keen.agent_sessions s WHERE s.id = p_session_id;
+    IF NOT FOUND OR NOT keen_private.actor_acts_for(v_user) THEN
+        PERFORM keen_private.require_actor();
+        RAISE EXCEPTION 'session % not found', p_session_id USING ERRCODE = 'P0002';
+    END IF;
     -- A retry answers from the usage row, without any lock.
     IF p_request_id IS NOT NULL THEN
         v_usage := keen_private.llm_usage_replay(p_session_id, p_request_id, p_model, p_input_tokens, p_output_tokens,
@@ -1571,12 +1593,6 @@ BEGIN
         RAISE EXCEPTION 'a call of % USD is refused (at most 1000000)', v_cost USING ERRCODE = '22023';
     END IF;
 
-    -- The session's owner, whose rate prices the call: read once, here. Another tenant's session
-    -- is invisible (row-level security): no row, P0002, and no lock taken.
-    SELECT s.user_id INTO v_user FROM keen.agent_sessions s WHERE s.id = p_session_id;
-    IF NOT FOUND OR NOT keen_private.actor_acts_for(v_user) THEN
-        RAISE EXCEPTION 'session % not found', p_session_id USING ERRCODE = 'P0002';
-    END IF;
     v_multiplier := keen_private.markup_rate(v_user);
     v_charge := keen_private.usage_charge(v_cost, v_multiplier);
     -- The session row first (complete_session's lock order: session, then account), and the
@@ -1609,7 +1625,7 @@ BEGIN
     END IF;
 
     IF v_charge > 0 THEN
-        v_row := keen_private.credit_charge_as_ledger(v_user, v_cost, v_multiplier, v_charge, p_session_id,
+        v_row := keen_private.credit_charge(v_user, v_cost, v_multiplier, v_charge, p_session_id,
                                             'LLM usage: ' || p_model, NULL, NULL,
                                             pg_catalog.jsonb_build_object('model', p_model, 'request_id', p_request_id));
     END IF;
@@ -1670,8 +1686,8 @@ COMMENT ON FUNCTION keen.usage_by_model(uuid, date, date) IS
 -- re-run, with their actor checks, in every statement of a charge. Each of them checks the actor
 -- once (credit_authorize, or the hold's owner) before it touches an account; docs/credits.md
 -- argues it. The rest (purchases and refunds, which audit; the recharge queue, which relies on
--- the policies for who sees what; metering, which reads sessions under the policies) stays
--- keen_owner's.
+-- the policies for who sees what) stays keen_owner's. Metering is keen_ledger's too: it checks
+-- the actor once against the session's owner (record_llm_usage).
 -- ---------------------------------------------------------------------------------------------
 DO $ledger$
 DECLARE
@@ -1696,7 +1712,10 @@ BEGIN
         'keen_private.credit_refresh_holds(uuid)',
         'keen_private.credit_lock(uuid)',
         'keen_private.credit_hold_replay(uuid, text, numeric, uuid)',
-        'keen_private.credit_hold_result(keen.credit_reservations)']
+        'keen_private.credit_hold_result(keen.credit_reservations)',
+        'keen.record_llm_usage(uuid, text, bigint, bigint, bigint, bigint, text, integer)',
+        'keen_private.llm_usage_replay(uuid, text, text, bigint, bigint, bigint, bigint)',
+        'keen_private.llm_usage_result(keen.llm_usage)']
     LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO keen_ledger', v_fn);
     END LOOP;
@@ -1714,7 +1733,8 @@ GRANT EXECUTE ON FUNCTION keen.actor_id(), keen.actor_is_admin(), keen.session_i
                           keen_private.accounting_day(timestamptz), keen_private.accounting_month(timestamptz),
                           keen_private.period_total(date, numeric, date),
                           keen_private.credit_cost_ok(numeric), keen_private.credit_description_ok(text),
-                          keen_private.credit_key_ok(text), keen_private.actor_acts_for(uuid)
+                          keen_private.credit_key_ok(text), keen_private.actor_acts_for(uuid),
+                          keen_private.require_actor()
     TO keen_ledger;
 -- (credit_charge itself is not keen_owner's to call: it runs as its caller; credit_charge_as_ledger
 -- runs it as keen_ledger.)

@@ -498,44 +498,43 @@ REVOKE ALL ON FUNCTION keen.emit_event(uuid, text, jsonb, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION keen.emit_event(uuid, text, jsonb, text) TO keen_app, keen_maintenance;
 COMMENT ON FUNCTION keen.emit_event(uuid, text, jsonb, text) IS 'Stores a session event and NOTIFYs keen_events with ids only; P0002, 22023.';
 
--- keen_private.emit_credits_charged: AFTER INSERT trigger on keen.credit_transactions for a usage
--- or admin_bypass row on a session: the session's credits_charged event, in the charging
--- transaction, whichever path charged (deduct_credits' fast path, credit_charge, a capture,
--- complete_session, record_llm_usage). A replayed idempotency key inserts no row: no event.
--- Rows written with no actor and not by the maintenance role (a superuser's bulk load) emit
--- nothing: events belong to API actions.
--- Who: fires for every writer. Raises: nothing of its own.
-CREATE OR REPLACE FUNCTION keen_private.emit_credits_charged()
-RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, keen, keen_private, pg_temp
+-- keen_private.emit_credits_charged: the credits_charged event of a usage or admin_bypass ledger
+-- row on a session, in the charging transaction. The ledger's one locked path,
+-- keen_private.credit_charge, calls it for every such row it writes (its fast path, its general
+-- path, an unlimited account's bypass row), so every charging function emits (deduct_credits with
+-- p_session_id, capture_reservation of a hold on a session, complete_session, record_llm_usage);
+-- a replayed idempotency key writes no row and emits nothing. (It used to be an AFTER INSERT
+-- trigger on keen.credit_transactions: its WHEN clause was re-read and its queue set up in every
+-- deduction, the ones without a session included, under the account lock.)
+-- Who: keen_private.credit_charge (as keen_ledger), with a row it has just written.
+-- Raises: nothing of its own.
+CREATE OR REPLACE FUNCTION keen_private.emit_credits_charged(p_charge keen.credit_transactions)
+RETURNS void
+LANGUAGE plpgsql
 AS $$
 BEGIN
-    IF keen.actor_id() IS NULL AND NOT keen.session_is_maintenance() THEN
-        RETURN NULL;
-    END IF;
-    PERFORM keen_private.emit_session_event(NEW.session_id, NEW.user_id, 'credits_charged',
+    PERFORM keen_private.emit_session_event(p_charge.session_id, p_charge.user_id, 'credits_charged',
         pg_catalog.jsonb_build_object(
-            'transaction_id', NEW.id,
-            'transaction_type', NEW.transaction_type,
-            'credits', -NEW.amount,
-            'claude_cost_usd', NEW.claude_cost_usd,
-            'markup_multiplier', NEW.markup_multiplier,
-            'is_admin_bypass', NEW.is_admin_bypass,
-            'balance_after', NEW.balance_after),
+            'transaction_id', p_charge.id,
+            'transaction_type', p_charge.transaction_type,
+            'credits', -p_charge.amount,
+            'claude_cost_usd', p_charge.claude_cost_usd,
+            'markup_multiplier', p_charge.markup_multiplier,
+            'is_admin_bypass', p_charge.is_admin_bypass,
+            'balance_after', p_charge.balance_after),
         'system');
-    RETURN NULL;
 END
 $$;
-REVOKE ALL ON FUNCTION keen_private.emit_credits_charged() FROM PUBLIC;
-COMMENT ON FUNCTION keen_private.emit_credits_charged() IS 'Trigger: a usage charge on a session emits credits_charged.';
+REVOKE ALL ON FUNCTION keen_private.emit_credits_charged(keen.credit_transactions) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION keen_private.emit_credits_charged(keen.credit_transactions),
+                          keen_private.emit_session_event(uuid, uuid, text, jsonb, text)
+    TO keen_ledger;
+COMMENT ON FUNCTION keen_private.emit_credits_charged(keen.credit_transactions) IS
+    'Internal: a usage charge on a session emits credits_charged (called by keen_private.credit_charge).';
 
+-- The trigger that emitted it before, and its function.
 DROP TRIGGER IF EXISTS credit_transactions_emit_charged ON keen.credit_transactions;
-CREATE TRIGGER credit_transactions_emit_charged
-    AFTER INSERT ON keen.credit_transactions
-    FOR EACH ROW
-    WHEN (NEW.session_id IS NOT NULL AND NEW.transaction_type IN ('usage', 'admin_bypass'))
-    EXECUTE FUNCTION keen_private.emit_credits_charged();
+DROP FUNCTION IF EXISTS keen_private.emit_credits_charged();
 
 -- keen.events_since: the events of a session after p_after_event_id, oldest first, at most
 -- p_limit; what a listener reads after each notification and after a reconnect.

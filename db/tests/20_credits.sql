@@ -1,7 +1,7 @@
 -- 20_credits: the ledger functions, each with its success path and each error code; the
 -- append-only trigger; the recharge requests table, its policy and the privileges.
 BEGIN;
-SELECT plan(105);
+SELECT plan(107);
 
 -- Actors and their ids, kept in a temporary table (pgTAP files use no psql variables).
 CREATE TEMPORARY TABLE ids (name text PRIMARY KEY, id uuid);
@@ -283,7 +283,8 @@ SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
                                     'get_balance', 'validate_credits', 'credit_history', 'set_spending_limits',
                                     'set_auto_recharge', 'credit_charge', 'credit_charge_as_ledger', 'credit_replay', 'credit_live_holds',
                                     'credit_check_spend', 'credit_request_recharge', 'credit_refresh_holds',
-                                    'credit_lock', 'credit_hold_replay', 'credit_hold_result')),
+                                    'credit_lock', 'credit_hold_replay', 'credit_hold_result',
+                                    'record_llm_usage', 'llm_usage_replay', 'llm_usage_result')),
           NULL, 'keen_ledger owns only the reviewed ledger functions');
 SELECT ok(NOT has_function_privilege('keen_owner', 'keen_private.credit_charge(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb)', 'EXECUTE')
           AND has_function_privilege('keen_owner', 'keen_private.credit_charge_as_ledger(uuid, numeric, numeric, numeric, uuid, text, text, uuid, jsonb)', 'EXECUTE')
@@ -295,14 +296,22 @@ SELECT is((SELECT array_agg(DISTINCT c.relname::text ORDER BY c.relname::text) F
               AND (has_table_privilege('keen_ledger', c.oid, 'SELECT') OR has_table_privilege('keen_ledger', c.oid, 'INSERT')
                    OR has_table_privilege('keen_ledger', c.oid, 'UPDATE') OR has_table_privilege('keen_ledger', c.oid, 'DELETE'))),
           ARRAY['agent_sessions', 'credit_accounts', 'credit_recharge_requests', 'credit_reservations',
-                'credit_transactions', 'settings'],
-          'keen_ledger reaches the ledger tables (and reads settings and sessions), nothing else');
+                'credit_transactions', 'llm_usage', 'model_prices', 'settings'],
+          'keen_ledger reaches the ledger and metering tables (and reads settings and sessions), nothing else');
+SELECT is((SELECT array_agg(a.attname::text ORDER BY a.attname::text) FROM pg_attribute a
+            WHERE a.attrelid = 'keen.agent_sessions'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+              AND has_column_privilege('keen_ledger', a.attrelid, a.attnum, 'UPDATE')),
+          ARRAY['claude_cost_usd', 'keen_cost_credits', 'last_activity_at'],
+          'keen_ledger updates only a session''s running cost and activity (record_llm_usage, 0021)');
+SELECT ok(NOT has_table_privilege('keen_ledger', 'keen.llm_usage', 'UPDATE')
+          AND NOT has_any_column_privilege('keen_ledger', 'keen.model_prices', 'INSERT, UPDATE'),
+          'keen_ledger appends usage rows and reads prices, nothing more');
 SELECT is((SELECT array_agg(c.relname::text ORDER BY 1) FROM pg_class c
             WHERE c.relnamespace = 'keen'::regnamespace
               AND (has_table_privilege('keen_ledger', c.oid, 'DELETE') OR has_table_privilege('keen_ledger', c.oid, 'TRUNCATE')
-                   OR (c.relname IN ('agent_sessions', 'settings') AND (has_table_privilege('keen_ledger', c.oid, 'INSERT')
+                   OR (c.relname IN ('agent_sessions', 'settings', 'model_prices') AND (has_table_privilege('keen_ledger', c.oid, 'INSERT')
                                                                        OR has_table_privilege('keen_ledger', c.oid, 'UPDATE'))))),
-          NULL, 'keen_ledger deletes nothing and only reads settings and sessions');
+          NULL, 'keen_ledger deletes nothing and only reads settings, prices and sessions');
 
 -- Scopes: no scope covers the account's limits and auto-recharge (a spending key must not lift
 -- the limits that bound it); the recharge queue is credits:read.
