@@ -439,7 +439,8 @@ COMMENT ON FUNCTION keen_private.credit_refresh_holds(uuid) IS 'Internal: recomp
 -- reservation): under the account lock, one statement moves the balance and the day/month
 -- counters and appends the ledger row, when the balance and limits cover the charge and no hold
 -- can be live (and, only when the charge crossed the auto-recharge threshold, a second one
--- writes the request); the row lock is held for that statement and the commit only. General path (everything else: live holds, a limit or balance that refuses, an
+-- writes the request); a keyed retry that committed meanwhile is answered under the lock first;
+-- the row lock is held for that statement and the commit only. General path (everything else: live holds, a limit or balance that refuses, an
 -- unlimited account, the capture of a hold, p_reservation_id, whose own hold is left out):
 -- locks the account row (unless unlimited), checks, updates, writes the ledger row. Every row
 -- it writes on a session emits credits_charged (keen_private.emit_credits_charged).
@@ -451,7 +452,8 @@ COMMENT ON FUNCTION keen_private.credit_refresh_holds(uuid) IS 'Internal: recomp
 -- Who: deduct_credits, capture_reservation, record_llm_usage, and credit_charge_as_ledger, after the input and
 -- the actor were validated. Raises P0002 (no account), KN001 (available balance
 -- short), KN002 (daily or monthly limit), KN005 (idempotency key used for another request).
--- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock).
+-- Also 25000 outside READ COMMITTED (the account lock, keen_private.credit_lock), and 23505
+-- should a row with the key be written without the account lock (none of keen's writers does).
 CREATE OR REPLACE FUNCTION keen_private.credit_charge(p_user_id uuid, p_claude_cost_usd numeric, p_multiplier numeric,
                                               p_charge numeric, p_session_id uuid, p_description text,
                                               p_idempotency_key text, p_reservation_id uuid, p_metadata jsonb)
@@ -469,6 +471,19 @@ BEGIN
         -- Fast path: the account lock, then one statement that moves the balance only when it and
         -- the limits cover the charge and no hold can be live.
         PERFORM keen_private.credit_lock(p_user_id);
+        -- Under the lock: a retry of the same key that committed since the caller's look-up is
+        -- visible now (every writer of a keyed row on a limited account holds this lock), so the
+        -- insert below cannot meet its key in the unique index, and needs no ON CONFLICT: an
+        -- INSERT ... ON CONFLICT is a speculative insertion (a speculative-insertion lock and
+        -- one more WAL record per row), which every deduction paid for under the account lock,
+        -- keyed or not. Should a row with the key appear anyway, the index refuses it (23505)
+        -- and the whole charge rolls back.
+        IF p_idempotency_key IS NOT NULL THEN
+            v_row := keen_private.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
+            IF v_row.id IS NOT NULL THEN
+                RETURN v_row;
+            END IF;
+        END IF;
         WITH charged AS (
             UPDATE keen.credit_accounts a
                SET current_balance = a.current_balance - p_charge,
@@ -494,38 +509,26 @@ BEGIN
             SELECT p_user_id, c.id, 'usage', -p_charge, c.current_balance, p_claude_cost_usd,
                    p_multiplier, p_session_id, p_description, p_metadata, p_idempotency_key
               FROM charged c
-            ON CONFLICT (account_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING t.*
         )
-        -- No row: the fast path did not apply (the general path below decides). A row of NULLs:
-        -- charged, but a retry of the same key committed between the look-up and the lock (its row
-        -- won the unique index). crossed: this usage took the balance from at or above the
-        -- auto-recharge threshold to below it (the request is written below, only then: a third
-        -- data-modifying CTE cost every deduction its executor set-up, under the account lock).
+        -- No row: the fast path did not apply (the general path below decides). crossed: this
+        -- usage took the balance from at or above the auto-recharge threshold to below it (the
+        -- request is written below, only then: a third data-modifying CTE cost every deduction
+        -- its executor set-up, under the account lock).
         SELECT x AS charged_row,
                COALESCE(c.auto_recharge_enabled AND x.balance_after < c.auto_recharge_threshold
                         AND c.current_balance + p_charge >= c.auto_recharge_threshold, false) AS crossed
           INTO v_fast
-          FROM charged c LEFT JOIN appended x ON true;
+          FROM charged c CROSS JOIN appended x;
         IF FOUND THEN
             v_row := v_fast.charged_row;
-            IF v_row.id IS NOT NULL THEN
-                IF p_session_id IS NOT NULL THEN
-                    PERFORM keen_private.emit_credits_charged(v_row);
-                END IF;
-                IF v_fast.crossed THEN
-                    PERFORM keen_private.credit_request_recharge(v_row);
-                END IF;
-                RETURN v_row;
+            IF p_session_id IS NOT NULL THEN
+                PERFORM keen_private.emit_credits_charged(v_row);
             END IF;
-            -- Give the charge back (same transaction, lock still held), answer with the first result.
-            UPDATE keen.credit_accounts a
-               SET current_balance = a.current_balance + p_charge,
-                   lifetime_spent = a.lifetime_spent - p_charge,
-                   spent_day_total = a.spent_day_total - p_charge,
-                   spent_month_total = a.spent_month_total - p_charge
-             WHERE a.user_id = p_user_id;
-            RETURN keen_private.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
+            IF v_fast.crossed THEN
+                PERFORM keen_private.credit_request_recharge(v_row);
+            END IF;
+            RETURN v_row;
         END IF;
     END IF;
 
@@ -746,9 +749,10 @@ COMMENT ON FUNCTION keen.add_credits(uuid, numeric, text, text) IS 'Admin: a pur
 -- The charge goes through the ledger's one locked path, keen_private.credit_charge: its fast
 -- path is one statement that moves the balance (a conditional UPDATE that takes the row lock
 -- only when the balance and limits cover the charge and no hold can be live) and appends the
--- ledger row; the lock is held for that statement and the commit, nothing else. Anything else
--- (short balance, limit, holds, unlimited, no account, a racing retry) takes its general
--- path, which also decides the error.
+-- ledger row; the lock is held for that statement and the commit, nothing else (a keyed retry
+-- that committed since the look-up here is answered under the lock, before it). Anything else
+-- (short balance, limit, holds, unlimited, no account) takes its general path, which also
+-- decides the error.
 -- Who: the account's owner or an admin.
 -- Raises 22023 (cost NULL, NaN, infinite, zero or negative, over 1,000,000 USD, more than 12
 -- decimals, or a charge that rounds to 0 credits; a bad or oversized description or key, or a
