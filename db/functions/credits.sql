@@ -559,15 +559,10 @@ BEGIN
         RETURN v_row;
     END IF;
 
+    -- (A keyed charge came through the fast path, whose look-up under this same lock, still
+    -- held, answered any retry that committed before it; captures carry no key.)
     PERFORM keen_private.credit_lock(p_user_id);
     SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.id = v_account.id FOR UPDATE;
-    -- Under the lock: a retry of the same key that committed meanwhile is now visible.
-    IF p_idempotency_key IS NOT NULL THEN
-        v_row := keen_private.credit_replay(p_user_id, p_idempotency_key, 'usage', p_claude_cost_usd, p_session_id);
-        IF v_row.id IS NOT NULL THEN
-            RETURN v_row;
-        END IF;
-    END IF;
 
     PERFORM keen_private.credit_check_spend(v_account, p_charge, p_reservation_id);
 
