@@ -600,7 +600,8 @@ COMMENT ON FUNCTION keen_private.credit_charge(uuid, numeric, numeric, numeric, 
 -- of the ledger tables' writes, BYPASSRLS) for the functions that are keen_owner's because they
 -- also write under the row policies (complete_session).
 -- Who: keen_owner's functions, after they validated the input and the actor. Raises what
--- keen_private.credit_charge raises: P0002, KN001, KN002, KN005, 25000.
+-- keen_private.credit_charge raises: P0002, KN001, KN002, KN005, 25000, 23505 (a keyed row
+-- written without the account lock; none of keen's writers does).
 CREATE OR REPLACE FUNCTION keen_private.credit_charge_as_ledger(p_user_id uuid, p_claude_cost_usd numeric,
                                                                 p_multiplier numeric, p_charge numeric,
                                                                 p_session_id uuid, p_description text,
@@ -755,7 +756,9 @@ COMMENT ON FUNCTION keen.add_credits(uuid, numeric, text, text) IS 'Admin: a pur
 -- "session-complete:" space), 42501 (another user's account), P0002 (no account, or a
 -- session that is not this user's), KN001 (available balance short), KN002 (a daily or monthly
 -- limit would be passed), KN005 (the idempotency key was used for another request), 25000
--- (a transaction that is not READ COMMITTED); 42501 for an API key whose scopes do not cover it (credits:write).
+-- (a transaction that is not READ COMMITTED); 42501 for an API key whose scopes do not cover it (credits:write);
+-- 23505 only should a row with the key be written without the account lock (none of keen's
+-- writers does; keen_private.credit_charge).
 CREATE OR REPLACE FUNCTION keen.deduct_credits(p_user_id uuid, p_claude_cost_usd numeric,
                                                p_session_id uuid DEFAULT NULL,
                                                p_description text DEFAULT 'Agent execution',
