@@ -169,11 +169,12 @@ def test_another_tenant_replaying_a_recorded_request_id_is_not_found_and_learns_
     grant(keen, admin_id, owner, 100)
     grant(keen, admin_id, other, 100)
     sid = make_session(db, owner)
-    record(keen, owner, sid, inp=1000, request_id="req-1")
+    first = record(keen, owner, sid, inp=1000, request_id="req-1")
     for inp in (1000, 2000):
         with pytest.raises(errors.NotFound):
             record(keen, other, sid, inp=inp, request_id="req-1")
     assert balance(keen, other).current_balance == D(100)
+    assert balance(keen, owner).current_balance == first.balance_after
     assert_ledger_clean(db)
 
 
