@@ -16,7 +16,7 @@ ALTER DOMAIN keen.credit_amount OWNER TO keen_owner;
 --
 
 CREATE TABLE keen.credit_transactions (
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    id uuid DEFAULT keen_private.time_ordered_uuid() NOT NULL,
     entry_no bigint NOT NULL,
     user_id uuid NOT NULL,
     account_id uuid NOT NULL,
@@ -524,7 +524,7 @@ ALTER TABLE keen.login_sessions OWNER TO keen_owner;
 --
 
 CREATE TABLE keen.llm_usage (
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    id uuid DEFAULT keen_private.time_ordered_uuid() NOT NULL,
     user_id uuid NOT NULL,
     session_id uuid NOT NULL,
     model text NOT NULL,
