@@ -13,8 +13,8 @@
 --   go to the few newest leaves.
 --   Only the default changes (a catalog change, no rewrite, no scan); the ids already written
 --   stay what they are. The usage table is altered first, so that the ledger's brief ACCESS
---   EXCLUSIVE lock is taken last and held only until the commit right after it. The function body is parsed once, here (BEGIN ATOMIC): the caller's
---   search_path cannot redirect it.
+--   EXCLUSIVE lock is taken last and held only until the commit right after it. The function
+--   body is parsed once, here (BEGIN ATOMIC): the caller's search_path cannot redirect it.
 SET lock_timeout = '5s';
 SET statement_timeout = '60s';
 
