@@ -263,6 +263,26 @@ $$;
 REVOKE ALL ON FUNCTION keen_private.credit_authorize(uuid) FROM PUBLIC;
 COMMENT ON FUNCTION keen_private.credit_authorize(uuid) IS 'Internal: 42501 unless the actor is p_user_id or an admin.';
 
+-- keen_private.credit_check_session: the one test that a charge's or a hold's session is
+-- p_user_id's. Its callers call it only when they were given a session
+-- (`IF p_session_id IS NOT NULL THEN PERFORM ...`): the same test written as one condition with
+-- its NOT EXISTS was a query with a subplan, set up in every call, with a session or without.
+-- Runs as its caller (deduct_credits and reserve_credits, keen_ledger's, which read the session
+-- past row policies). Who: the ledger functions. Raises P0002 when the session is not p_user_id's
+-- (missing or another tenant's alike).
+CREATE OR REPLACE FUNCTION keen_private.credit_check_session(p_user_id uuid, p_session_id uuid)
+RETURNS void
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM keen.agent_sessions s WHERE s.user_id = p_user_id AND s.id = p_session_id) THEN
+        RAISE EXCEPTION 'session % not found', p_session_id USING ERRCODE = 'P0002';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION keen_private.credit_check_session(uuid, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION keen_private.credit_check_session(uuid, uuid) IS 'Internal: P0002 unless the session is p_user_id''s.';
+
 -- keen_private.credit_lock: the account lock: a transaction-level advisory lock keyed by the user
 -- (class 1263420242, 'KNCR'; one account per user). Every function that changes an account row
 -- takes it first, then the row. Waiting here instead of on the row lock matters: a contended row
@@ -799,10 +819,8 @@ BEGIN
             RETURN v_row;
         END IF;
     END IF;
-    IF p_session_id IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM keen.agent_sessions s WHERE s.user_id = p_user_id AND s.id = p_session_id
-    ) THEN
-        RAISE EXCEPTION 'session % not found', p_session_id USING ERRCODE = 'P0002';
+    IF p_session_id IS NOT NULL THEN
+        PERFORM keen_private.credit_check_session(p_user_id, p_session_id);
     END IF;
 
     v_multiplier := keen_private.markup_rate(p_user_id);
@@ -866,10 +884,8 @@ BEGIN
             RETURN;
         END IF;
     END IF;
-    IF p_session_id IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM keen.agent_sessions s WHERE s.user_id = p_user_id AND s.id = p_session_id
-    ) THEN
-        RAISE EXCEPTION 'session % not found', p_session_id USING ERRCODE = 'P0002';
+    IF p_session_id IS NOT NULL THEN
+        PERFORM keen_private.credit_check_session(p_user_id, p_session_id);
     END IF;
     PERFORM keen_private.credit_lock(p_user_id);
     SELECT a.* INTO v_account FROM keen.credit_accounts a WHERE a.id = v_account.id FOR UPDATE;
@@ -1736,7 +1752,7 @@ GRANT EXECUTE ON FUNCTION keen.actor_id(), keen.actor_is_admin(), keen.session_i
                           keen_private.period_total(date, numeric, date),
                           keen_private.credit_cost_ok(numeric), keen_private.credit_description_ok(text),
                           keen_private.credit_key_ok(text), keen_private.actor_acts_for(uuid),
-                          keen_private.require_actor()
+                          keen_private.require_actor(), keen_private.credit_check_session(uuid, uuid)
     TO keen_ledger;
 -- (credit_charge itself is not keen_owner's to call: it runs as its caller; credit_charge_as_ledger
 -- runs it as keen_ledger.)

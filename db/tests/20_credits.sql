@@ -1,7 +1,7 @@
 -- 20_credits: the ledger functions, each with its success path and each error code; the
 -- append-only trigger; the recharge requests table, its policy and the privileges.
 BEGIN;
-SELECT plan(110);
+SELECT plan(113);
 
 -- Actors and their ids, kept in a temporary table (pgTAP files use no psql variables).
 CREATE TEMPORARY TABLE ids (name text PRIMARY KEY, id uuid);
@@ -74,6 +74,8 @@ SELECT throws_ok($$SELECT keen.deduct_credits(pg_temp.id('bob'), 1)$$, '42501', 
                  'deduct_credits: another user''s account is 42501');
 SELECT throws_ok($$SELECT keen.deduct_credits(pg_temp.id('alice'), 1, pg_temp.id('bob_session'))$$, 'P0002', NULL,
                  'deduct_credits: another user''s session is P0002');
+SELECT throws_ok($$SELECT keen.deduct_credits(pg_temp.id('alice'), 1, gen_random_uuid())$$, 'P0002', NULL,
+                 'deduct_credits: a session that does not exist is P0002, like another user''s');
 SELECT keen.set_spending_limits(pg_temp.id('alice'), 15, NULL);
 SELECT throws_ok($$SELECT keen.deduct_credits(pg_temp.id('alice'), 1.000001)$$, 'KN002', NULL,
                  'deduct_credits: passing the daily limit is KN002');
@@ -102,6 +104,10 @@ SELECT throws_ok($$SELECT keen.reserve_credits(pg_temp.id('alice'), 1, NULL, '0 
                  'reserve_credits: a TTL of 0 is 22023');
 SELECT throws_ok($$SELECT keen.reserve_credits(pg_temp.id('bob'), 1)$$, '42501', NULL,
                  'reserve_credits: another user''s account is 42501');
+SELECT throws_ok($$SELECT keen.reserve_credits(pg_temp.id('alice'), 1, pg_temp.id('bob_session'))$$, 'P0002', NULL,
+                 'reserve_credits: another user''s session is P0002');
+SELECT throws_ok($$SELECT keen.reserve_credits(pg_temp.id('alice'), 1, gen_random_uuid())$$, 'P0002', NULL,
+                 'reserve_credits: a session that does not exist is P0002, like another user''s');
 SELECT keen.set_spending_limits(pg_temp.id('alice'), NULL, 25);
 SELECT throws_ok($$SELECT keen.reserve_credits(pg_temp.id('alice'), 1.000001)$$, 'KN002', NULL,
                  'reserve_credits: usage plus holds past the monthly limit is KN002');
